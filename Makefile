@@ -1,0 +1,36 @@
+# floral: PGXS build.  Dense math goes through OpenBLAS's CBLAS interface.
+EXTENSION = floral
+MODULE_big = floral
+DATA = floral--1.0.sql
+PGFILEDESC = "floral - federated low-rank adaptive learning"
+
+OBJS = \
+	floral.o \
+	src/tensor.o \
+	src/model.o \
+	src/rng.o \
+	src/nn.o \
+	src/source.o \
+	src/catalog.o \
+	src/train.o \
+	src/aggregate.o \
+	src/predict.o \
+	src/cache.o \
+	src/parameters.o \
+	src/gradcheck.o
+
+PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
+SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+
+REGRESS = tensor model train aggregate predict errors gradcheck synthetic cancel
+REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf
+
+TAP_TESTS = 1
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+# No LLVM bitcode: JIT inlining of floral's functions gains nothing (the work
+# is in BLAS), and it would make clang a build dependency.
+override with_llvm = no
+
+include $(PGXS)

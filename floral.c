@@ -1,0 +1,63 @@
+/*
+ * floral.c
+ *	  Module entry of the floral extension: magic block, GUCs, start-up.
+ *
+ * floral implements FLoRAL (federated low-rank adaptive learning): one
+ * shared base model, a bank of low-rank adaptors trained by all tenants
+ * together, and one small mixture vector per tenant.
+ */
+#include "postgres.h"
+
+#include <cblas.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "cache.h"
+#include "floral.h"
+
+PG_MODULE_MAGIC;
+
+int			floral_blas_threads = 1;
+bool		floral_timing = false;
+
+void		_PG_init(void);
+
+/*
+ * OpenBLAS's worker threads do not survive fork(), and the postmaster forks
+ * every backend, so BLAS may only be configured inside a backend.
+ */
+static void
+assign_blas_threads(int newval, void *extra)
+{
+	if (IsUnderPostmaster || !IsPostmasterEnvironment)
+		openblas_set_num_threads(newval);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("floral.blas_threads",
+							"Number of OpenBLAS threads a backend uses for floral's math.",
+							"One thread per backend suits a server running many sessions; "
+							"raise it for a single long training call on an idle machine.",
+							&floral_blas_threads,
+							1, 1, 64,
+							PGC_USERSET, 0,
+							NULL, assign_blas_threads, NULL);
+	DefineCustomBoolVariable("floral.timing",
+							 "Report how long training spent reading rows and computing.",
+							 NULL,
+							 &floral_timing,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	MarkGUCPrefixReserved("floral");
+
+	/* the assign hook has not run if the default was never changed */
+	if (IsUnderPostmaster || !IsPostmasterEnvironment)
+		openblas_set_num_threads(floral_blas_threads);
+
+	floral_cache_init();
+}

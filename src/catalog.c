@@ -1,0 +1,252 @@
+/*
+ * catalog.c
+ *	  Access to floral.models, floral.rounds and floral.tenants.
+ *
+ * Queries name the catalog tables with their schema and pass every value
+ * as a parameter, so neither the caller's search_path nor a model or
+ * tenant name can change what they do.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "catalog.h"
+#include "floral.h"
+
+Oid
+floral_tensor_type(void)
+{
+	Oid			nsp = get_namespace_oid(FLORAL_SCHEMA, false);
+
+	return GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+						   CStringGetDatum("tensor"), ObjectIdGetDatum(nsp));
+}
+
+static Datum
+get_col(int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, isnull);
+}
+
+static Datum
+get_notnull(int col)
+{
+	bool		isnull;
+	Datum		d = get_col(col, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("floral catalog row has an unexpected NULL in column %d", col)));
+	return d;
+}
+
+/* copy a real[] of exactly n elements into out, checking it on the way */
+void
+floral_read_real_array(Datum d, float *out, int n, const char *what)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+
+	if (ARR_ELEMTYPE(arr) != FLOAT4OID || ARR_NDIM(arr) > 1 ||
+		ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr)) != n ||
+		array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s must be a real[] of %d elements", what, n)));
+	if (n > 0)
+		memcpy(out, ARR_DATA_PTR(arr), sizeof(float) * n);
+}
+
+Datum
+floral_real_array(const float *v, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	ArrayType  *arr;
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Float4GetDatum(v[i]);
+	arr = construct_array(elems, n, FLOAT4OID, sizeof(float4), true, TYPALIGN_INT);
+	pfree(elems);
+	return PointerGetDatum(arr);
+}
+
+Datum
+floral_tensor_datum(const float *v, int64 n)
+{
+	FloralTensor *t = tensor_new_1d(n);
+
+	memcpy(TENSOR_DATA(t), v, sizeof(float) * n);
+	return PointerGetDatum(t);
+}
+
+static void
+read_int_array(Datum d, int *out, int n, const char *what)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+
+	if (ARR_ELEMTYPE(arr) != INT4OID || ARR_NDIM(arr) != 1 ||
+		ARR_DIMS(arr)[0] != n || array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s must be an int[] of %d elements", what, n)));
+	memcpy(out, ARR_DATA_PTR(arr), sizeof(int) * n);
+}
+
+/*
+ * Load a model's specification.  The lock clause serialises training
+ * (share) against aggregation (update) on the model's row.
+ */
+void
+floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
+{
+	static const char *const lock_clause[] = {"", " FOR SHARE", " FOR UPDATE"};
+	char		query[1024];
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	int			widths[FLORAL_MAX_LAYERS + 1];
+	int			ranks[FLORAL_MAX_LAYERS];
+	ArrayType  *layers;
+	int			ret;
+
+	snprintf(query, sizeof(query),
+			 "SELECT task, layers, adaptors, ranks, round, "
+			 "options->>'activation', (options->>'alpha')::real, "
+			 "(options->>'min_prob')::real, (options->>'noise')::real, "
+			 "(options->>'precondition')::boolean, "
+			 "(options->>'precondition_eps')::real, "
+			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
+			 "(options->>'private_adaptors')::boolean "
+			 "FROM floral.models WHERE name = $1%s", lock_clause[lock]);
+	args[0] = CStringGetTextDatum(model);
+	ret = SPI_execute_with_args(query, 1, argtypes, args, NULL,
+								lock == FLORAL_LOCK_NONE, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read floral.models: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model),
+				 errhint("Create it with floral_create_model().")));
+
+	memset(spec, 0, sizeof(FloralSpec));
+	strlcpy(spec->name, model, sizeof(spec->name));
+	spec->task = floral_task_from_name(TextDatumGetCString(get_notnull(1)));
+	layers = DatumGetArrayTypeP(get_notnull(2));
+	spec->nlayers = ArrayGetNItems(ARR_NDIM(layers), ARR_DIMS(layers)) - 1;
+	if (spec->nlayers < 1 || spec->nlayers > FLORAL_MAX_LAYERS)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("model \"%s\" has an invalid layer list", model)));
+	read_int_array(get_notnull(2), widths, spec->nlayers + 1, "layers");
+	spec->nadaptors = DatumGetInt32(get_notnull(3));
+	read_int_array(get_notnull(4), ranks, spec->nlayers, "ranks");
+	spec->round = DatumGetInt32(get_notnull(5));
+	spec->activation = floral_activation_from_name(TextDatumGetCString(get_notnull(6)));
+	spec->alpha = DatumGetFloat4(get_notnull(7));
+	spec->min_prob = DatumGetFloat4(get_notnull(8));
+	spec->noise = DatumGetFloat4(get_notnull(9));
+	spec->precondition = DatumGetBool(get_notnull(10));
+	spec->precondition_eps = DatumGetFloat4(get_notnull(11));
+	spec->server_lr = DatumGetFloat4(get_notnull(12));
+	spec->seed = DatumGetInt64(get_notnull(13));
+	spec->private_adaptors = DatumGetBool(get_notnull(14));
+	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("model \"%s\" has an invalid number of adaptors", model)));
+	floral_spec_layout(spec, widths, ranks);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* the shared parameters of a round, as a palloc'd float vector in cxt */
+float *
+floral_load_round(const FloralSpec *spec, int32 round, MemoryContext cxt)
+{
+	Oid			argtypes[2] = {TEXTOID, INT4OID};
+	Datum		args[2];
+	FloralTensor *t;
+	float	   *params;
+	MemoryContext old;
+	int			ret;
+
+	args[0] = CStringGetTextDatum(spec->name);
+	args[1] = Int32GetDatum(round);
+	ret = SPI_execute_with_args("SELECT params FROM floral.rounds "
+								"WHERE model = $1 AND round = $2",
+								2, argtypes, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read floral.rounds: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("round %d of model \"%s\" does not exist", round, spec->name)));
+
+	old = MemoryContextSwitchTo(cxt);
+	t = DatumGetTensorP(get_notnull(1));
+	if (tensor_numel(t) != spec->nparams)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("round %d of model \"%s\" has " INT64_FORMAT " parameters, expected " INT64_FORMAT,
+						round, spec->name, tensor_numel(t), spec->nparams)));
+	params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	memcpy(params, TENSOR_DATA(t), sizeof(float) * spec->nparams);
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+	return params;
+}
+
+/* a tenant's logits, pinned mixture and private adaptors, if it has any */
+void
+floral_load_tenant(const FloralSpec *spec, const char *tenant,
+				   MemoryContext cxt, FloralTenantState *state)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	bool		isnull;
+	Datum		d;
+	int			C = spec->nadaptors;
+	int			ret;
+
+	memset(state, 0, sizeof(*state));
+	args[0] = CStringGetTextDatum(spec->name);
+	args[1] = CStringGetTextDatum(tenant);
+	ret = SPI_execute_with_args("SELECT logits, pinned, adaptors FROM floral.tenants "
+								"WHERE model = $1 AND tenant = $2",
+								2, argtypes, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read floral.tenants: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return;
+
+	state->found = true;
+	floral_read_real_array(get_notnull(1), state->logits, C, "tenant logits");
+	d = get_col(2, &isnull);
+	if (!isnull)
+	{
+		state->pinned = true;
+		floral_read_real_array(d, state->pinned_pi, C, "pinned mixture");
+	}
+	d = get_col(3, &isnull);
+	if (!isnull && spec->private_adaptors)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		FloralTensor *t = DatumGetTensorP(d);
+
+		if (tensor_numel(t) != spec->adaptor_size)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("private adaptors of tenant \"%s\" have the wrong size", tenant)));
+		state->bank = palloc(sizeof(float) * spec->adaptor_size);
+		memcpy(state->bank, TENSOR_DATA(t), sizeof(float) * spec->adaptor_size);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}

@@ -1,0 +1,42 @@
+/*
+ * catalog.h
+ *	  Reading and writing floral's catalog tables through SPI.
+ *
+ * Every function here must be called between SPI_connect and SPI_finish.
+ * Values that outlive the SPI call are copied into the memory context that
+ * was current before SPI_connect (passed explicitly as "cxt").
+ */
+#ifndef FLORAL_CATALOG_H
+#define FLORAL_CATALOG_H
+
+#include "model.h"
+#include "tensor.h"
+
+typedef enum FloralLock
+{
+	FLORAL_LOCK_NONE,
+	FLORAL_LOCK_SHARE,			/* training: the round must not move */
+	FLORAL_LOCK_UPDATE			/* aggregation, rollback */
+} FloralLock;
+
+/* a tenant's private state */
+typedef struct FloralTenantState
+{
+	bool		found;
+	float		logits[FLORAL_MAX_ADAPTORS];
+	bool		pinned;			/* mixture fixed by floral_set_mixture */
+	float		pinned_pi[FLORAL_MAX_ADAPTORS];
+	float	   *bank;			/* private adaptors (Local Adaptor), or NULL */
+} FloralTenantState;
+
+extern void floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec);
+extern float *floral_load_round(const FloralSpec *spec, int32 round,
+								MemoryContext cxt);
+extern void floral_load_tenant(const FloralSpec *spec, const char *tenant,
+							   MemoryContext cxt, FloralTenantState *state);
+extern void floral_read_real_array(Datum d, float *out, int n, const char *what);
+extern Datum floral_real_array(const float *v, int n);
+extern Datum floral_tensor_datum(const float *v, int64 n);
+extern Oid	floral_tensor_type(void);
+
+#endif

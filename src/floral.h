@@ -1,0 +1,17 @@
+/*
+ * floral.h
+ *	  Declarations shared by the floral extension's source files.
+ */
+#ifndef FLORAL_H
+#define FLORAL_H
+
+#include "postgres.h"
+
+/* GUCs (floral.c) */
+extern int	floral_blas_threads;
+extern bool floral_timing;
+
+/* Name of the schema holding floral's catalog tables. */
+#define FLORAL_SCHEMA "floral"
+
+#endif

@@ -1,0 +1,182 @@
+/*
+ * gradcheck.c
+ *	  Test aid: analytic gradients against central finite differences.
+ *
+ * The regression tests call this to show that the backward pass is the
+ * derivative of the forward pass, for the base, the adaptors and the mixture
+ * logits, with either loss.  Parameters are drawn at random (seeded) so that
+ * every path is exercised: at initialisation V = 0 would hide the gradients
+ * of U and of the logits.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "catalog.h"
+#include "nn.h"
+#include "rng.h"
+
+PG_FUNCTION_INFO_V1(floral_gradient_check);
+
+#define GRADCHECK_MAX_PARAMS 20000
+
+static double
+loss_at(FloralNet *net, const float *params, const float *z, const float *Y, int B)
+{
+	const FloralSpec *spec = net->spec;
+
+	if (spec->nadaptors > 0)
+		floral_router(net, z, NULL);
+	floral_forward(net, params, params + spec->adaptor_offset, B);
+	return floral_loss(net, Y, B, false, NULL);
+}
+
+static void
+put_row(ReturnSetInfo *rsinfo, const char *part, int n, const float *analytic,
+		const double *numeric)
+{
+	double		norm = 0.0,
+				diff = 0.0,
+				maxabs = 0.0,
+				nnorm = 0.0;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	for (int i = 0; i < n; i++)
+	{
+		double		d = analytic[i] - numeric[i];
+
+		norm += (double) analytic[i] * analytic[i];
+		nnorm += numeric[i] * numeric[i];
+		diff += d * d;
+		maxabs = Max(maxabs, fabs(d));
+	}
+	values[0] = CStringGetTextDatum(part);
+	values[1] = Int32GetDatum(n);
+	values[2] = Float8GetDatum(sqrt(norm));
+	values[3] = Float8GetDatum(maxabs);
+	values[4] = Float8GetDatum(sqrt(diff) / Max(Max(sqrt(norm), sqrt(nnorm)), 1e-12));
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+Datum
+floral_gradient_check(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *xa = PG_GETARG_ARRAYTYPE_P(1);
+	ArrayType  *ya = PG_GETARG_ARRAYTYPE_P(2);
+	ArrayType  *za = PG_GETARG_ARRAYTYPE_P(3);
+	int64		seed = PG_GETARG_INT64(4);
+	double		eps = PG_GETARG_FLOAT8(5);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt = CurrentMemoryContext;
+	FloralSpec *spec = palloc(sizeof(FloralSpec));
+	FloralNet  *net;
+	float	   *params,
+			   *grad;
+	double	   *numeric;
+	float		z[FLORAL_MAX_ADAPTORS] = {0};
+	float		dz[FLORAL_MAX_ADAPTORS] = {0};
+	int			B,
+				C;
+	pg_prng_state rng;
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
+	SPI_finish();
+	MemoryContextSwitchTo(cxt);
+	C = spec->nadaptors;
+
+	if (spec->nparams > GRADCHECK_MAX_PARAMS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("gradient check is for small models (at most %d parameters)",
+						GRADCHECK_MAX_PARAMS)));
+	if (ARR_ELEMTYPE(xa) != FLOAT4OID || ARR_NDIM(xa) != 2 ||
+		ARR_DIMS(xa)[1] != SPEC_INPUTS(spec) || array_contains_nulls(xa))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("features must be a B x %d real[][] without NULLs", SPEC_INPUTS(spec))));
+	B = ARR_DIMS(xa)[0];
+	if (ARR_ELEMTYPE(ya) != FLOAT4OID || array_contains_nulls(ya) ||
+		ArrayGetNItems(ARR_NDIM(ya), ARR_DIMS(ya)) !=
+		B * (spec->task == FLORAL_CLASSIFICATION ? 1 : SPEC_OUTPUTS(spec)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("labels do not match the batch")));
+	if (spec->task == FLORAL_CLASSIFICATION)
+		for (int i = 0; i < B; i++)
+		{
+			float		y = ((float *) ARR_DATA_PTR(ya))[i];
+
+			if (y != floorf(y) || y < 0 || y >= SPEC_OUTPUTS(spec))
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("label %g is not a class of this model", y)));
+		}
+	floral_read_real_array(PointerGetDatum(za), z, C, "logits");
+
+	net = floral_net_create(spec, B);
+	params = palloc(sizeof(float) * spec->nparams);
+	grad = palloc0(sizeof(float) * spec->nparams);
+	numeric = palloc0(sizeof(double) * spec->nparams);
+	floral_rng_seed(&rng, (uint64) seed, 0, "gradient check");
+	for (int64 i = 0; i < spec->nparams; i++)
+		params[i] = floral_rng_uniform(&rng, -0.5f, 0.5f);
+	memcpy(net->X, ARR_DATA_PTR(xa), sizeof(float) * B * SPEC_INPUTS(spec));
+
+	/* analytic */
+	if (C > 0)
+		floral_router(net, z, NULL);
+	floral_forward(net, params, params + spec->adaptor_offset, B);
+	floral_loss(net, (float *) ARR_DATA_PTR(ya), B, true, NULL);
+	floral_backward(net, params, params + spec->adaptor_offset, B,
+					grad, grad + spec->adaptor_offset);
+	if (C > 0)
+		floral_router_backward(net, dz);
+
+	/* numeric, in double around float parameters */
+	for (int64 i = 0; i < spec->nparams; i++)
+	{
+		float		saved = params[i];
+		double		up,
+					down;
+
+		params[i] = saved + (float) eps;
+		up = loss_at(net, params, z, (float *) ARR_DATA_PTR(ya), B);
+		params[i] = saved - (float) eps;
+		down = loss_at(net, params, z, (float *) ARR_DATA_PTR(ya), B);
+		params[i] = saved;
+		numeric[i] = (up - down) / (2 * eps);
+	}
+	put_row(rsinfo, "base", (int) spec->base_size, grad, numeric);
+	if (C > 0)
+	{
+		double		nz[FLORAL_MAX_ADAPTORS];
+
+		put_row(rsinfo, "adaptors", (int) spec->adaptor_size,
+				grad + spec->adaptor_offset, numeric + spec->adaptor_offset);
+		for (int c = 0; c < C; c++)
+		{
+			float		saved = z[c];
+			double		up,
+						down;
+
+			z[c] = saved + (float) eps;
+			up = loss_at(net, params, z, (float *) ARR_DATA_PTR(ya), B);
+			z[c] = saved - (float) eps;
+			down = loss_at(net, params, z, (float *) ARR_DATA_PTR(ya), B);
+			z[c] = saved;
+			nz[c] = (up - down) / (2 * eps);
+		}
+		put_row(rsinfo, "logits", C, dz, nz);
+	}
+	return (Datum) 0;
+}

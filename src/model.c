@@ -1,0 +1,199 @@
+/*
+ * model.c
+ *	  Model layout, adaptor ranks and seeded initialisation.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "model.h"
+#include "rng.h"
+#include "tensor.h"
+
+PG_FUNCTION_INFO_V1(floral_rank);
+
+/*
+ * r_l = max(1, floor(rho * in*out / (in+out))) for a budget fraction rho < 1,
+ * else round(rho): FLORAL.md, "Rank".
+ */
+int
+floral_rank_for(float rho, int in, int out)
+{
+	if (rho < 1.0f)
+	{
+		double		r = floor((double) rho * in * out / (double) (in + out));
+
+		return (int) Max(1.0, r);
+	}
+	return (int) rint(rho);
+}
+
+/* SQL-callable so that floral_create_model computes ranks the same way */
+Datum
+floral_rank(PG_FUNCTION_ARGS)
+{
+	float		rho = PG_GETARG_FLOAT4(0);
+	int			in = PG_GETARG_INT32(1);
+	int			out = PG_GETARG_INT32(2);
+
+	PG_RETURN_INT32(floral_rank_for(rho, in, out));
+}
+
+void
+floral_spec_layout(FloralSpec *spec, const int *widths, const int *ranks)
+{
+	int64		off = 0;
+	int			C = spec->nadaptors;
+
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		FloralLayer *layer = &spec->layers[l];
+
+		layer->in = widths[l];
+		layer->out = widths[l + 1];
+		layer->rank = C > 0 ? ranks[l] : 0;
+		layer->W = off;
+		off += (int64) layer->out * layer->in;
+		layer->b = off;
+		off += layer->out;
+	}
+	spec->base_size = off;
+	spec->adaptor_offset = off;
+	off = 0;
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		FloralLayer *layer = &spec->layers[l];
+		int64		r = layer->rank;
+
+		layer->U = off;
+		off += C * r * layer->in;
+		layer->V = off;
+		off += C * layer->out * r;
+		layer->beta = off;
+		off += (int64) C * layer->out;
+	}
+	spec->adaptor_size = off;
+	spec->nparams = spec->base_size + spec->adaptor_size;
+}
+
+int
+floral_spec_widest(const FloralSpec *spec)
+{
+	int			w = spec->layers[0].in;
+
+	for (int l = 0; l < spec->nlayers; l++)
+		w = Max(w, spec->layers[l].out);
+	return w;
+}
+
+/*
+ * FLORAL.md, "Initialisation": base W and b uniform in +-1/sqrt(in),
+ * U uniform in +-sqrt(6/in), V = 0, beta = 0.  One stream, drawn in layout
+ * order, so that a model created with the same seed is bit-for-bit the same.
+ */
+void
+floral_init_params(const FloralSpec *spec, float *params)
+{
+	pg_prng_state rng;
+
+	floral_rng_seed(&rng, (uint64) spec->seed, 0, NULL);
+	memset(params, 0, sizeof(float) * spec->nparams);
+
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		float		bound = 1.0f / sqrtf((float) layer->in);
+		int64		nW = (int64) layer->out * layer->in;
+
+		for (int64 i = 0; i < nW; i++)
+			params[layer->W + i] = floral_rng_uniform(&rng, -bound, bound);
+		for (int i = 0; i < layer->out; i++)
+			params[layer->b + i] = floral_rng_uniform(&rng, -bound, bound);
+	}
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		float		bound = sqrtf(6.0f / (float) layer->in);
+		int64		nU = (int64) spec->nadaptors * layer->rank * layer->in;
+
+		for (int64 i = 0; i < nU; i++)
+			params[spec->adaptor_offset + layer->U + i] = floral_rng_uniform(&rng, -bound, bound);
+		/* V and beta stay zero: a fresh adaptor changes nothing */
+	}
+}
+
+FloralTask
+floral_task_from_name(const char *name)
+{
+	if (strcmp(name, "classification") == 0)
+		return FLORAL_CLASSIFICATION;
+	if (strcmp(name, "regression") == 0)
+		return FLORAL_REGRESSION;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown task \"%s\"", name),
+			 errhint("Use \"classification\" or \"regression\".")));
+	pg_unreachable();
+}
+
+FloralActivation
+floral_activation_from_name(const char *name)
+{
+	if (strcmp(name, "relu") == 0)
+		return FLORAL_RELU;
+	if (strcmp(name, "tanh") == 0)
+		return FLORAL_TANH;
+	if (strcmp(name, "identity") == 0)
+		return FLORAL_IDENTITY;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown activation \"%s\"", name),
+			 errhint("Use \"relu\", \"tanh\" or \"identity\".")));
+	pg_unreachable();
+}
+
+/*
+ * acc += w * (adaptor c of bank), over every layer's U, V and beta of that
+ * adaptor.  acc and bank are both laid out as an adaptor bank.
+ */
+void
+floral_adaptor_axpy(const FloralSpec *spec, int c, double w,
+					const float *bank, double *acc)
+{
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int64		nU = (int64) layer->rank * layer->in;
+		int64		nV = (int64) layer->out * layer->rank;
+		int64		starts[3] = {layer->U + c * nU, layer->V + c * nV,
+		layer->beta + (int64) c * layer->out};
+		int64		lens[3] = {nU, nV, layer->out};
+
+		for (int part = 0; part < 3; part++)
+			for (int64 i = starts[part]; i < starts[part] + lens[part]; i++)
+				acc[i] += w * bank[i];
+	}
+}
+
+/* acc *= w over adaptor c's segments */
+void
+floral_adaptor_scale(const FloralSpec *spec, int c, double w, double *acc)
+{
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int64		nU = (int64) layer->rank * layer->in;
+		int64		nV = (int64) layer->out * layer->rank;
+		int64		starts[3] = {layer->U + c * nU, layer->V + c * nV,
+		layer->beta + (int64) c * layer->out};
+		int64		lens[3] = {nU, nV, layer->out};
+
+		for (int part = 0; part < 3; part++)
+			for (int64 i = starts[part]; i < starts[part] + lens[part]; i++)
+				acc[i] *= w;
+	}
+}

@@ -1,0 +1,502 @@
+/*
+ * nn.c
+ *	  The FLoRAL layer, its loss and its gradients, on whole batches.
+ *
+ * Layer l for a tenant with mixture coefficients m_c (FLORAL.md, "Model"):
+ *
+ *	  Z_l = H_{l-1} W_l^T + b_l + alpha * sum_c m_c (H_{l-1} U_c^T V_c^T + beta_c)
+ *	  H_l = act(Z_l)			(no activation after the last layer)
+ *
+ * Rows are examples (row-major), so every product is one cblas_sgemm over
+ * the batch.  The C adaptors of a layer are stacked, so projecting the batch
+ * on all of them is a single GEMM as well.
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <cblas.h>
+
+#include "miscadmin.h"
+
+#include "nn.h"
+
+FloralNet *
+floral_net_create(const FloralSpec *spec, int max_batch)
+{
+	FloralNet  *net = palloc0(sizeof(FloralNet));
+	int			widest = floral_spec_widest(spec);
+	int			C = spec->nadaptors;
+	int			max_cr = 1;
+	int			max_r = 1;
+
+	net->spec = spec;
+	net->max_batch = max_batch;
+	net->X = palloc(sizeof(float) * max_batch * SPEC_INPUTS(spec));
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			cr = C * layer->rank;
+
+		net->Z[l] = palloc(sizeof(float) * max_batch * layer->out);
+		net->H[l] = (l == spec->nlayers - 1) ? net->Z[l] :
+			palloc(sizeof(float) * max_batch * layer->out);
+		if (cr > 0)
+		{
+			net->A[l] = palloc(sizeof(float) * max_batch * cr);
+			net->As[l] = palloc(sizeof(float) * max_batch * cr);
+		}
+		max_cr = Max(max_cr, cr);
+		max_r = Max(max_r, layer->rank);
+	}
+	net->G = palloc(sizeof(float) * max_batch * max_cr);
+	net->dZ = palloc(sizeof(float) * max_batch * widest);
+	net->dX = palloc(sizeof(float) * max_batch * widest);
+	net->bias = palloc(sizeof(float) * widest);
+	net->colsum = palloc(sizeof(double) * widest);
+	net->gram = palloc(sizeof(double) * max_r * max_r);
+	net->vec = palloc(sizeof(double) * max_r);
+	return net;
+}
+
+/* ---------- router: the tenant's mixture ---------- */
+
+void
+floral_router(FloralNet *net, const float *z, const float *u)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	double		maxs = -INFINITY;
+	double		sum = 0.0;
+	double		s[FLORAL_MAX_ADAPTORS];
+
+	for (int c = 0; c < C; c++)
+	{
+		s[c] = z[c] + (u ? (double) spec->noise * u[c] : 0.0);
+		maxs = Max(maxs, s[c]);
+	}
+	for (int c = 0; c < C; c++)
+	{
+		s[c] = exp(s[c] - maxs);
+		sum += s[c];
+	}
+	for (int c = 0; c < C; c++)
+	{
+		net->pi[c] = (float) (s[c] / sum);
+		net->m[c] = Max(net->pi[c], spec->min_prob);
+	}
+}
+
+void
+floral_router_fixed(FloralNet *net, const float *pi)
+{
+	for (int c = 0; c < net->spec->nadaptors; c++)
+	{
+		net->pi[c] = pi[c];
+		net->m[c] = Max(pi[c], net->spec->min_prob);
+	}
+}
+
+/*
+ * m_c = max(pi_c, min_prob) passes the gradient where pi_c >= min_prob;
+ * then through the softmax: dz_j = pi_j (dpi_j - sum_c pi_c dpi_c).
+ */
+void
+floral_router_backward(FloralNet *net, float *dz)
+{
+	int			C = net->spec->nadaptors;
+	double		dpi[FLORAL_MAX_ADAPTORS];
+	double		dot = 0.0;
+
+	for (int c = 0; c < C; c++)
+	{
+		dpi[c] = (net->pi[c] >= net->spec->min_prob) ? net->dm[c] : 0.0;
+		dot += net->pi[c] * dpi[c];
+	}
+	for (int c = 0; c < C; c++)
+		dz[c] = (float) (net->pi[c] * (dpi[c] - dot));
+}
+
+/* ---------- forward ---------- */
+
+float *
+floral_forward(FloralNet *net, const float *base, const float *bank, int B)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	const float *in = net->X;
+
+	Assert(B <= net->max_batch);
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			r = layer->rank;
+		int			cr = C * r;
+		float	   *Z = net->Z[l];
+		const float *W = base + layer->W;
+		float	   *bias = net->bias;
+
+		/* effective bias: b + alpha * sum_c m_c beta_c */
+		memcpy(bias, base + layer->b, sizeof(float) * layer->out);
+		for (int c = 0; c < C; c++)
+			cblas_saxpy(layer->out, spec->alpha * net->m[c],
+						bank + layer->beta + (int64) c * layer->out, 1,
+						bias, 1);
+		for (int i = 0; i < B; i++)
+			memcpy(Z + (int64) i * layer->out, bias, sizeof(float) * layer->out);
+
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+					B, layer->out, layer->in,
+					1.0f, in, layer->in, W, layer->in,
+					1.0f, Z, layer->out);
+
+		if (cr > 0)
+		{
+			float	   *A = net->A[l];
+			float	   *As = net->As[l];
+
+			/* project on every adaptor's U at once */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+						B, cr, layer->in,
+						1.0f, in, layer->in, bank + layer->U, layer->in,
+						0.0f, A, cr);
+			for (int i = 0; i < B; i++)
+				for (int c = 0; c < C; c++)
+				{
+					float		scale = spec->alpha * net->m[c];
+
+					for (int j = 0; j < r; j++)
+						As[(int64) i * cr + c * r + j] =
+							scale * A[(int64) i * cr + c * r + j];
+				}
+			for (int c = 0; c < C; c++)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+							B, layer->out, r,
+							1.0f, As + c * r, cr,
+							bank + layer->V + (int64) c * layer->out * r, r,
+							1.0f, Z, layer->out);
+		}
+
+		if (l < spec->nlayers - 1)
+		{
+			float	   *H = net->H[l];
+			int64		n = (int64) B * layer->out;
+
+			switch (spec->activation)
+			{
+				case FLORAL_RELU:
+					for (int64 i = 0; i < n; i++)
+						H[i] = Z[i] > 0.0f ? Z[i] : 0.0f;
+					break;
+				case FLORAL_TANH:
+					for (int64 i = 0; i < n; i++)
+						H[i] = tanhf(Z[i]);
+					break;
+				case FLORAL_IDENTITY:
+					memcpy(H, Z, sizeof(float) * n);
+					break;
+			}
+		}
+		in = net->H[l];
+	}
+	return net->Z[spec->nlayers - 1];
+}
+
+/* ---------- loss ---------- */
+
+double
+floral_loss(FloralNet *net, const float *Y, int B, bool want_grad,
+			int64 *correct)
+{
+	const FloralSpec *spec = net->spec;
+	int			K = SPEC_OUTPUTS(spec);
+	const float *out = net->Z[spec->nlayers - 1];
+	float	   *dZ = net->dZ;
+	double		loss = 0.0;
+
+	if (spec->task == FLORAL_CLASSIFICATION)
+	{
+		for (int i = 0; i < B; i++)
+		{
+			const float *row = out + (int64) i * K;
+			int			y = (int) Y[i];
+			float		maxv = row[0];
+			int			argmax = 0;
+			double		sum = 0.0;
+			double		lse;
+
+			for (int k = 1; k < K; k++)
+				if (row[k] > maxv)
+				{
+					maxv = row[k];
+					argmax = k;
+				}
+			for (int k = 0; k < K; k++)
+				sum += exp((double) row[k] - maxv);
+			lse = maxv + log(sum);
+			loss += lse - row[y];
+			if (correct && argmax == y)
+				(*correct)++;
+			if (want_grad)
+			{
+				float	   *g = dZ + (int64) i * K;
+
+				for (int k = 0; k < K; k++)
+					g[k] = (float) (exp((double) row[k] - lse) / B);
+				g[y] -= 1.0f / B;
+			}
+		}
+		return loss / B;
+	}
+
+	/* mean squared error over all B * K outputs, as torch's MSELoss */
+	for (int64 i = 0; i < (int64) B * K; i++)
+	{
+		double		d = (double) out[i] - Y[i];
+
+		loss += d * d;
+		if (want_grad)
+			dZ[i] = (float) (2.0 * d / ((double) B * K));
+	}
+	return loss / ((double) B * K);
+}
+
+/* ---------- backward ---------- */
+
+void
+floral_backward(FloralNet *net, const float *base, const float *bank, int B,
+				float *gbase, float *gbank)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	float	   *dZ = net->dZ;
+	float	   *dX = net->dX;
+
+	for (int c = 0; c < C; c++)
+		net->dm[c] = 0.0;
+
+	for (int l = spec->nlayers - 1; l >= 0; l--)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		const float *in = (l == 0) ? net->X : net->H[l - 1];
+		int			out = layer->out;
+		int			r = layer->rank;
+		int			cr = C * r;
+		double	   *db = net->colsum;
+
+		CHECK_FOR_INTERRUPTS();
+
+		/* base: dW = dZ^T H_in, db = column sums of dZ */
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+					out, layer->in, B,
+					1.0f, dZ, out, in, layer->in,
+					0.0f, gbase + layer->W, layer->in);
+		for (int k = 0; k < out; k++)
+			db[k] = 0.0;
+		for (int i = 0; i < B; i++)
+			for (int k = 0; k < out; k++)
+				db[k] += dZ[(int64) i * out + k];
+		for (int k = 0; k < out; k++)
+			gbase[layer->b + k] = (float) db[k];
+
+		if (cr > 0)
+		{
+			float	   *A = net->A[l];
+			float	   *As = net->As[l];
+			float	   *G = net->G;
+
+			for (int c = 0; c < C; c++)
+			{
+				const float *V = bank + layer->V + (int64) c * out * r;
+				const float *beta = bank + layer->beta + (int64) c * out;
+				double		dm = 0.0;
+				float		scale = spec->alpha * net->m[c];
+
+				/* G_c = dZ V_c */
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+							B, r, out,
+							1.0f, dZ, out, V, r,
+							0.0f, G + c * r, cr);
+				/* dV_c = dZ^T (alpha m_c A_c) */
+				cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+							out, r, B,
+							1.0f, dZ, out, As + c * r, cr,
+							0.0f, gbank + layer->V + (int64) c * out * r, r);
+				/* dbeta_c = alpha m_c db */
+				for (int k = 0; k < out; k++)
+					gbank[layer->beta + (int64) c * out + k] = (float) (scale * db[k]);
+
+				/* dm_c = alpha (<G_c, A_c> + <db, beta_c>) */
+				for (int i = 0; i < B; i++)
+					for (int j = 0; j < r; j++)
+						dm += (double) G[(int64) i * cr + c * r + j] *
+							A[(int64) i * cr + c * r + j];
+				for (int k = 0; k < out; k++)
+					dm += db[k] * beta[k];
+				net->dm[c] += spec->alpha * dm;
+
+				/* from here on G_c carries the factor alpha m_c */
+				for (int i = 0; i < B; i++)
+					for (int j = 0; j < r; j++)
+						G[(int64) i * cr + c * r + j] *= scale;
+			}
+			/* dU (all adaptors) = G^T H_in */
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+						cr, layer->in, B,
+						1.0f, G, cr, in, layer->in,
+						0.0f, gbank + layer->U, layer->in);
+		}
+
+		if (l > 0)
+		{
+			const float *Zprev = net->Z[l - 1];
+			const float *Hprev = net->H[l - 1];
+			int64		n = (int64) B * layer->in;
+			float	   *tmp;
+
+			/* dH_in = dZ W + G U */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+						B, layer->in, out,
+						1.0f, dZ, out, base + layer->W, layer->in,
+						0.0f, dX, layer->in);
+			if (cr > 0)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+							B, layer->in, cr,
+							1.0f, net->G, cr, bank + layer->U, layer->in,
+							1.0f, dX, layer->in);
+			switch (spec->activation)
+			{
+				case FLORAL_RELU:
+					for (int64 i = 0; i < n; i++)
+						if (Zprev[i] <= 0.0f)
+							dX[i] = 0.0f;
+					break;
+				case FLORAL_TANH:
+					for (int64 i = 0; i < n; i++)
+						dX[i] *= 1.0f - Hprev[i] * Hprev[i];
+					break;
+				case FLORAL_IDENTITY:
+					break;
+			}
+			tmp = dZ;
+			dZ = dX;
+			dX = tmp;
+		}
+	}
+}
+
+/* ---------- preconditioning ---------- */
+
+/* Cholesky factorisation of an SPD n x n matrix in place (lower part) */
+static void
+cholesky(double *a, int n, double floor_pivot)
+{
+	for (int j = 0; j < n; j++)
+	{
+		double		d = a[j * n + j];
+
+		for (int k = 0; k < j; k++)
+			d -= a[j * n + k] * a[j * n + k];
+		/* rounding can make a tiny pivot negative; keep it positive */
+		d = sqrt(Max(d, floor_pivot));
+		a[j * n + j] = d;
+		for (int i = j + 1; i < n; i++)
+		{
+			double		s = a[i * n + j];
+
+			for (int k = 0; k < j; k++)
+				s -= a[i * n + k] * a[j * n + k];
+			a[i * n + j] = s / d;
+		}
+	}
+}
+
+/* solve (L L^T) x = b in place */
+static void
+cholesky_solve(const double *L, int n, double *x)
+{
+	for (int i = 0; i < n; i++)
+	{
+		double		s = x[i];
+
+		for (int k = 0; k < i; k++)
+			s -= L[i * n + k] * x[k];
+		x[i] = s / L[i * n + i];
+	}
+	for (int i = n - 1; i >= 0; i--)
+	{
+		double		s = x[i];
+
+		for (int k = i + 1; k < n; k++)
+			s -= L[k * n + i] * x[k];
+		x[i] = s / L[i * n + i];
+	}
+}
+
+/*
+ * grad_U <- (V^T V + eps I)^-1 grad_U and grad_V <- grad_V (U U^T + eps I)^-1,
+ * per layer and adaptor, with the factors as they were before the step.
+ */
+void
+floral_precondition(FloralNet *net, const float *bank, float *gbank)
+{
+	const FloralSpec *spec = net->spec;
+	double		eps = spec->precondition_eps;
+	double	   *P = net->gram;
+	double	   *x = net->vec;
+
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			r = layer->rank;
+		int			in = layer->in;
+		int			out = layer->out;
+
+		for (int c = 0; c < spec->nadaptors; c++)
+		{
+			const float *U = bank + layer->U + (int64) c * r * in;
+			const float *V = bank + layer->V + (int64) c * out * r;
+			float	   *gU = gbank + layer->U + (int64) c * r * in;
+			float	   *gV = gbank + layer->V + (int64) c * out * r;
+
+			/* P = V^T V + eps I */
+			for (int i = 0; i < r; i++)
+				for (int j = 0; j <= i; j++)
+				{
+					double		s = (i == j) ? eps : 0.0;
+
+					for (int o = 0; o < out; o++)
+						s += (double) V[o * r + i] * V[o * r + j];
+					P[i * r + j] = P[j * r + i] = s;
+				}
+			cholesky(P, r, eps);
+			for (int k = 0; k < in; k++)
+			{
+				for (int i = 0; i < r; i++)
+					x[i] = gU[(int64) i * in + k];
+				cholesky_solve(P, r, x);
+				for (int i = 0; i < r; i++)
+					gU[(int64) i * in + k] = (float) x[i];
+			}
+
+			/* Q = U U^T + eps I */
+			for (int i = 0; i < r; i++)
+				for (int j = 0; j <= i; j++)
+				{
+					double		s = (i == j) ? eps : 0.0;
+
+					for (int k = 0; k < in; k++)
+						s += (double) U[(int64) i * in + k] * U[(int64) j * in + k];
+					P[i * r + j] = P[j * r + i] = s;
+				}
+			cholesky(P, r, eps);
+			for (int o = 0; o < out; o++)
+			{
+				for (int i = 0; i < r; i++)
+					x[i] = gV[o * r + i];
+				cholesky_solve(P, r, x);
+				for (int i = 0; i < r; i++)
+					gV[o * r + i] = (float) x[i];
+			}
+		}
+	}
+}

@@ -1,0 +1,70 @@
+/*
+ * nn.h
+ *	  Forward and backward passes of a FLoRAL MLP on a batch of rows.
+ *
+ * A FloralNet is the scratch space for one model and one largest batch
+ * size.  It is allocated once per call (training) or once per cached model
+ * (prediction), so the per-batch and per-row paths allocate nothing and
+ * hand whole batches to BLAS.
+ */
+#ifndef FLORAL_NN_H
+#define FLORAL_NN_H
+
+#include "model.h"
+
+typedef struct FloralNet
+{
+	const FloralSpec *spec;
+	int			max_batch;
+
+	float	   *X;				/* input batch, B x in */
+	float	   *Z[FLORAL_MAX_LAYERS];	/* pre-activations, B x out */
+	float	   *H[FLORAL_MAX_LAYERS];	/* activations (== Z for the last) */
+	float	   *A[FLORAL_MAX_LAYERS];	/* input projected on U: B x C*r */
+	float	   *As[FLORAL_MAX_LAYERS];	/* A scaled by alpha * m_c */
+	float	   *G;				/* dZ V_c, B x C*r (largest layer) */
+	float	   *dZ;				/* B x widest */
+	float	   *dX;				/* B x widest */
+	float	   *bias;			/* effective bias, widest */
+	double	   *colsum;			/* widest */
+	double	   *gram;			/* r x r scratch for preconditioning */
+	double	   *vec;			/* r scratch */
+
+	/* the mixture used by the last forward pass */
+	float		pi[FLORAL_MAX_ADAPTORS];
+	float		m[FLORAL_MAX_ADAPTORS];
+	double		dm[FLORAL_MAX_ADAPTORS];
+} FloralNet;
+
+extern FloralNet *floral_net_create(const FloralSpec *spec, int max_batch);
+
+/* mixture from logits z (and router noise u, or NULL), into net->pi/m */
+extern void floral_router(FloralNet *net, const float *z, const float *u);
+/* a fixed mixture (pinned tenants, the uniform mixture for strangers) */
+extern void floral_router_fixed(FloralNet *net, const float *pi);
+/* gradient of the loss wrt z from net->dm and net->pi */
+extern void floral_router_backward(FloralNet *net, float *dz);
+
+/* forward pass of net->X (B rows); returns the output rows (B x K) */
+/* base and bank point at the base part and an adaptor bank of the layout */
+extern float *floral_forward(FloralNet *net, const float *base,
+							 const float *bank, int B);
+
+/*
+ * Loss of the last forward pass against labels Y (B x ylen) and, when
+ * want_grad, the output gradient into net->dZ.  Returns the mean loss;
+ * counts correct predictions into *correct when not NULL.
+ */
+extern double floral_loss(FloralNet *net, const float *Y, int B,
+						  bool want_grad, int64 *correct);
+
+/* backward pass: fills grad (nparams floats) and net->dm */
+extern void floral_backward(FloralNet *net, const float *base,
+							const float *bank, int B,
+							float *gbase, float *gbank);
+
+/* FLORAL.md preconditioning of the adaptor factors' gradients, in place */
+extern void floral_precondition(FloralNet *net, const float *bank,
+								float *gbank);
+
+#endif

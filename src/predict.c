@@ -1,0 +1,253 @@
+/*
+ * predict.c
+ *	  Personalised prediction of single rows and evaluation over a source.
+ *
+ * floral_predict and floral_predict_proba run once per row: they find the
+ * model and the tenant in the backend's cache (remembering the last ones in
+ * fn_extra, so consecutive rows skip even the hash lookups), copy the
+ * features into preallocated scratch and run the forward pass.  Nothing is
+ * read from the tables and nothing is allocated per row except the result.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "cache.h"
+#include "catalog.h"
+#include "floral.h"
+#include "nn.h"
+#include "source.h"
+
+PG_FUNCTION_INFO_V1(floral_predict);
+PG_FUNCTION_INFO_V1(floral_predict_proba);
+PG_FUNCTION_INFO_V1(floral_evaluate_internal);
+
+#define EVAL_BATCH 256
+
+/* what a call site remembers between rows */
+typedef struct PredictCallCache
+{
+	uint64		generation;
+	char		model[NAMEDATALEN * 2];
+	FloralCachedModel *entry;
+	char		tenant[FLORAL_MAX_TENANT_LEN + 1];
+	int			tenant_len;
+	FloralCachedTenant *tenant_entry;
+} PredictCallCache;
+
+/* run the forward pass for one row; returns the model's raw outputs */
+static const float *
+predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
+{
+	text	   *model = PG_GETARG_TEXT_PP(0);
+	text	   *tenant = PG_GETARG_TEXT_PP(1);
+	ArrayType  *features = PG_GETARG_ARRAYTYPE_P(2);
+	PredictCallCache *cc = (PredictCallCache *) fcinfo->flinfo->fn_extra;
+	int			model_len = VARSIZE_ANY_EXHDR(model);
+	int			tenant_len = VARSIZE_ANY_EXHDR(tenant);
+	FloralCachedModel *m;
+	FloralCachedTenant *t;
+	const FloralSpec *spec;
+	const float *fv;
+	int			nf;
+
+	if (cc == NULL)
+	{
+		cc = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(PredictCallCache));
+		fcinfo->flinfo->fn_extra = cc;
+	}
+
+	/* fast path: same model and generation as the previous row */
+	if (cc->entry == NULL || cc->generation != floral_cache_generation ||
+		model_len >= (int) sizeof(cc->model) ||
+		strncmp(cc->model, VARDATA_ANY(model), model_len) != 0 ||
+		cc->model[model_len] != '\0')
+	{
+		char	   *name = text_to_cstring(model);
+
+		cc->entry = NULL;
+		cc->tenant_entry = NULL;
+		m = floral_cache_get(name);
+		strlcpy(cc->model, name, sizeof(cc->model));
+		pfree(name);
+		cc->entry = m;
+		cc->generation = floral_cache_generation;
+	}
+	m = cc->entry;
+	spec = &m->spec;
+
+	if (cc->tenant_entry && tenant_len == cc->tenant_len &&
+		memcmp(cc->tenant, VARDATA_ANY(tenant), tenant_len) == 0)
+		t = cc->tenant_entry;
+	else
+	{
+		t = floral_cache_tenant(m, VARDATA_ANY(tenant), tenant_len);
+		memcpy(cc->tenant, VARDATA_ANY(tenant), tenant_len);
+		cc->tenant_len = tenant_len;
+		cc->tenant_entry = t;
+	}
+
+	nf = (ARR_NDIM(features) == 1) ? ARR_DIMS(features)[0] : 0;
+	if (ARR_ELEMTYPE(features) != FLOAT4OID || ARR_NDIM(features) > 1 ||
+		nf != SPEC_INPUTS(spec))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("features have %d values, model \"%s\" expects %d",
+						nf, spec->name, SPEC_INPUTS(spec))));
+	if (ARR_HASNULL(features) && array_contains_nulls(features))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("features must not contain NULLs")));
+	fv = (const float *) ARR_DATA_PTR(features);
+	for (int k = 0; k < nf; k++)
+		if (unlikely(!isfinite(fv[k])))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("features contain a non-finite value"),
+					 errdetail("Feature %d is %g.", k + 1, fv[k])));
+
+	memcpy(m->net->X, fv, sizeof(float) * nf);
+	if (spec->nadaptors > 0)
+		floral_router_fixed(m->net, t->pi);
+	*spec_out = spec;
+	return floral_forward(m->net, m->params,
+						  t->bank ? t->bank : m->params + spec->adaptor_offset, 1);
+}
+
+/* floral_predict(model, tenant, features) returns real */
+Datum
+floral_predict(PG_FUNCTION_ARGS)
+{
+	const FloralSpec *spec;
+	const float *out = predict_row(fcinfo, &spec);
+	int			K = SPEC_OUTPUTS(spec);
+	int			best = 0;
+
+	if (spec->task == FLORAL_REGRESSION)
+		PG_RETURN_FLOAT4(out[0]);
+	for (int k = 1; k < K; k++)
+		if (out[k] > out[best])
+			best = k;
+	PG_RETURN_FLOAT4((float) best);
+}
+
+/* floral_predict_proba(model, tenant, features) returns real[] */
+Datum
+floral_predict_proba(PG_FUNCTION_ARGS)
+{
+	const FloralSpec *spec;
+	const float *out = predict_row(fcinfo, &spec);
+	int			K = SPEC_OUTPUTS(spec);
+	float		probs[1024];
+	float	   *p = (K <= 1024) ? probs : palloc(sizeof(float) * K);
+
+	if (spec->task == FLORAL_CLASSIFICATION)
+	{
+		float		maxv = out[0];
+		double		sum = 0.0;
+
+		for (int k = 1; k < K; k++)
+			maxv = Max(maxv, out[k]);
+		for (int k = 0; k < K; k++)
+			sum += exp((double) out[k] - maxv);
+		for (int k = 0; k < K; k++)
+			p[k] = (float) (exp((double) out[k] - maxv) / sum);
+	}
+	else
+		memcpy(p, out, sizeof(float) * K);
+	PG_RETURN_DATUM(floral_real_array(p, K));
+}
+
+/*
+ * floral._evaluate(model, source) returns setof (tenant, examples, loss,
+ * accuracy): each tenant with its own mixture, no router noise.
+ */
+Datum
+floral_evaluate_internal(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *params;
+	FloralRows *rows;
+	FloralNet  *net;
+	float	   *Y;
+
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral evaluate",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	spec = palloc(sizeof(FloralSpec));
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+
+	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
+	params = floral_load_round(spec, spec->round, cxt);
+	rows = floral_read_source(source, spec);
+	net = floral_net_create(spec, EVAL_BATCH);
+	Y = palloc(sizeof(float) * EVAL_BATCH * rows->ylen);
+
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		FloralTenantState state;
+		double		loss = 0.0;
+		int64		correct = 0;
+		int			C = spec->nadaptors;
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		CHECK_FOR_INTERRUPTS();
+		floral_load_tenant(spec, trows->name, cxt, &state);
+		if (state.pinned)
+			floral_router_fixed(net, state.pinned_pi);
+		else if (state.found && C > 0)
+			floral_router(net, state.logits, NULL);
+		else if (C > 0)
+		{
+			float		uniform[FLORAL_MAX_ADAPTORS];
+
+			for (int c = 0; c < C; c++)
+				uniform[c] = 1.0f / C;
+			floral_router_fixed(net, uniform);
+		}
+
+		for (int64 s = 0; s < trows->nrows; s += EVAL_BATCH)
+		{
+			int			B = (int) Min((int64) EVAL_BATCH, trows->nrows - s);
+
+			CHECK_FOR_INTERRUPTS();
+			floral_rows_gather(rows, trows->rows + s, B, net->X, Y);
+			floral_forward(net, params,
+						   state.bank ? state.bank : params + spec->adaptor_offset, B);
+			loss += floral_loss(net, Y, B, false, &correct) * B;
+		}
+
+		values[0] = CStringGetTextDatum(trows->name);
+		values[1] = Int64GetDatum(trows->nrows);
+		values[2] = Float8GetDatum(loss / trows->nrows);
+		if (spec->task == FLORAL_CLASSIFICATION)
+			values[3] = Float8GetDatum((double) correct / trows->nrows);
+		else
+			nulls[3] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (state.bank)
+			pfree(state.bank);
+	}
+
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return (Datum) 0;
+}

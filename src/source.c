@@ -1,0 +1,421 @@
+/*
+ * source.c
+ *	  Run a source query with the caller's privileges and keep its rows.
+ *
+ * The query runs read-only through SPI as a subquery, so it can read only
+ * what the caller may read and cannot modify anything.  Every value is
+ * checked at this boundary: NULLs, feature lengths, non-finite values and
+ * label ranges all end in an error naming the tenant at fault.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "source.h"
+
+#define FETCH_ROWS 1000
+
+static bool
+is_integer_type(Oid t)
+{
+	return t == INT2OID || t == INT4OID || t == INT8OID;
+}
+
+static bool
+is_number_type(Oid t)
+{
+	return is_integer_type(t) || t == FLOAT4OID || t == FLOAT8OID ||
+		t == NUMERICOID;
+}
+
+/*
+ * Look at the source's columns and build the query that reads it, with the
+ * casts that turn whatever the user wrote into text, real[] and a label.
+ */
+static char *
+build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_array)
+{
+	StringInfoData q;
+	TupleDesc	desc;
+	Oid			tenant_type,
+				feature_type,
+				label_type;
+	int			ret;
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT * FROM (%s) AS floral_source LIMIT 0", source);
+	ret = SPI_execute(q.data, true, 0);
+	if (ret != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("source must be a query returning rows")));
+	desc = SPI_tuptable->tupdesc;
+	if (desc->natts != 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("source must return 3 columns (tenant, features, label), not %d",
+						desc->natts)));
+	tenant_type = getBaseType(TupleDescAttr(desc, 0)->atttypid);
+	feature_type = getBaseType(TupleDescAttr(desc, 1)->atttypid);
+	label_type = getBaseType(TupleDescAttr(desc, 2)->atttypid);
+	SPI_freetuptable(SPI_tuptable);
+
+	if (!(tenant_type == TEXTOID || tenant_type == VARCHAROID ||
+		  tenant_type == BPCHAROID || tenant_type == NAMEOID ||
+		  tenant_type == UUIDOID || is_integer_type(tenant_type)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("source's tenant column has type %s", format_type_be(tenant_type)),
+				 errhint("Use text or an integer type for the tenant.")));
+	if (!(feature_type == FLOAT4ARRAYOID || feature_type == FLOAT8ARRAYOID ||
+		  feature_type == NUMERICARRAYOID || feature_type == INT4ARRAYOID ||
+		  feature_type == INT8ARRAYOID || feature_type == INT2ARRAYOID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("source's features column has type %s", format_type_be(feature_type)),
+				 errhint("Use real[] for the features.")));
+
+	*label_is_array = false;
+	if (spec->task == FLORAL_CLASSIFICATION)
+	{
+		if (!is_number_type(label_type))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("source's label column has type %s", format_type_be(label_type)),
+					 errhint("A classification label is an integer from 0 to %d.",
+							 SPEC_OUTPUTS(spec) - 1)));
+	}
+	else if (label_type == FLOAT4ARRAYOID || label_type == FLOAT8ARRAYOID ||
+			 label_type == NUMERICARRAYOID || label_type == INT4ARRAYOID)
+		*label_is_array = true;
+	else if (!is_number_type(label_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("source's label column has type %s", format_type_be(label_type)),
+				 errhint("A regression label is a number or real[].")));
+
+	resetStringInfo(&q);
+	appendStringInfo(&q,
+					 "SELECT floral_source.t::text, floral_source.f::real[], floral_source.y::%s "
+					 "FROM (%s) AS floral_source(t, f, y)",
+					 *label_is_array ? "real[]" : "float8", source);
+	return q.data;
+}
+
+static void
+rows_spill(FloralRows *rows)
+{
+	rows->file = BufFileCreateTemp(false);
+	BufFileWrite(rows->file, rows->mem,
+				 sizeof(float) * rows->recfloats * rows->nrows);
+	pfree(rows->mem);
+	rows->mem = NULL;
+}
+
+/* append one record; returns its record number */
+static int64
+rows_append(FloralRows *rows, const float *features, const float *label)
+{
+	if (rows->file == NULL && rows->nrows >= rows->mem_limit)
+		rows_spill(rows);
+
+	if (rows->file)
+	{
+		BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
+		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
+	}
+	else
+	{
+		float	   *rec;
+
+		if (rows->nrows >= rows->mem_capacity)
+		{
+			rows->mem_capacity = Min(Max(rows->mem_capacity * 2, 1024), rows->mem_limit);
+			rows->mem = rows->mem ?
+				repalloc_huge(rows->mem, sizeof(float) * rows->recfloats * rows->mem_capacity) :
+				palloc_extended(sizeof(float) * rows->recfloats * rows->mem_capacity,
+								MCXT_ALLOC_HUGE);
+		}
+		rec = rows->mem + rows->nrows * rows->recfloats;
+		memcpy(rec, features, sizeof(float) * rows->nfeatures);
+		memcpy(rec + rows->nfeatures, label, sizeof(float) * rows->ylen);
+	}
+	return rows->nrows++;
+}
+
+static FloralTenantRows *
+tenant_entry(FloralRows *rows, const char *name, int len)
+{
+	char		key[FLORAL_MAX_TENANT_LEN + 1];
+	FloralTenantRows *entry;
+	bool		found;
+
+	if (len > FLORAL_MAX_TENANT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("tenant name is longer than %d bytes", FLORAL_MAX_TENANT_LEN)));
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant name must not be empty")));
+	memset(key, 0, sizeof(key));
+	memcpy(key, name, len);
+	entry = hash_search(rows->hash, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->nrows = 0;
+		entry->capacity = 16;
+		entry->rows = palloc(sizeof(int64) * entry->capacity);
+		rows->ntenants++;
+	}
+	return entry;
+}
+
+static int
+tenant_cmp(const void *a, const void *b)
+{
+	return strcmp((*(FloralTenantRows *const *) a)->name,
+				  (*(FloralTenantRows *const *) b)->name);
+}
+
+/*
+ * Read the source.  Must be called inside SPI_connect; the rows live in the
+ * caller's CurrentMemoryContext at the time of the call (passed as target).
+ */
+FloralRows *
+floral_read_source(const char *source, const FloralSpec *spec)
+{
+	MemoryContext target = CurrentMemoryContext;
+	MemoryContext rowcxt;
+	FloralRows *rows;
+	HASHCTL		ctl;
+	char	   *query;
+	bool		label_is_array;
+	Portal		portal;
+	int			K = SPEC_OUTPUTS(spec);
+	float	   *label;
+	instr_time	start,
+				elapsed;
+
+	INSTR_TIME_SET_CURRENT(start);
+
+	rows = palloc0(sizeof(FloralRows));
+	rows->nfeatures = SPEC_INPUTS(spec);
+	rows->ylen = (spec->task == FLORAL_CLASSIFICATION) ? 1 : K;
+	rows->recfloats = rows->nfeatures + rows->ylen;
+	rows->mem_limit = Max((int64) work_mem * 1024 / (sizeof(float) * rows->recfloats), 1);
+	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
+	label = palloc(sizeof(float) * rows->ylen);
+
+	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
+	ctl.entrysize = sizeof(FloralTenantRows);
+	ctl.hcxt = target;
+	rows->hash = hash_create("floral source tenants", 256, &ctl,
+							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	query = build_reader_query(source, spec, &label_is_array);
+	portal = SPI_cursor_open_with_args(NULL, query, 0, NULL, NULL, NULL, true, 0);
+	rowcxt = AllocSetContextCreate(target, "floral source batch",
+								   ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		SPITupleTable *tuptable;
+		MemoryContext oldcxt;
+
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		tuptable = SPI_tuptable;
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = tuptable->vals[i];
+			TupleDesc	desc = tuptable->tupdesc;
+			bool		isnull;
+			Datum		d;
+			text	   *tenant_text;
+			FloralTenantRows *tenant;
+			ArrayType  *features;
+			int64		recno;
+
+			d = SPI_getbinval(tup, desc, 1, &isnull);
+			if (isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("source returned a NULL tenant")));
+			tenant_text = DatumGetTextPP(d);
+			MemoryContextSwitchTo(target);
+			tenant = tenant_entry(rows, VARDATA_ANY(tenant_text),
+								  VARSIZE_ANY_EXHDR(tenant_text));
+			MemoryContextSwitchTo(rowcxt);
+
+			d = SPI_getbinval(tup, desc, 2, &isnull);
+			if (isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("source returned NULL features for tenant \"%s\"",
+								tenant->name)));
+			features = DatumGetArrayTypeP(d);
+			if (ARR_NDIM(features) != 1 ||
+				ARR_DIMS(features)[0] != rows->nfeatures)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("features of tenant \"%s\" have %d values, the model expects %d",
+								tenant->name,
+								ARR_NDIM(features) == 0 ? 0 : ArrayGetNItems(ARR_NDIM(features), ARR_DIMS(features)),
+								rows->nfeatures)));
+			if (ARR_HASNULL(features) && array_contains_nulls(features))
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("features of tenant \"%s\" contain a NULL", tenant->name)));
+
+			d = SPI_getbinval(tup, desc, 3, &isnull);
+			if (isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("source returned a NULL label for tenant \"%s\"",
+								tenant->name)));
+			if (!label_is_array)
+			{
+				double		y = DatumGetFloat8(d);
+
+				if (!isfinite(y))
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_EXCEPTION),
+							 errmsg("label of tenant \"%s\" is not finite", tenant->name)));
+				if (spec->task == FLORAL_CLASSIFICATION &&
+					(y != floor(y) || y < 0 || y >= K))
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("label %g of tenant \"%s\" is not a class of this model",
+									y, tenant->name),
+							 errdetail("Labels are integers from 0 to %d.", K - 1)));
+				if (spec->task == FLORAL_REGRESSION && K != 1)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_EXCEPTION),
+							 errmsg("label of tenant \"%s\" has 1 value, the model has %d outputs",
+									tenant->name, K),
+							 errhint("Give the label as real[].")));
+				label[0] = (float) y;
+				if (!isfinite(label[0]))
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("label of tenant \"%s\" is out of range for type real",
+									tenant->name)));
+			}
+			else
+			{
+				ArrayType  *ya = DatumGetArrayTypeP(d);
+
+				if (ARR_NDIM(ya) != 1 || ARR_DIMS(ya)[0] != K)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_EXCEPTION),
+							 errmsg("label of tenant \"%s\" has the wrong length, the model has %d outputs",
+									tenant->name, K)));
+				if (ARR_HASNULL(ya) && array_contains_nulls(ya))
+					ereport(ERROR,
+							(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+							 errmsg("label of tenant \"%s\" contains a NULL", tenant->name)));
+				memcpy(label, ARR_DATA_PTR(ya), sizeof(float) * K);
+				for (int k = 0; k < K; k++)
+					if (!isfinite(label[k]))
+						ereport(ERROR,
+								(errcode(ERRCODE_DATA_EXCEPTION),
+								 errmsg("label of tenant \"%s\" is not finite", tenant->name)));
+			}
+
+			{
+				const float *fv = (const float *) ARR_DATA_PTR(features);
+
+				for (int k = 0; k < rows->nfeatures; k++)
+					if (unlikely(!isfinite(fv[k])))
+						ereport(ERROR,
+								(errcode(ERRCODE_DATA_EXCEPTION),
+								 errmsg("features of tenant \"%s\" contain a non-finite value",
+										tenant->name),
+								 errdetail("Feature %d is %g.", k + 1, fv[k])));
+				MemoryContextSwitchTo(target);
+				recno = rows_append(rows, fv, label);
+				if (tenant->nrows >= tenant->capacity)
+				{
+					tenant->capacity *= 2;
+					tenant->rows = repalloc_huge(tenant->rows,
+												 sizeof(int64) * tenant->capacity);
+				}
+				tenant->rows[tenant->nrows++] = recno;
+				MemoryContextSwitchTo(rowcxt);
+			}
+		}
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(rowcxt);
+		SPI_freetuptable(tuptable);
+	}
+	SPI_cursor_close(portal);
+	MemoryContextDelete(rowcxt);
+
+	if (rows->ntenants == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("source returned no rows")));
+
+	/* a fixed order of tenants makes results and their listing repeatable */
+	{
+		HASH_SEQ_STATUS seq;
+		FloralTenantRows *entry;
+		int			n = 0;
+
+		rows->tenants = palloc(sizeof(FloralTenantRows *) * rows->ntenants);
+		hash_seq_init(&seq, rows->hash);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			rows->tenants[n++] = entry;
+		qsort(rows->tenants, n, sizeof(FloralTenantRows *), tenant_cmp);
+	}
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	rows->read_seconds = INSTR_TIME_GET_DOUBLE(elapsed);
+	return rows;
+}
+
+/* copy records into a batch: features into X (n x nfeatures), labels into Y */
+void
+floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float *Y)
+{
+	int			nf = rows->nfeatures;
+	int			ny = rows->ylen;
+
+	for (int i = 0; i < n; i++)
+	{
+		const float *rec;
+
+		if (rows->file == NULL)
+			rec = rows->mem + recnos[i] * rows->recfloats;
+		else
+		{
+			off_t		offset = (off_t) recnos[i] * rows->recfloats * sizeof(float);
+			size_t		nbytes = sizeof(float) * rows->recfloats;
+
+			if (BufFileSeek(rows->file, 0, offset, SEEK_SET) != 0 ||
+				BufFileRead(rows->file, rows->recbuf, nbytes) != nbytes)
+				ereport(ERROR,
+						(errcode_for_file_access(),
+						 errmsg("could not read training rows from temporary file")));
+			rec = rows->recbuf;
+		}
+		memcpy(X + (int64) i * nf, rec, sizeof(float) * nf);
+		memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
+	}
+}

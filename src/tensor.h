@@ -1,0 +1,42 @@
+/*
+ * tensor.h
+ *	  The floral.tensor type: a dense float4 array with a shape.
+ *
+ * On disk and in memory a tensor is a varlena: a small header, the
+ * dimensions, then the values in row-major order.  The values start at a
+ * four-byte boundary so that BLAS can read them in place after detoasting.
+ */
+#ifndef FLORAL_TENSOR_H
+#define FLORAL_TENSOR_H
+
+#include "postgres.h"
+#include "fmgr.h"
+#include "utils/memutils.h"
+
+#define FLORAL_TENSOR_MAX_DIM 8
+
+typedef struct FloralTensor
+{
+	int32		vl_len_;		/* varlena header (do not touch directly) */
+	int16		ndim;			/* number of dimensions, 1..8 */
+	int16		flags;			/* reserved, always 0 */
+	int32		dims[FLEXIBLE_ARRAY_MEMBER];	/* then float4 data */
+} FloralTensor;
+
+#define TENSOR_HDRSZ(ndim)	(offsetof(FloralTensor, dims) + sizeof(int32) * (ndim))
+#define TENSOR_SIZE(ndim, numel) (TENSOR_HDRSZ(ndim) + sizeof(float) * (Size) (numel))
+#define TENSOR_DATA(t)		((float *) ((char *) (t) + TENSOR_HDRSZ((t)->ndim)))
+
+/* the largest number of values a tensor may hold (fits in one palloc) */
+#define TENSOR_MAX_NUMEL	((int64) ((MaxAllocSize - TENSOR_HDRSZ(FLORAL_TENSOR_MAX_DIM)) / sizeof(float)))
+
+#define DatumGetTensorP(x)		((FloralTensor *) PG_DETOAST_DATUM(x))
+#define PG_GETARG_TENSOR_P(n)	DatumGetTensorP(PG_GETARG_DATUM(n))
+#define PG_RETURN_TENSOR_P(x)	PG_RETURN_POINTER(x)
+
+extern FloralTensor *tensor_new(int ndim, const int32 *dims);
+extern FloralTensor *tensor_new_1d(int64 numel);
+extern int64 tensor_numel(const FloralTensor *t);
+extern void tensor_check_finite(const float *data, int64 n, const char *what);
+
+#endif

@@ -1,0 +1,559 @@
+/*
+ * train.c
+ *	  Local training of every tenant of a source (FLORAL.md, "Local
+ *	  training"), and fitting only the mixture of cold-start tenants.
+ *
+ * Every tenant starts from the shared parameters of the model's current
+ * round, so tenants are independent and the order in which they are
+ * trained does not matter.  What a tenant contributes to aggregation is
+ * kept in floral.contributions, keyed by (model, round, tenant): training
+ * a tenant again in the same round replaces its contribution and starts
+ * again from the state it had at the start of the round, so a retried call
+ * never counts twice.
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <cblas.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "catalog.h"
+#include "floral.h"
+#include "nn.h"
+#include "rng.h"
+#include "source.h"
+#include "train.h"
+
+PG_FUNCTION_INFO_V1(floral_train_internal);
+PG_FUNCTION_INFO_V1(floral_personalize_internal);
+
+/* scratch for training one tenant after another */
+typedef struct Trainer
+{
+	const FloralSpec *spec;
+	FloralNet  *net;
+	FloralRows *rows;
+	float	   *params;			/* base, then the tenant's adaptor bank */
+	float	   *grad;
+	float	   *Y;
+	int64	   *recnos;
+	int32	   *perm;
+	int64		perm_capacity;
+} Trainer;
+
+static Trainer *
+trainer_create(const FloralSpec *spec, FloralRows *rows, int batch_size)
+{
+	Trainer    *tr = palloc0(sizeof(Trainer));
+
+	tr->spec = spec;
+	tr->rows = rows;
+	tr->net = floral_net_create(spec, batch_size);
+	tr->params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	tr->grad = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	tr->Y = palloc(sizeof(float) * batch_size * rows->ylen);
+	tr->recnos = palloc(sizeof(int64) * batch_size);
+	return tr;
+}
+
+static void
+trainer_perm(Trainer *tr, int64 n)
+{
+	if (n > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a tenant may have at most %d rows per call", PG_INT32_MAX)));
+	if (n > tr->perm_capacity)
+	{
+		if (tr->perm)
+			pfree(tr->perm);
+		tr->perm = palloc_extended(sizeof(int32) * n, MCXT_ALLOC_HUGE);
+		tr->perm_capacity = n;
+	}
+	for (int64 i = 0; i < n; i++)
+		tr->perm[i] = (int32) i;
+}
+
+pg_attribute_noreturn()
+static void
+report_divergence(const char *tenant, int epoch)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("training diverged for tenant \"%s\" in epoch %d", tenant, epoch + 1),
+			 errdetail("The loss or the parameters became infinite or NaN; nothing was stored."),
+			 errhint("Lower the learning rate (lr, router_lr).")));
+}
+
+/*
+ * Mini-batch SGD over one tenant's rows.  z is the tenant's mixture logits
+ * (updated unless pinned or frozen); what is trained of the parameters is
+ * chosen by train_params.  Returns the mean loss of the last epoch.
+ */
+static double
+train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOptions *opts,
+			 float *z, const float *pinned, bool train_params, pg_prng_state *rng)
+{
+	const FloralSpec *spec = tr->spec;
+	FloralNet  *net = tr->net;
+	int			C = spec->nadaptors;
+	float	   *base = tr->params;
+	float	   *bank = tr->params + spec->adaptor_offset;
+	float	   *gbase = tr->grad;
+	float	   *gbank = tr->grad + spec->adaptor_offset;
+	bool		train_router = (C >= 2 && pinned == NULL && opts->router_lr > 0);
+	int64		n = trows->nrows;
+	double		epoch_loss = 0.0;
+
+	trainer_perm(tr, n);
+	for (int epoch = 0; epoch < opts->epochs; epoch++)
+	{
+		floral_rng_shuffle(rng, tr->perm, n);
+		epoch_loss = 0.0;
+		for (int64 start = 0; start < n; start += opts->batch_size)
+		{
+			int			B = (int) Min((int64) opts->batch_size, n - start);
+			double		loss;
+
+			CHECK_FOR_INTERRUPTS();
+			for (int i = 0; i < B; i++)
+				tr->recnos[i] = trows->rows[tr->perm[start + i]];
+			floral_rows_gather(tr->rows, tr->recnos, B, net->X, tr->Y);
+
+			if (pinned)
+				floral_router_fixed(net, pinned);
+			else if (C > 0)
+			{
+				float		u[FLORAL_MAX_ADAPTORS];
+
+				/* router noise: training only (FLORAL.md, "Model") */
+				for (int c = 0; c < C; c++)
+					u[c] = (float) pg_prng_double(rng);
+				floral_router(net, z, u);
+			}
+
+			floral_forward(net, base, bank, B);
+			loss = floral_loss(net, tr->Y, B, true, NULL);
+			if (!isfinite(loss))
+				report_divergence(trows->name, epoch);
+			floral_backward(net, base, bank, B, gbase, gbank);
+
+			if (train_router)
+			{
+				float		dz[FLORAL_MAX_ADAPTORS];
+
+				floral_router_backward(net, dz);
+				for (int c = 0; c < C; c++)
+					z[c] -= opts->router_lr * dz[c];
+			}
+			if (train_params)
+			{
+				if (C > 0 && spec->precondition)
+					floral_precondition(net, bank, gbank);
+				cblas_saxpy(spec->nparams, -opts->lr, tr->grad, 1, tr->params, 1);
+			}
+			epoch_loss += loss * B;
+		}
+	}
+
+	if (train_params)
+	{
+		for (int64 i = 0; i < spec->nparams; i++)
+			if (!isfinite(tr->params[i]))
+				report_divergence(trows->name, opts->epochs - 1);
+	}
+	for (int c = 0; c < C; c++)
+		if (!isfinite(z[c]))
+			report_divergence(trows->name, opts->epochs - 1);
+	return epoch_loss / n;
+}
+
+/* pi = softmax(z), or the pinned mixture */
+static void
+final_mixture(const FloralSpec *spec, FloralNet *net, const float *z,
+			  const float *pinned, float *pi)
+{
+	if (pinned)
+		floral_router_fixed(net, pinned);
+	else
+		floral_router(net, z, NULL);
+	memcpy(pi, net->pi, sizeof(float) * spec->nadaptors);
+}
+
+static void
+options_from_args(FunctionCallInfo fcinfo, int first, FloralTrainOptions *opts)
+{
+	opts->epochs = PG_GETARG_INT32(first);
+	opts->batch_size = PG_GETARG_INT32(first + 1);
+	opts->lr = PG_GETARG_FLOAT4(first + 2);
+	opts->router_lr = PG_GETARG_FLOAT4(first + 3);
+	opts->seed = PG_GETARG_INT64(first + 4);
+}
+
+static void
+timing_notice(const char *what, FloralRows *rows, instr_time start)
+{
+	instr_time	elapsed;
+	double		total;
+
+	if (!floral_timing)
+		return;
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	total = INSTR_TIME_GET_DOUBLE(elapsed);
+	ereport(NOTICE,
+			(errmsg("%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s",
+					what, rows->nrows, rows->ntenants, rows->read_seconds,
+					total - rows->read_seconds)));
+}
+
+/*
+ * floral._train(model, source, epochs, batch_size, lr, router_lr, seed)
+ * returns setof (tenant, examples, loss); floral_train() validates the
+ * options and calls this.
+ */
+Datum
+floral_train_internal(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	FloralTrainOptions opts;
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *global;
+	FloralRows *rows;
+	Trainer    *tr;
+	SPIPlanPtr	get_start,
+				put_contribution,
+				put_tenant;
+	Oid			tensor_type;
+	instr_time	start;
+
+	options_from_args(fcinfo, 2, &opts);
+	InitMaterializedSRF(fcinfo, 0);
+	INSTR_TIME_SET_CURRENT(start);
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral train",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	spec = palloc(sizeof(FloralSpec));
+
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+
+	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
+	global = floral_load_round(spec, spec->round, cxt);
+	rows = floral_read_source(source, spec);
+	tr = trainer_create(spec, rows, opts.batch_size);
+	tensor_type = floral_tensor_type();
+
+	{
+		Oid			t3[3] = {TEXTOID, INT4OID, TEXTOID};
+		Oid			t9[9] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
+		tensor_type, FLOAT8OID, FLOAT4ARRAYOID, tensor_type};
+		Oid			t6[6] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
+		INT8OID, INT4OID};
+
+		get_start = SPI_prepare("SELECT start_logits, start_adaptors FROM floral.contributions "
+								"WHERE model = $1 AND round = $2 AND tenant = $3", 3, t3);
+		put_contribution = SPI_prepare(
+									   "INSERT INTO floral.contributions AS c "
+									   "(model, round, tenant, examples, mixture, params, loss, start_logits, start_adaptors) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+									   "ON CONFLICT (model, round, tenant) DO UPDATE SET "
+									   "examples = excluded.examples, mixture = excluded.mixture, "
+									   "params = excluded.params, loss = excluded.loss, created_at = now()",
+									   9, t9);
+		put_tenant = SPI_prepare(
+								 "INSERT INTO floral.tenants AS t "
+								 "(model, tenant, logits, adaptors, examples, last_round, updated_at) "
+								 "VALUES ($1, $2, $3, $4, $5, $6, now()) "
+								 "ON CONFLICT (model, tenant) DO UPDATE SET "
+								 "logits = excluded.logits, adaptors = excluded.adaptors, "
+								 "examples = excluded.examples, last_round = excluded.last_round, "
+								 "updated_at = now()", 6, t6);
+		if (!get_start || !put_contribution || !put_tenant)
+			elog(ERROR, "could not prepare floral catalog statements: %s",
+				 SPI_result_code_string(SPI_result));
+	}
+
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		FloralTenantState state;
+		float		z[FLORAL_MAX_ADAPTORS] = {0};
+		float		start_z[FLORAL_MAX_ADAPTORS] = {0};
+		float		pi[FLORAL_MAX_ADAPTORS];
+		float	   *start_bank = NULL;
+		float	   *bank = tr->params + spec->adaptor_offset;
+		pg_prng_state rng;
+		double		loss;
+		int			C = spec->nadaptors;
+
+		CHECK_FOR_INTERRUPTS();
+		floral_load_tenant(spec, trows->name, cxt, &state);
+		if (state.found)
+			memcpy(start_z, state.logits, sizeof(float) * C);
+		start_bank = state.bank;
+
+		/* a retry in the same round starts from the state before the round */
+		{
+			Datum		a[3] = {CStringGetTextDatum(spec->name),
+			Int32GetDatum(spec->round), CStringGetTextDatum(trows->name)};
+			bool		isnull;
+
+			if (SPI_execute_plan(get_start, a, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read floral.contributions");
+			if (SPI_processed > 0)
+			{
+				HeapTuple	tup = SPI_tuptable->vals[0];
+				Datum		d;
+
+				d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+				if (!isnull)
+					floral_read_real_array(d, start_z, C, "start logits");
+				d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+				if (!isnull && spec->private_adaptors)
+				{
+					FloralTensor *t;
+
+					MemoryContextSwitchTo(cxt);
+					t = DatumGetTensorP(d);
+					if (tensor_numel(t) != spec->adaptor_size)
+						ereport(ERROR,
+								(errcode(ERRCODE_DATA_CORRUPTED),
+								 errmsg("saved adaptors of tenant \"%s\" have the wrong size",
+										trows->name)));
+					start_bank = palloc(sizeof(float) * spec->adaptor_size);
+					memcpy(start_bank, TENSOR_DATA(t), sizeof(float) * spec->adaptor_size);
+				}
+				else if (isnull)
+					start_bank = NULL;
+			}
+			SPI_freetuptable(SPI_tuptable);
+		}
+
+		memcpy(tr->params, global, sizeof(float) * spec->nparams);
+		if (spec->private_adaptors && start_bank)
+			memcpy(bank, start_bank, sizeof(float) * spec->adaptor_size);
+		memcpy(z, start_z, sizeof(float) * C);
+
+		floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
+		loss = train_tenant(tr, trows, &opts, z,
+							state.pinned ? state.pinned_pi : NULL, true, &rng);
+		final_mixture(spec, tr->net, z, state.pinned ? state.pinned_pi : NULL, pi);
+
+		/* record the contribution and the tenant's new private state */
+		{
+			Datum		ca[9];
+			char		cn[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+			Datum		ta[6];
+			char		tn[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+			int			ret;
+
+			ca[0] = CStringGetTextDatum(spec->name);
+			ca[1] = Int32GetDatum(spec->round);
+			ca[2] = CStringGetTextDatum(trows->name);
+			ca[3] = Int64GetDatum(trows->nrows);
+			ca[4] = floral_real_array(pi, C);
+			ca[5] = floral_tensor_datum(tr->params, spec->nparams);
+			ca[6] = Float8GetDatum(loss);
+			ca[7] = floral_real_array(start_z, C);
+			if (start_bank)
+				ca[8] = floral_tensor_datum(start_bank, spec->adaptor_size);
+			else
+				cn[8] = 'n';
+			ret = SPI_execute_plan(put_contribution, ca, cn, false, 0);
+			if (ret != SPI_OK_INSERT)
+				elog(ERROR, "could not write floral.contributions: %s",
+					 SPI_result_code_string(ret));
+
+			ta[0] = ca[0];
+			ta[1] = ca[2];
+			ta[2] = floral_real_array(z, C);
+			if (spec->private_adaptors && C > 0)
+				ta[3] = floral_tensor_datum(bank, spec->adaptor_size);
+			else
+				tn[3] = 'n';
+			ta[4] = Int64GetDatum(trows->nrows);
+			ta[5] = Int32GetDatum(spec->round);
+			ret = SPI_execute_plan(put_tenant, ta, tn, false, 0);
+			if (ret != SPI_OK_INSERT)
+				elog(ERROR, "could not write floral.tenants: %s",
+					 SPI_result_code_string(ret));
+			pfree(DatumGetPointer(ca[5]));
+			if (tn[3] != 'n')
+				pfree(DatumGetPointer(ta[3]));
+		}
+
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = CStringGetTextDatum(trows->name);
+			values[1] = Int64GetDatum(trows->nrows);
+			values[2] = Float8GetDatum(loss);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		if (state.bank)
+			pfree(state.bank);
+	}
+
+	timing_notice("floral_train", rows, start);
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return (Datum) 0;
+}
+
+/*
+ * floral._personalize(model, source, epochs, batch_size, router_lr, seed,
+ * one_hot) returns setof (tenant, examples, loss, mixture): fits only the
+ * mixture logits of each tenant; the shared parameters stay frozen and no
+ * contribution is recorded (FLORAL.md, "Cold start").
+ */
+Datum
+floral_personalize_internal(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	bool		one_hot = PG_GETARG_BOOL(7);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	FloralTrainOptions opts;
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *global;
+	FloralRows *rows;
+	Trainer    *tr;
+	SPIPlanPtr	put_tenant;
+	instr_time	start;
+	int			C;
+
+	options_from_args(fcinfo, 2, &opts);
+	InitMaterializedSRF(fcinfo, 0);
+	INSTR_TIME_SET_CURRENT(start);
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral personalize",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	spec = palloc(sizeof(FloralSpec));
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+
+	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
+	C = spec->nadaptors;
+	if (C < 2 || spec->private_adaptors)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("model \"%s\" has no shared mixture to personalise", model),
+				 errdetail("Personalisation fits the mixture over a shared bank of at least two adaptors.")));
+	global = floral_load_round(spec, spec->round, cxt);
+	rows = floral_read_source(source, spec);
+	tr = trainer_create(spec, rows, opts.batch_size);
+
+	{
+		Oid			t4[4] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, INT4OID};
+
+		put_tenant = SPI_prepare("INSERT INTO floral.tenants AS t "
+								 "(model, tenant, logits, examples, last_round, updated_at) "
+								 "VALUES ($1, $2, $3, 0, $4, now()) "
+								 "ON CONFLICT (model, tenant) DO UPDATE SET "
+								 "logits = excluded.logits, updated_at = now()", 4, t4);
+		if (!put_tenant)
+			elog(ERROR, "could not prepare floral catalog statement");
+	}
+
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		FloralTenantState state;
+		float		z[FLORAL_MAX_ADAPTORS] = {0};
+		float		pi[FLORAL_MAX_ADAPTORS];
+		double		loss;
+
+		CHECK_FOR_INTERRUPTS();
+		floral_load_tenant(spec, trows->name, cxt, &state);
+		memcpy(tr->params, global, sizeof(float) * spec->nparams);
+
+		if (one_hot)
+		{
+			/* try each adaptor alone, keep the one with the lowest loss */
+			int			best = 0;
+			double		best_loss = INFINITY;
+
+			for (int c = 0; c < C; c++)
+			{
+				float		onehot[FLORAL_MAX_ADAPTORS] = {0};
+				double		sum = 0.0;
+
+				onehot[c] = 1.0f;
+				for (int64 s = 0; s < trows->nrows; s += opts.batch_size)
+				{
+					int			B = (int) Min((int64) opts.batch_size, trows->nrows - s);
+
+					CHECK_FOR_INTERRUPTS();
+					floral_rows_gather(rows, trows->rows + s, B, tr->net->X, tr->Y);
+					floral_router_fixed(tr->net, onehot);
+					floral_forward(tr->net, tr->params,
+								   tr->params + spec->adaptor_offset, B);
+					sum += floral_loss(tr->net, tr->Y, B, false, NULL) * B;
+				}
+				if (sum / trows->nrows < best_loss)
+				{
+					best_loss = sum / trows->nrows;
+					best = c;
+				}
+			}
+			/* logits whose softmax is (almost) the chosen one-hot */
+			z[best] = 10.0f;
+			loss = best_loss;
+		}
+		else
+		{
+			pg_prng_state rng;
+
+			if (state.found)
+				memcpy(z, state.logits, sizeof(float) * C);
+			floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
+			loss = train_tenant(tr, trows, &opts, z, NULL, false, &rng);
+		}
+		final_mixture(spec, tr->net, z, NULL, pi);
+
+		{
+			Datum		ta[4];
+
+			ta[0] = CStringGetTextDatum(spec->name);
+			ta[1] = CStringGetTextDatum(trows->name);
+			ta[2] = floral_real_array(z, C);
+			ta[3] = Int32GetDatum(spec->round);
+			if (SPI_execute_plan(put_tenant, ta, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write floral.tenants");
+		}
+		{
+			Datum		values[4];
+			bool		nulls[4] = {false, false, false, false};
+
+			values[0] = CStringGetTextDatum(trows->name);
+			values[1] = Int64GetDatum(trows->nrows);
+			values[2] = Float8GetDatum(loss);
+			values[3] = floral_real_array(pi, C);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+
+	timing_notice("floral_personalize", rows, start);
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return (Datum) 0;
+}

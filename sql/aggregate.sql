@@ -1,0 +1,56 @@
+-- FloralAvg by hand: p(k) = n_k / sum n_j, p(k|c) = p(k) pi_kc / sum_j p(j) pi_jc.
+CREATE EXTENSION IF NOT EXISTS floral;
+
+-- layers {1,1}, 2 adaptors of rank 1: parameters are
+-- [W, b | U1, U2, V1, V2, beta1, beta2]
+SELECT floral_create_model('h', '{1,1}', 'regression', 2, 1, '{"seed": 1}');
+SELECT floral.tensor_shape(params) FROM floral.rounds WHERE model = 'h';
+
+-- tenant A: n = 1, pi = (0.75, 0.25), every parameter 1
+-- tenant B: n = 3, pi = (0.25, 0.75), every parameter 5
+-- p(A) = 0.25, p(B) = 0.75              base      = 0.25*1 + 0.75*5 = 4
+-- p(A|1) = 0.1875/0.375 = 0.5           adaptor 1 = 0.5*1 + 0.5*5   = 3
+-- p(A|2) = 0.0625/0.625 = 0.1           adaptor 2 = 0.1*1 + 0.9*5   = 4.6
+INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params) VALUES
+	('h', 0, 'A', 1, '{0.75,0.25}', '[1,1,1,1,1,1,1,1]'),
+	('h', 0, 'B', 3, '{0.25,0.75}', '[5,5,5,5,5,5,5,5]');
+SELECT floral_aggregate('h');
+SELECT params FROM floral.rounds WHERE model = 'h' AND round = 1;
+SELECT floral_parameter('h', 'W', 1) AS w, floral_parameter('h', 'U', 1, 1) AS u1,
+       floral_parameter('h', 'V', 1, 2) AS v2, floral_parameter('h', 'beta', 1, 2) AS beta2;
+SELECT round, tenants, examples FROM floral.rounds WHERE model = 'h' ORDER BY round;
+-- merged contributions are gone; a second aggregation has nothing to merge
+SELECT count(*) AS pending FROM floral.contributions WHERE model = 'h';
+DO $$ BEGIN PERFORM floral_aggregate('h');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+SELECT round FROM floral.models WHERE name = 'h';
+
+-- an adaptor nobody used keeps its value; server_lr = 0.5 moves half way
+SELECT floral_create_model('s', '{1,1}', 'regression', 2, 1, '{"seed": 1, "server_lr": 0.5}');
+UPDATE floral.rounds SET params = '[2,2,2,2,2,2,2,2]' WHERE model = 's';
+INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params) VALUES
+	('s', 0, 'A', 4, '{1,0}', '[4,4,4,4,4,4,4,4]');
+SELECT floral_aggregate('s');
+-- base and adaptor 1: 2 - 0.5*(2 - 4) = 3; adaptor 2 unused: stays 2
+SELECT params FROM floral.rounds WHERE model = 's' AND round = 1;
+
+-- hierarchical sums: two batches of contributions merged in one go equal
+-- the flat formula (order of tenants does not matter)
+SELECT floral_create_model('o1', '{1,1}', 'regression', 2, 1);
+SELECT floral_create_model('o2', '{1,1}', 'regression', 2, 1);
+INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params)
+SELECT m, 0, t, n, ARRAY[p, 1 - p]::real[], ARRAY[v, v+1, v+2, v+3, v+4, v+5, v+6, v+7]::real[]::floral.tensor
+FROM (VALUES ('o1'), ('o2')) mm(m),
+     (VALUES ('x', 2, 0.3::real, 1.5::real), ('y', 5, 0.9, -2), ('z', 1, 0.5, 7)) c(t, n, p, v);
+UPDATE floral.contributions SET tenant = 'a' || tenant WHERE model = 'o2' AND tenant = 'z';
+SELECT floral_aggregate('o1'), floral_aggregate('o2');
+SELECT (SELECT params::text FROM floral.rounds WHERE model = 'o1' AND round = 1) =
+       (SELECT params::text FROM floral.rounds WHERE model = 'o2' AND round = 1) AS order_independent;
+
+-- rollback and prune
+SELECT floral_rollback('h', 0);
+SELECT round FROM floral.models WHERE name = 'h';
+SELECT count(*) AS rounds_kept FROM floral.rounds WHERE model = 'h';
+SELECT floral_prune('o1', 1) AS pruned;
+SELECT round FROM floral.rounds WHERE model = 'o1';
+SELECT floral_drop_model(name) FROM floral.models ORDER BY name;

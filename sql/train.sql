@@ -1,0 +1,89 @@
+-- Local training: contributions, retries, determinism, Local Adaptor.
+CREATE EXTENSION IF NOT EXISTS floral;
+SET max_parallel_workers_per_gather = 0;
+
+-- three tenants; labels depend on the features, so the task is learnable
+CREATE TABLE train_rows AS
+SELECT 'shop' || (i % 3) AS tenant, i,
+       ARRAY[sin(i), cos(i * 0.7), sin(i * 1.3), (i % 3) - 1]::real[] AS features,
+       CASE WHEN sin(i) + cos(i * 0.7) > 0.5 THEN 2 WHEN sin(i) > -0.3 THEN 1 ELSE 0 END AS label
+FROM generate_series(1, 300) i;
+
+SELECT floral_create_model('m', '{4,16,3}', 'classification', 2, 2, '{"seed": 5}');
+
+-- one row per tenant, with its examples and the mean loss of its last epoch
+SELECT tenant, examples, loss > 0 AND loss < 2 AS loss_sane
+FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows');
+
+-- contributions are recorded for round 0; the shared parameters did not move
+SELECT round, tenant, examples, cardinality(mixture) AS c
+FROM floral.contributions WHERE model = 'm' ORDER BY tenant;
+SELECT round FROM floral.models WHERE name = 'm';
+SELECT count(*) AS rounds FROM floral.rounds WHERE model = 'm';
+
+-- a retry in the same round replaces the contribution and gives the same result
+CREATE TEMP TABLE first_try AS
+SELECT c.tenant, c.params::text AS params, t.logits
+FROM floral.contributions c JOIN floral.tenants t USING (model, tenant) WHERE model = 'm';
+SELECT tenant, examples FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows');
+SELECT count(*) AS contributions,
+       bool_and(f.params = c.params::text) AS same_params,
+       bool_and(f.logits = t.logits) AS same_logits
+FROM floral.contributions c JOIN floral.tenants t USING (model, tenant)
+JOIN first_try f USING (tenant) WHERE c.model = 'm';
+
+-- integer tenants, float8 features and numeric labels are accepted
+SELECT tenant, examples
+FROM floral_train('m', 'SELECT i % 2, features::float8[], label::numeric FROM train_rows WHERE i <= 10');
+SELECT floral_aggregate('m');
+
+-- training loss goes down over rounds
+CREATE TEMP TABLE losses (round int, loss float8);
+DO $$
+BEGIN
+	FOR r IN 1 .. 15 LOOP
+		INSERT INTO losses
+		SELECT r, avg(loss) FROM floral_train('m',
+			'SELECT tenant, features, label FROM train_rows', '{"epochs": 2, "lr": 0.2}');
+		PERFORM floral_aggregate('m');
+	END LOOP;
+END $$;
+SELECT (SELECT loss FROM losses WHERE round = 15) < 0.7 * (SELECT loss FROM losses WHERE round = 1) AS loss_decreased;
+SELECT round, tenants, examples FROM floral.rounds WHERE model = 'm' AND round IN (1, 2, 16) ORDER BY round;
+
+-- determinism: the same seeds give bit-identical models after training
+SELECT floral_create_model('d1', '{4,8,3}', 'classification', 3, 1, '{"seed": 9}');
+SELECT floral_create_model('d2', '{4,8,3}', 'classification', 3, 1, '{"seed": 9}');
+DO $$
+BEGIN
+	FOR r IN 1 .. 3 LOOP
+		PERFORM floral_train('d1', 'SELECT tenant, features, label FROM train_rows ORDER BY i');
+		PERFORM floral_aggregate('d1');
+		PERFORM floral_train('d2', 'SELECT tenant, features, label FROM train_rows ORDER BY i');
+		PERFORM floral_aggregate('d2');
+	END LOOP;
+	PERFORM floral_train('d2', 'SELECT tenant, features, label FROM train_rows ORDER BY i', '{"seed": 77}');
+END $$;
+SELECT (SELECT params::text FROM floral.rounds WHERE model = 'd1' AND round = 3) =
+       (SELECT params::text FROM floral.rounds WHERE model = 'd2' AND round = 3) AS bit_identical,
+       (SELECT array_agg(logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd1') =
+       (SELECT array_agg(start_logits ORDER BY tenant) FROM floral.contributions WHERE model = 'd2') AS same_mixtures,
+       (SELECT count(*) FROM floral.contributions WHERE model = 'd2') AS d2_pending;
+
+-- Local Adaptor: each tenant keeps a private adaptor that is never aggregated
+SELECT floral_create_model('local', '{4,16,3}', 'classification', 1, 2,
+                           '{"seed": 5, "private_adaptors": true}');
+SELECT count(*) FROM floral_train('local', 'SELECT tenant, features, label FROM train_rows');
+SELECT floral_aggregate('local');
+SELECT count(*) AS tenants_with_private_adaptors,
+       count(DISTINCT adaptors::text) AS distinct_adaptors
+FROM floral.tenants WHERE model = 'local' AND adaptors IS NOT NULL;
+SELECT floral.tensor_norm(floral_parameter('local', 'V', 1, 1)) AS shared_v_untouched;
+
+-- pinned mixtures (the oracle router) are used as given and not trained
+SELECT floral_set_mixture('m', 'shop0', '{1,0}');
+SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows WHERE tenant = ''shop0''');
+SELECT mixture FROM floral.contributions WHERE model = 'm' AND tenant = 'shop0';
+SELECT floral_mixture('m', 'shop0') AS pinned;
+SELECT floral_set_mixture('m', 'shop0', NULL);
+SELECT floral_mixture('m', 'shop0') <> '{1,0}' AS unpinned;

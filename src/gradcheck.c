@@ -65,6 +65,80 @@ put_row(ReturnSetInfo *rsinfo, const char *part, int n, const float *analytic,
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
+/*
+ * The preconditioned gradients must solve the systems they come from:
+ * (V^T V + eps I) gU' = gU and gV' (U U^T + eps I) = gV.  Reports the
+ * residual of those equations, relative to the gradients' norm.
+ */
+static void
+put_precondition_row(ReturnSetInfo *rsinfo, FloralNet *net, const float *bank,
+					 const float *gbank)
+{
+	const FloralSpec *spec = net->spec;
+	float	   *pre = palloc(sizeof(float) * spec->adaptor_size);
+	float	   *zero = palloc0(sizeof(float) * spec->adaptor_size);
+	double	   *resid = palloc0(sizeof(double) * spec->adaptor_size);
+	double		eps = spec->precondition_eps;
+
+	memcpy(pre, gbank, sizeof(float) * spec->adaptor_size);
+	floral_precondition(net, bank, pre);
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			r = layer->rank,
+					in = layer->in,
+					out = layer->out;
+
+		for (int c = 0; c < spec->nadaptors; c++)
+		{
+			int64		u0 = layer->U + (int64) c * r * in;
+			int64		v0 = layer->V + (int64) c * out * r;
+			const float *U = bank + u0;
+			const float *V = bank + v0;
+
+			/* (V^T V + eps I) pre_U, row i, column k */
+			for (int i = 0; i < r; i++)
+				for (int k = 0; k < in; k++)
+				{
+					double		s = eps * pre[u0 + (int64) i * in + k];
+
+					for (int j = 0; j < r; j++)
+					{
+						double		g = 0.0;
+
+						for (int o = 0; o < out; o++)
+							g += (double) V[o * r + i] * V[o * r + j];
+						s += g * pre[u0 + (int64) j * in + k];
+					}
+					resid[u0 + (int64) i * in + k] = s;
+				}
+			/* pre_V (U U^T + eps I), row o, column i */
+			for (int o = 0; o < out; o++)
+				for (int i = 0; i < r; i++)
+				{
+					double		s = eps * pre[v0 + o * r + i];
+
+					for (int j = 0; j < r; j++)
+					{
+						double		g = 0.0;
+
+						for (int k = 0; k < in; k++)
+							g += (double) U[(int64) j * in + k] * U[(int64) i * in + k];
+						s += pre[v0 + o * r + j] * g;
+					}
+					resid[v0 + o * r + i] = s;
+				}
+			/* beta is not preconditioned */
+			for (int k = 0; k < out; k++)
+				resid[layer->beta + (int64) c * out + k] = pre[layer->beta + (int64) c * out + k];
+		}
+	}
+	put_row(rsinfo, "precondition", (int) spec->adaptor_size, gbank, resid);
+	pfree(pre);
+	pfree(zero);
+	pfree(resid);
+}
+
 Datum
 floral_gradient_check(PG_FUNCTION_ARGS)
 {
@@ -177,6 +251,8 @@ floral_gradient_check(PG_FUNCTION_ARGS)
 			nz[c] = (up - down) / (2 * eps);
 		}
 		put_row(rsinfo, "logits", C, dz, nz);
+		put_precondition_row(rsinfo, net, params + spec->adaptor_offset,
+							 grad + spec->adaptor_offset);
 	}
 	return (Datum) 0;
 }

@@ -54,7 +54,7 @@ floral_net_create(const FloralSpec *spec, int max_batch)
 	net->bias = palloc(sizeof(float) * widest);
 	net->colsum = palloc(sizeof(double) * widest);
 	net->gram = palloc(sizeof(double) * max_r * max_r);
-	net->vec = palloc(sizeof(double) * max_r);
+	net->chol = palloc(sizeof(float) * max_r * max_r);
 	return net;
 }
 
@@ -185,7 +185,7 @@ floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 			{
 				case FLORAL_RELU:
 					for (int64 i = 0; i < n; i++)
-						H[i] = Z[i] > 0.0f ? Z[i] : 0.0f;
+						H[i] = Max(Z[i], 0.0f);
 					break;
 				case FLORAL_TANH:
 					for (int64 i = 0; i < n; i++)
@@ -367,8 +367,7 @@ floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 			{
 				case FLORAL_RELU:
 					for (int64 i = 0; i < n; i++)
-						if (Zprev[i] <= 0.0f)
-							dX[i] = 0.0f;
+						dX[i] = Zprev[i] > 0.0f ? dX[i] : 0.0f;
 					break;
 				case FLORAL_TANH:
 					for (int64 i = 0; i < n; i++)
@@ -386,63 +385,47 @@ floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 
 /* ---------- preconditioning ---------- */
 
-/* Cholesky factorisation of an SPD n x n matrix in place (lower part) */
+/*
+ * Factor the SPD r x r matrix in work (lower part, double) as L L^T in
+ * place and return L in float for cblas_strsm.
+ */
 static void
-cholesky(double *a, int n, double floor_pivot)
+cholesky_factor(double *work, int r, double floor_pivot, float *L)
 {
-	for (int j = 0; j < n; j++)
+	for (int j = 0; j < r; j++)
 	{
-		double		d = a[j * n + j];
+		double		d = work[j * r + j];
 
 		for (int k = 0; k < j; k++)
-			d -= a[j * n + k] * a[j * n + k];
+			d -= work[j * r + k] * work[j * r + k];
 		/* rounding can make a tiny pivot negative; keep it positive */
 		d = sqrt(Max(d, floor_pivot));
-		a[j * n + j] = d;
-		for (int i = j + 1; i < n; i++)
+		work[j * r + j] = d;
+		for (int i = j + 1; i < r; i++)
 		{
-			double		s = a[i * n + j];
+			double		s = work[i * r + j];
 
 			for (int k = 0; k < j; k++)
-				s -= a[i * n + k] * a[j * n + k];
-			a[i * n + j] = s / d;
+				s -= work[i * r + k] * work[j * r + k];
+			work[i * r + j] = s / d;
 		}
 	}
-}
-
-/* solve (L L^T) x = b in place */
-static void
-cholesky_solve(const double *L, int n, double *x)
-{
-	for (int i = 0; i < n; i++)
-	{
-		double		s = x[i];
-
-		for (int k = 0; k < i; k++)
-			s -= L[i * n + k] * x[k];
-		x[i] = s / L[i * n + i];
-	}
-	for (int i = n - 1; i >= 0; i--)
-	{
-		double		s = x[i];
-
-		for (int k = i + 1; k < n; k++)
-			s -= L[k * n + i] * x[k];
-		x[i] = s / L[i * n + i];
-	}
+	for (int i = 0; i < r; i++)
+		for (int j = 0; j < r; j++)
+			L[i * r + j] = (j <= i) ? (float) work[i * r + j] : 0.0f;
 }
 
 /*
  * grad_U <- (V^T V + eps I)^-1 grad_U and grad_V <- grad_V (U U^T + eps I)^-1,
  * per layer and adaptor, with the factors as they were before the step.
+ * The r x r systems are solved for all columns at once with two triangular
+ * solves each; rank 1, the common case, is a plain scaling.
  */
 void
 floral_precondition(FloralNet *net, const float *bank, float *gbank)
 {
 	const FloralSpec *spec = net->spec;
 	double		eps = spec->precondition_eps;
-	double	   *P = net->gram;
-	double	   *x = net->vec;
 
 	for (int l = 0; l < spec->nlayers; l++)
 	{
@@ -458,44 +441,57 @@ floral_precondition(FloralNet *net, const float *bank, float *gbank)
 			float	   *gU = gbank + layer->U + (int64) c * r * in;
 			float	   *gV = gbank + layer->V + (int64) c * out * r;
 
-			/* P = V^T V + eps I */
-			for (int i = 0; i < r; i++)
-				for (int j = 0; j <= i; j++)
-				{
-					double		s = (i == j) ? eps : 0.0;
-
-					for (int o = 0; o < out; o++)
-						s += (double) V[o * r + i] * V[o * r + j];
-					P[i * r + j] = P[j * r + i] = s;
-				}
-			cholesky(P, r, eps);
-			for (int k = 0; k < in; k++)
+			if (r == 1)
 			{
-				for (int i = 0; i < r; i++)
-					x[i] = gU[(int64) i * in + k];
-				cholesky_solve(P, r, x);
-				for (int i = 0; i < r; i++)
-					gU[(int64) i * in + k] = (float) x[i];
+				double		vv = eps,
+							uu = eps;
+
+				for (int o = 0; o < out; o++)
+					vv += (double) V[o] * V[o];
+				for (int k = 0; k < in; k++)
+					uu += (double) U[k] * U[k];
+				cblas_sscal(in, (float) (1.0 / vv), gU, 1);
+				cblas_sscal(out, (float) (1.0 / uu), gV, 1);
+				continue;
 			}
 
-			/* Q = U U^T + eps I */
-			for (int i = 0; i < r; i++)
-				for (int j = 0; j <= i; j++)
-				{
-					double		s = (i == j) ? eps : 0.0;
-
-					for (int k = 0; k < in; k++)
-						s += (double) U[(int64) i * in + k] * U[(int64) j * in + k];
-					P[i * r + j] = P[j * r + i] = s;
-				}
-			cholesky(P, r, eps);
-			for (int o = 0; o < out; o++)
 			{
+				double	   *work = net->gram;
+				float	   *L = net->chol;
+
+				/* V^T V + eps I: Gram matrix of V's columns */
 				for (int i = 0; i < r; i++)
-					x[i] = gV[o * r + i];
-				cholesky_solve(P, r, x);
+					for (int j = 0; j <= i; j++)
+					{
+						double		s = (i == j) ? eps : 0.0;
+
+						for (int o = 0; o < out; o++)
+							s += (double) V[o * r + i] * V[o * r + j];
+						work[i * r + j] = s;
+					}
+				cholesky_factor(work, r, eps, L);
+				/* (L L^T) X = gU */
+				cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans,
+							CblasNonUnit, r, in, 1.0f, L, r, gU, in);
+				cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans,
+							CblasNonUnit, r, in, 1.0f, L, r, gU, in);
+
+				/* U U^T + eps I: Gram matrix of U's rows */
 				for (int i = 0; i < r; i++)
-					gV[o * r + i] = (float) x[i];
+					for (int j = 0; j <= i; j++)
+					{
+						double		s = (i == j) ? eps : 0.0;
+
+						for (int k = 0; k < in; k++)
+							s += (double) U[(int64) i * in + k] * U[(int64) j * in + k];
+						work[i * r + j] = s;
+					}
+				cholesky_factor(work, r, eps, L);
+				/* X (L L^T) = gV */
+				cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans,
+							CblasNonUnit, out, r, 1.0f, L, r, gV, r);
+				cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans,
+							CblasNonUnit, out, r, 1.0f, L, r, gV, r);
 			}
 		}
 	}

@@ -28,7 +28,7 @@ typedef struct FloralNet
 	float	   *bias;			/* effective bias, widest */
 	double	   *colsum;			/* widest */
 	double	   *gram;			/* r x r scratch for preconditioning */
-	double	   *vec;			/* r scratch */
+	float	   *chol;			/* its Cholesky factor */
 
 	/* the mixture used by the last forward pass */
 	float		pi[FLORAL_MAX_ADAPTORS];

@@ -25,6 +25,7 @@
 #include "floral.h"
 #include "nn.h"
 #include "source.h"
+#include "tensor.h"
 
 PG_FUNCTION_INFO_V1(floral_predict);
 PG_FUNCTION_INFO_V1(floral_predict_proba);
@@ -107,8 +108,8 @@ predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("features must not contain NULLs")));
 	fv = (const float *) ARR_DATA_PTR(features);
-	for (int k = 0; k < nf; k++)
-		if (unlikely(!isfinite(fv[k])))
+	for (int k = 0; !tensor_all_finite(fv, nf) && k < nf; k++)
+		if (!isfinite(fv[k]))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("features contain a non-finite value"),
@@ -246,6 +247,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			pfree(state.bank);
 	}
 
+	floral_rows_free(rows);
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

@@ -13,6 +13,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
@@ -23,8 +24,8 @@
 #include "utils/memutils.h"
 
 #include "source.h"
+#include "tensor.h"
 
-#define FETCH_ROWS 1000
 
 static bool
 is_integer_type(Oid t)
@@ -113,14 +114,27 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 	return q.data;
 }
 
+/* records are kept in chunks of this many bytes, never moved once written */
+#define ROWS_CHUNK_BYTES (8 * 1024 * 1024)
+
+static inline float *
+rows_record(FloralRows *rows, int64 recno)
+{
+	return rows->chunks[recno / rows->chunk_records] +
+		(recno % rows->chunk_records) * rows->recfloats;
+}
+
 static void
 rows_spill(FloralRows *rows)
 {
 	rows->file = BufFileCreateTemp(false);
-	BufFileWrite(rows->file, rows->mem,
-				 sizeof(float) * rows->recfloats * rows->nrows);
-	pfree(rows->mem);
-	rows->mem = NULL;
+	for (int64 i = 0; i < rows->nrows; i += rows->chunk_records)
+		BufFileWrite(rows->file, rows->chunks[i / rows->chunk_records],
+					 sizeof(float) * rows->recfloats *
+					 Min(rows->chunk_records, rows->nrows - i));
+	for (int i = 0; i < rows->nchunks; i++)
+		pfree(rows->chunks[i]);
+	rows->nchunks = 0;
 }
 
 /* append one record; returns its record number */
@@ -139,15 +153,19 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 	{
 		float	   *rec;
 
-		if (rows->nrows >= rows->mem_capacity)
+		if (rows->nrows / rows->chunk_records >= rows->nchunks)
 		{
-			rows->mem_capacity = Min(Max(rows->mem_capacity * 2, 1024), rows->mem_limit);
-			rows->mem = rows->mem ?
-				repalloc_huge(rows->mem, sizeof(float) * rows->recfloats * rows->mem_capacity) :
-				palloc_extended(sizeof(float) * rows->recfloats * rows->mem_capacity,
-								MCXT_ALLOC_HUGE);
+			if (rows->nchunks == rows->max_chunks)
+			{
+				rows->max_chunks = Max(rows->max_chunks * 2, 16);
+				rows->chunks = rows->chunks ?
+					repalloc(rows->chunks, sizeof(float *) * rows->max_chunks) :
+					palloc(sizeof(float *) * rows->max_chunks);
+			}
+			rows->chunks[rows->nchunks++] =
+				palloc(sizeof(float) * rows->recfloats * rows->chunk_records);
 		}
-		rec = rows->mem + rows->nrows * rows->recfloats;
+		rec = rows_record(rows, rows->nrows);
 		memcpy(rec, features, sizeof(float) * rows->nfeatures);
 		memcpy(rec + rows->nfeatures, label, sizeof(float) * rows->ylen);
 	}
@@ -190,33 +208,207 @@ tenant_cmp(const void *a, const void *b)
 }
 
 /*
+ * Rows reach floral through a DestReceiver, so the executor hands each
+ * tuple straight to us: no SPI tuple table, no copy of the features.
+ */
+typedef struct SourceReceiver
+{
+	DestReceiver pub;
+	FloralRows *rows;
+	const FloralSpec *spec;
+	bool		label_is_array;
+	MemoryContext target;		/* where the rows live */
+	MemoryContext rowcxt;		/* detoasted values, reset often */
+	float	   *label;
+	uint64		seen;
+} SourceReceiver;
+
+static void
+source_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+source_shutdown(DestReceiver *self)
+{
+}
+
+static void
+source_destroy(DestReceiver *self)
+{
+}
+
+static void
+read_label(SourceReceiver *r, Datum d, const char *tenant)
+{
+	int			K = SPEC_OUTPUTS(r->spec);
+	float	   *label = r->label;
+
+	if (!r->label_is_array)
+	{
+		double		y = DatumGetFloat8(d);
+
+		if (!isfinite(y))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("label of tenant \"%s\" is not finite", tenant)));
+		if (r->spec->task == FLORAL_CLASSIFICATION &&
+			(y != floor(y) || y < 0 || y >= K))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("label %g of tenant \"%s\" is not a class of this model",
+							y, tenant),
+					 errdetail("Labels are integers from 0 to %d.", K - 1)));
+		if (r->spec->task == FLORAL_REGRESSION && K != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("label of tenant \"%s\" has 1 value, the model has %d outputs",
+							tenant, K),
+					 errhint("Give the label as real[].")));
+		label[0] = (float) y;
+		if (!isfinite(label[0]))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("label of tenant \"%s\" is out of range for type real",
+							tenant)));
+	}
+	else
+	{
+		ArrayType  *ya = DatumGetArrayTypeP(d);
+
+		if (ARR_NDIM(ya) != 1 || ARR_DIMS(ya)[0] != K)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("label of tenant \"%s\" has the wrong length, the model has %d outputs",
+							tenant, K)));
+		if (ARR_HASNULL(ya) && array_contains_nulls(ya))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("label of tenant \"%s\" contains a NULL", tenant)));
+		memcpy(label, ARR_DATA_PTR(ya), sizeof(float) * K);
+		for (int k = 0; k < K; k++)
+			if (!isfinite(label[k]))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("label of tenant \"%s\" is not finite", tenant)));
+	}
+}
+
+static bool
+source_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	SourceReceiver *r = (SourceReceiver *) self;
+	FloralRows *rows = r->rows;
+	MemoryContext oldcxt;
+	text	   *tenant_text;
+	FloralTenantRows *tenant;
+	ArrayType  *features;
+	const float *fv;
+	int64		recno;
+
+	/*
+	 * Detoasted copies are freed row by row so that their memory is reused
+	 * at once: handing it back in bulk costs a page fault per 4 kB when the
+	 * next rows allocate it again.  The occasional reset catches the rest.
+	 */
+	if ((++r->seen & 4095) == 0)
+	{
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(r->rowcxt);
+	}
+	slot_getallattrs(slot);
+	oldcxt = MemoryContextSwitchTo(r->rowcxt);
+
+	if (slot->tts_isnull[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source returned a NULL tenant")));
+	tenant_text = DatumGetTextPP(slot->tts_values[0]);
+	MemoryContextSwitchTo(r->target);
+	tenant = tenant_entry(rows, VARDATA_ANY(tenant_text),
+						  VARSIZE_ANY_EXHDR(tenant_text));
+	MemoryContextSwitchTo(r->rowcxt);
+
+	if (slot->tts_isnull[1])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source returned NULL features for tenant \"%s\"",
+						tenant->name)));
+	features = DatumGetArrayTypeP(slot->tts_values[1]);
+	if (ARR_NDIM(features) != 1 || ARR_DIMS(features)[0] != rows->nfeatures)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("features of tenant \"%s\" have %d values, the model expects %d",
+						tenant->name,
+						ARR_NDIM(features) == 0 ? 0 :
+						ArrayGetNItems(ARR_NDIM(features), ARR_DIMS(features)),
+						rows->nfeatures)));
+	if (ARR_HASNULL(features) && array_contains_nulls(features))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("features of tenant \"%s\" contain a NULL", tenant->name)));
+
+	if (slot->tts_isnull[2])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source returned a NULL label for tenant \"%s\"",
+						tenant->name)));
+	read_label(r, slot->tts_values[2], tenant->name);
+
+	fv = (const float *) ARR_DATA_PTR(features);
+	for (int k = 0; !tensor_all_finite(fv, rows->nfeatures) && k < rows->nfeatures; k++)
+		if (!isfinite(fv[k]))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("features of tenant \"%s\" contain a non-finite value",
+							tenant->name),
+					 errdetail("Feature %d is %g.", k + 1, fv[k])));
+
+	MemoryContextSwitchTo(r->target);
+	recno = rows_append(rows, fv, r->label);
+	if ((Pointer) features != DatumGetPointer(slot->tts_values[1]))
+		pfree(features);
+	if (tenant->nrows >= tenant->capacity)
+	{
+		tenant->capacity *= 2;
+		tenant->rows = repalloc_huge(tenant->rows, sizeof(int64) * tenant->capacity);
+	}
+	tenant->rows[tenant->nrows++] = recno;
+	MemoryContextSwitchTo(oldcxt);
+	return true;
+}
+
+/*
  * Read the source.  Must be called inside SPI_connect; the rows live in the
- * caller's CurrentMemoryContext at the time of the call (passed as target).
+ * memory context that is current at the time of the call.
  */
 FloralRows *
 floral_read_source(const char *source, const FloralSpec *spec)
 {
 	MemoryContext target = CurrentMemoryContext;
-	MemoryContext rowcxt;
 	FloralRows *rows;
 	HASHCTL		ctl;
 	char	   *query;
-	bool		label_is_array;
-	Portal		portal;
-	int			K = SPEC_OUTPUTS(spec);
-	float	   *label;
+	SourceReceiver receiver;
+	SPIExecuteOptions options;
 	instr_time	start,
 				elapsed;
+	int			ret;
 
 	INSTR_TIME_SET_CURRENT(start);
 
 	rows = palloc0(sizeof(FloralRows));
 	rows->nfeatures = SPEC_INPUTS(spec);
-	rows->ylen = (spec->task == FLORAL_CLASSIFICATION) ? 1 : K;
+	rows->ylen = (spec->task == FLORAL_CLASSIFICATION) ? 1 : SPEC_OUTPUTS(spec);
 	rows->recfloats = rows->nfeatures + rows->ylen;
-	rows->mem_limit = Max((int64) work_mem * 1024 / (sizeof(float) * rows->recfloats), 1);
+	/*
+	 * Like an index build, training holds its working set in up to
+	 * maintenance_work_mem and spills the rest to a temporary file.
+	 */
+	rows->mem_limit = Max((int64) maintenance_work_mem * 1024 /
+						  (int64) (sizeof(float) * rows->recfloats), 1);
 	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
-	label = palloc(sizeof(float) * rows->ylen);
+	rows->chunk_records = Max(ROWS_CHUNK_BYTES / (int64) (sizeof(float) * rows->recfloats), 1);
 
 	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
 	ctl.entrysize = sizeof(FloralTenantRows);
@@ -224,147 +416,31 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	rows->hash = hash_create("floral source tenants", 256, &ctl,
 							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	query = build_reader_query(source, spec, &label_is_array);
-	portal = SPI_cursor_open_with_args(NULL, query, 0, NULL, NULL, NULL, true, 0);
-	rowcxt = AllocSetContextCreate(target, "floral source batch",
-								   ALLOCSET_DEFAULT_SIZES);
+	memset(&receiver, 0, sizeof(receiver));
+	receiver.pub.receiveSlot = source_receive;
+	receiver.pub.rStartup = source_startup;
+	receiver.pub.rShutdown = source_shutdown;
+	receiver.pub.rDestroy = source_destroy;
+	receiver.pub.mydest = DestNone;
+	receiver.rows = rows;
+	receiver.spec = spec;
+	receiver.target = target;
+	receiver.rowcxt = AllocSetContextCreate(target, "floral source row",
+											ALLOCSET_DEFAULT_SIZES);
+	receiver.label = palloc(sizeof(float) * rows->ylen);
 
-	for (;;)
-	{
-		SPITupleTable *tuptable;
-		MemoryContext oldcxt;
-
-		CHECK_FOR_INTERRUPTS();
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		tuptable = SPI_tuptable;
-		oldcxt = MemoryContextSwitchTo(rowcxt);
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = tuptable->vals[i];
-			TupleDesc	desc = tuptable->tupdesc;
-			bool		isnull;
-			Datum		d;
-			text	   *tenant_text;
-			FloralTenantRows *tenant;
-			ArrayType  *features;
-			int64		recno;
-
-			d = SPI_getbinval(tup, desc, 1, &isnull);
-			if (isnull)
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("source returned a NULL tenant")));
-			tenant_text = DatumGetTextPP(d);
-			MemoryContextSwitchTo(target);
-			tenant = tenant_entry(rows, VARDATA_ANY(tenant_text),
-								  VARSIZE_ANY_EXHDR(tenant_text));
-			MemoryContextSwitchTo(rowcxt);
-
-			d = SPI_getbinval(tup, desc, 2, &isnull);
-			if (isnull)
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("source returned NULL features for tenant \"%s\"",
-								tenant->name)));
-			features = DatumGetArrayTypeP(d);
-			if (ARR_NDIM(features) != 1 ||
-				ARR_DIMS(features)[0] != rows->nfeatures)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_EXCEPTION),
-						 errmsg("features of tenant \"%s\" have %d values, the model expects %d",
-								tenant->name,
-								ARR_NDIM(features) == 0 ? 0 : ArrayGetNItems(ARR_NDIM(features), ARR_DIMS(features)),
-								rows->nfeatures)));
-			if (ARR_HASNULL(features) && array_contains_nulls(features))
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("features of tenant \"%s\" contain a NULL", tenant->name)));
-
-			d = SPI_getbinval(tup, desc, 3, &isnull);
-			if (isnull)
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("source returned a NULL label for tenant \"%s\"",
-								tenant->name)));
-			if (!label_is_array)
-			{
-				double		y = DatumGetFloat8(d);
-
-				if (!isfinite(y))
-					ereport(ERROR,
-							(errcode(ERRCODE_DATA_EXCEPTION),
-							 errmsg("label of tenant \"%s\" is not finite", tenant->name)));
-				if (spec->task == FLORAL_CLASSIFICATION &&
-					(y != floor(y) || y < 0 || y >= K))
-					ereport(ERROR,
-							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-							 errmsg("label %g of tenant \"%s\" is not a class of this model",
-									y, tenant->name),
-							 errdetail("Labels are integers from 0 to %d.", K - 1)));
-				if (spec->task == FLORAL_REGRESSION && K != 1)
-					ereport(ERROR,
-							(errcode(ERRCODE_DATA_EXCEPTION),
-							 errmsg("label of tenant \"%s\" has 1 value, the model has %d outputs",
-									tenant->name, K),
-							 errhint("Give the label as real[].")));
-				label[0] = (float) y;
-				if (!isfinite(label[0]))
-					ereport(ERROR,
-							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-							 errmsg("label of tenant \"%s\" is out of range for type real",
-									tenant->name)));
-			}
-			else
-			{
-				ArrayType  *ya = DatumGetArrayTypeP(d);
-
-				if (ARR_NDIM(ya) != 1 || ARR_DIMS(ya)[0] != K)
-					ereport(ERROR,
-							(errcode(ERRCODE_DATA_EXCEPTION),
-							 errmsg("label of tenant \"%s\" has the wrong length, the model has %d outputs",
-									tenant->name, K)));
-				if (ARR_HASNULL(ya) && array_contains_nulls(ya))
-					ereport(ERROR,
-							(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-							 errmsg("label of tenant \"%s\" contains a NULL", tenant->name)));
-				memcpy(label, ARR_DATA_PTR(ya), sizeof(float) * K);
-				for (int k = 0; k < K; k++)
-					if (!isfinite(label[k]))
-						ereport(ERROR,
-								(errcode(ERRCODE_DATA_EXCEPTION),
-								 errmsg("label of tenant \"%s\" is not finite", tenant->name)));
-			}
-
-			{
-				const float *fv = (const float *) ARR_DATA_PTR(features);
-
-				for (int k = 0; k < rows->nfeatures; k++)
-					if (unlikely(!isfinite(fv[k])))
-						ereport(ERROR,
-								(errcode(ERRCODE_DATA_EXCEPTION),
-								 errmsg("features of tenant \"%s\" contain a non-finite value",
-										tenant->name),
-								 errdetail("Feature %d is %g.", k + 1, fv[k])));
-				MemoryContextSwitchTo(target);
-				recno = rows_append(rows, fv, label);
-				if (tenant->nrows >= tenant->capacity)
-				{
-					tenant->capacity *= 2;
-					tenant->rows = repalloc_huge(tenant->rows,
-												 sizeof(int64) * tenant->capacity);
-				}
-				tenant->rows[tenant->nrows++] = recno;
-				MemoryContextSwitchTo(rowcxt);
-			}
-		}
-		MemoryContextSwitchTo(oldcxt);
-		MemoryContextReset(rowcxt);
-		SPI_freetuptable(tuptable);
-	}
-	SPI_cursor_close(portal);
-	MemoryContextDelete(rowcxt);
+	query = build_reader_query(source, spec, &receiver.label_is_array);
+	memset(&options, 0, sizeof(options));
+	options.read_only = true;
+	options.dest = (DestReceiver *) &receiver;
+	ret = SPI_execute_extended(query, &options);
+	/* with a receiver of ours and DestNone, SPI reports SPI_OK_UTILITY */
+	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("source must be a query returning rows")));
+	MemoryContextSwitchTo(target);
+	MemoryContextDelete(receiver.rowcxt);
 
 	if (rows->ntenants == 0)
 		ereport(ERROR,
@@ -390,6 +466,17 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	return rows;
 }
 
+/* release the temporary file, if the rows spilled to one */
+void
+floral_rows_free(FloralRows *rows)
+{
+	if (rows->file)
+	{
+		BufFileClose(rows->file);
+		rows->file = NULL;
+	}
+}
+
 /* copy records into a batch: features into X (n x nfeatures), labels into Y */
 void
 floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float *Y)
@@ -402,7 +489,7 @@ floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float
 		const float *rec;
 
 		if (rows->file == NULL)
-			rec = rows->mem + recnos[i] * rows->recfloats;
+			rec = rows_record(rows, recnos[i]);
 		else
 		{
 			off_t		offset = (off_t) recnos[i] * rows->recfloats * sizeof(float);

@@ -4,7 +4,7 @@
  *
  * A source is any query returning (tenant, features real[], label).  Its
  * rows are read once, checked, and kept as fixed-size float records: in
- * memory up to work_mem, beyond that in a temporary file, so a source of
+ * memory up to maintenance_work_mem, beyond that in a temporary file, so a source of
  * any size trains in bounded memory.  Each tenant keeps the list of its
  * record numbers, so a tenant's rows can be visited in any order.
  */
@@ -32,8 +32,10 @@ typedef struct FloralRows
 	int			recfloats;		/* nfeatures + ylen */
 	int64		nrows;
 
-	float	   *mem;			/* records while they fit in memory */
-	int64		mem_capacity;	/* in records */
+	float	  **chunks;			/* records while they fit in memory */
+	int			nchunks;
+	int			max_chunks;
+	int64		chunk_records;	/* records per chunk */
 	int64		mem_limit;		/* records allowed in memory */
 	BufFile    *file;			/* all records, once spilled */
 	float	   *recbuf;			/* one record, for reads from the file */
@@ -45,6 +47,7 @@ typedef struct FloralRows
 } FloralRows;
 
 extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec);
+extern void floral_rows_free(FloralRows *rows);
 extern void floral_rows_gather(FloralRows *rows, const int64 *recnos, int n,
 							   float *X, float *Y);
 

@@ -103,6 +103,8 @@ tensor_numel(const FloralTensor *t)
 void
 tensor_check_finite(const float *data, int64 n, const char *what)
 {
+	if (likely(tensor_all_finite(data, n)))
+		return;
 	for (int64 i = 0; i < n; i++)
 		if (unlikely(!isfinite(data[i])))
 			ereport(ERROR,

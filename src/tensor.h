@@ -39,4 +39,19 @@ extern FloralTensor *tensor_new_1d(int64 numel);
 extern int64 tensor_numel(const FloralTensor *t);
 extern void tensor_check_finite(const float *data, int64 n, const char *what);
 
+/*
+ * True when no value is NaN or infinite: those are exactly the floats whose
+ * exponent bits are all ones.  Integer operations, so the loop vectorises.
+ */
+static inline bool
+tensor_all_finite(const float *data, int64 n)
+{
+	const uint32 *bits = (const uint32 *) data;
+	uint32		bad = 0;
+
+	for (int64 i = 0; i < n; i++)
+		bad |= ((bits[i] & 0x7f800000) == 0x7f800000);
+	return bad == 0;
+}
+
 #endif

@@ -409,6 +409,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	}
 
 	timing_notice("floral_train", rows, start);
+	floral_rows_free(rows);
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
@@ -552,6 +553,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	}
 
 	timing_notice("floral_personalize", rows, start);
+	floral_rows_free(rows);
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

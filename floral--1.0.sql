@@ -85,12 +85,21 @@ CREATE TABLE floral.tenants (
 	adaptors	floral.tensor,
 	examples	bigint NOT NULL DEFAULT 0,
 	last_round	int,
+	start_round	int,
+	start_logits real[],
+	start_adaptors floral.tensor,
 	updated_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (model, tenant)
 );
 COMMENT ON TABLE floral.tenants IS 'each tenant''s private state: mixture logits, an optional pinned mixture, private adaptors (Local Adaptor)';
+COMMENT ON COLUMN floral.tenants.start_logits IS 'logits the tenant had when it first trained in start_round: a retry in that round starts from them';
 
-CREATE TABLE floral.contributions (
+-- Contributions are transient and large (a whole trained model per tenant),
+-- so they are UNLOGGED: no WAL for them.  A crash empties the table; the
+-- round's training is then simply run again, from the start state kept in
+-- floral.tenants, and nothing half-merged can exist because aggregation is
+-- one transaction.
+CREATE UNLOGGED TABLE floral.contributions (
 	model		text NOT NULL REFERENCES floral.models ON DELETE CASCADE ON UPDATE CASCADE,
 	round		int NOT NULL,
 	tenant		text NOT NULL,
@@ -98,8 +107,6 @@ CREATE TABLE floral.contributions (
 	mixture		real[] NOT NULL,
 	params		floral.tensor NOT NULL,
 	loss		double precision,
-	start_logits real[],
-	start_adaptors floral.tensor,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (model, round, tenant)
 );

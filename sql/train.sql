@@ -67,7 +67,7 @@ END $$;
 SELECT (SELECT params::text FROM floral.rounds WHERE model = 'd1' AND round = 3) =
        (SELECT params::text FROM floral.rounds WHERE model = 'd2' AND round = 3) AS bit_identical,
        (SELECT array_agg(logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd1') =
-       (SELECT array_agg(start_logits ORDER BY tenant) FROM floral.contributions WHERE model = 'd2') AS same_mixtures,
+       (SELECT array_agg(start_logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd2') AS same_mixtures,
        (SELECT count(*) FROM floral.contributions WHERE model = 'd2') AS d2_pending;
 
 -- Local Adaptor: each tenant keeps a private adaptor that is never aggregated

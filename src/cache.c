@@ -174,6 +174,8 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 
 	t = hash_search(m->tenants, key, HASH_ENTER, &found);
 	t->bank = state.bank;
+	if (state.start_bank)
+		pfree(state.start_bank);
 	if (state.pinned)
 		memcpy(t->pi, state.pinned_pi, sizeof(float) * C);
 	else if (state.found && C > 0)

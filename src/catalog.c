@@ -203,6 +203,23 @@ floral_load_round(const FloralSpec *spec, int32 round, MemoryContext cxt)
 	return params;
 }
 
+static float *
+read_bank(const FloralSpec *spec, Datum d, MemoryContext cxt, const char *tenant)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	FloralTensor *t = DatumGetTensorP(d);
+	float	   *bank;
+
+	if (tensor_numel(t) != spec->adaptor_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("private adaptors of tenant \"%s\" have the wrong size", tenant)));
+	bank = palloc(sizeof(float) * spec->adaptor_size);
+	memcpy(bank, TENSOR_DATA(t), sizeof(float) * spec->adaptor_size);
+	MemoryContextSwitchTo(old);
+	return bank;
+}
+
 /* a tenant's logits, pinned mixture and private adaptors, if it has any */
 void
 floral_load_tenant(const FloralSpec *spec, const char *tenant,
@@ -216,9 +233,11 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 	int			ret;
 
 	memset(state, 0, sizeof(*state));
+	state->start_round = -1;
 	args[0] = CStringGetTextDatum(spec->name);
 	args[1] = CStringGetTextDatum(tenant);
-	ret = SPI_execute_with_args("SELECT logits, pinned, adaptors FROM floral.tenants "
+	ret = SPI_execute_with_args("SELECT logits, pinned, adaptors, start_round, "
+								"start_logits, start_adaptors FROM floral.tenants "
 								"WHERE model = $1 AND tenant = $2",
 								2, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
@@ -236,17 +255,15 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 	}
 	d = get_col(3, &isnull);
 	if (!isnull && spec->private_adaptors)
+		state->bank = read_bank(spec, d, cxt, tenant);
+	d = get_col(4, &isnull);
+	if (!isnull)
 	{
-		MemoryContext old = MemoryContextSwitchTo(cxt);
-		FloralTensor *t = DatumGetTensorP(d);
-
-		if (tensor_numel(t) != spec->adaptor_size)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("private adaptors of tenant \"%s\" have the wrong size", tenant)));
-		state->bank = palloc(sizeof(float) * spec->adaptor_size);
-		memcpy(state->bank, TENSOR_DATA(t), sizeof(float) * spec->adaptor_size);
-		MemoryContextSwitchTo(old);
+		state->start_round = DatumGetInt32(d);
+		floral_read_real_array(get_notnull(5), state->start_logits, C, "start logits");
+		d = get_col(6, &isnull);
+		if (!isnull && spec->private_adaptors)
+			state->start_bank = read_bank(spec, d, cxt, tenant);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }

@@ -27,6 +27,14 @@ typedef struct FloralTenantState
 	bool		pinned;			/* mixture fixed by floral_set_mixture */
 	float		pinned_pi[FLORAL_MAX_ADAPTORS];
 	float	   *bank;			/* private adaptors (Local Adaptor), or NULL */
+
+	/*
+	 * The state the tenant had when it first trained in round start_round,
+	 * so that training it again in that round starts from the same place.
+	 */
+	int32		start_round;	/* -1 if never trained */
+	float		start_logits[FLORAL_MAX_ADAPTORS];
+	float	   *start_bank;
 } FloralTenantState;
 
 extern void floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec);

@@ -245,6 +245,8 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		if (state.bank)
 			pfree(state.bank);
+		if (state.start_bank)
+			pfree(state.start_bank);
 	}
 
 	floral_rows_free(rows);

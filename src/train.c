@@ -232,8 +232,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	float	   *global;
 	FloralRows *rows;
 	Trainer    *tr;
-	SPIPlanPtr	get_start,
-				put_contribution,
+	SPIPlanPtr	put_contribution,
 				put_tenant;
 	Oid			tensor_type;
 	instr_time	start;
@@ -257,31 +256,30 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	tensor_type = floral_tensor_type();
 
 	{
-		Oid			t3[3] = {TEXTOID, INT4OID, TEXTOID};
-		Oid			t9[9] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
-		tensor_type, FLOAT8OID, FLOAT4ARRAYOID, tensor_type};
-		Oid			t6[6] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
-		INT8OID, INT4OID};
+		Oid			t7[7] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
+		tensor_type, FLOAT8OID};
+		Oid			t8[8] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
+		INT8OID, INT4OID, FLOAT4ARRAYOID, tensor_type};
 
-		get_start = SPI_prepare("SELECT start_logits, start_adaptors FROM floral.contributions "
-								"WHERE model = $1 AND round = $2 AND tenant = $3", 3, t3);
 		put_contribution = SPI_prepare(
 									   "INSERT INTO floral.contributions AS c "
-									   "(model, round, tenant, examples, mixture, params, loss, start_logits, start_adaptors) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+									   "(model, round, tenant, examples, mixture, params, loss) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7) "
 									   "ON CONFLICT (model, round, tenant) DO UPDATE SET "
 									   "examples = excluded.examples, mixture = excluded.mixture, "
 									   "params = excluded.params, loss = excluded.loss, created_at = now()",
-									   9, t9);
+									   7, t7);
 		put_tenant = SPI_prepare(
 								 "INSERT INTO floral.tenants AS t "
-								 "(model, tenant, logits, adaptors, examples, last_round, updated_at) "
-								 "VALUES ($1, $2, $3, $4, $5, $6, now()) "
+								 "(model, tenant, logits, adaptors, examples, last_round, "
+								 " start_round, start_logits, start_adaptors, updated_at) "
+								 "VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, now()) "
 								 "ON CONFLICT (model, tenant) DO UPDATE SET "
 								 "logits = excluded.logits, adaptors = excluded.adaptors, "
 								 "examples = excluded.examples, last_round = excluded.last_round, "
-								 "updated_at = now()", 6, t6);
-		if (!get_start || !put_contribution || !put_tenant)
+								 "start_round = excluded.start_round, start_logits = excluded.start_logits, "
+								 "start_adaptors = excluded.start_adaptors, updated_at = now()", 8, t8);
+		if (!put_contribution || !put_tenant)
 			elog(ERROR, "could not prepare floral catalog statements: %s",
 				 SPI_result_code_string(SPI_result));
 	}
@@ -293,7 +291,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		float		z[FLORAL_MAX_ADAPTORS] = {0};
 		float		start_z[FLORAL_MAX_ADAPTORS] = {0};
 		float		pi[FLORAL_MAX_ADAPTORS];
-		float	   *start_bank = NULL;
+		float	   *start_bank;
 		float	   *bank = tr->params + spec->adaptor_offset;
 		pg_prng_state rng;
 		double		loss;
@@ -301,45 +299,18 @@ floral_train_internal(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		floral_load_tenant(spec, trows->name, cxt, &state);
-		if (state.found)
-			memcpy(start_z, state.logits, sizeof(float) * C);
-		start_bank = state.bank;
 
 		/* a retry in the same round starts from the state before the round */
+		if (state.start_round == spec->round)
 		{
-			Datum		a[3] = {CStringGetTextDatum(spec->name),
-			Int32GetDatum(spec->round), CStringGetTextDatum(trows->name)};
-			bool		isnull;
-
-			if (SPI_execute_plan(get_start, a, NULL, true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read floral.contributions");
-			if (SPI_processed > 0)
-			{
-				HeapTuple	tup = SPI_tuptable->vals[0];
-				Datum		d;
-
-				d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
-				if (!isnull)
-					floral_read_real_array(d, start_z, C, "start logits");
-				d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
-				if (!isnull && spec->private_adaptors)
-				{
-					FloralTensor *t;
-
-					MemoryContextSwitchTo(cxt);
-					t = DatumGetTensorP(d);
-					if (tensor_numel(t) != spec->adaptor_size)
-						ereport(ERROR,
-								(errcode(ERRCODE_DATA_CORRUPTED),
-								 errmsg("saved adaptors of tenant \"%s\" have the wrong size",
-										trows->name)));
-					start_bank = palloc(sizeof(float) * spec->adaptor_size);
-					memcpy(start_bank, TENSOR_DATA(t), sizeof(float) * spec->adaptor_size);
-				}
-				else if (isnull)
-					start_bank = NULL;
-			}
-			SPI_freetuptable(SPI_tuptable);
+			memcpy(start_z, state.start_logits, sizeof(float) * C);
+			start_bank = state.start_bank;
+		}
+		else
+		{
+			if (state.found)
+				memcpy(start_z, state.logits, sizeof(float) * C);
+			start_bank = state.bank;
 		}
 
 		memcpy(tr->params, global, sizeof(float) * spec->nparams);
@@ -354,10 +325,9 @@ floral_train_internal(PG_FUNCTION_ARGS)
 
 		/* record the contribution and the tenant's new private state */
 		{
-			Datum		ca[9];
-			char		cn[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-			Datum		ta[6];
-			char		tn[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+			Datum		ca[7];
+			Datum		ta[8];
+			char		tn[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 			int			ret;
 
 			ca[0] = CStringGetTextDatum(spec->name);
@@ -367,32 +337,32 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			ca[4] = floral_real_array(pi, C);
 			ca[5] = floral_tensor_datum(tr->params, spec->nparams);
 			ca[6] = Float8GetDatum(loss);
-			ca[7] = floral_real_array(start_z, C);
-			if (start_bank)
-				ca[8] = floral_tensor_datum(start_bank, spec->adaptor_size);
-			else
-				cn[8] = 'n';
-			ret = SPI_execute_plan(put_contribution, ca, cn, false, 0);
+			ret = SPI_execute_plan(put_contribution, ca, NULL, false, 0);
 			if (ret != SPI_OK_INSERT)
 				elog(ERROR, "could not write floral.contributions: %s",
 					 SPI_result_code_string(ret));
+			pfree(DatumGetPointer(ca[5]));
 
 			ta[0] = ca[0];
 			ta[1] = ca[2];
 			ta[2] = floral_real_array(z, C);
-			if (spec->private_adaptors && C > 0)
-				ta[3] = floral_tensor_datum(bank, spec->adaptor_size);
-			else
-				tn[3] = 'n';
 			ta[4] = Int64GetDatum(trows->nrows);
 			ta[5] = Int32GetDatum(spec->round);
+			ta[6] = floral_real_array(start_z, C);
+			if (spec->private_adaptors)
+			{
+				ta[3] = floral_tensor_datum(bank, spec->adaptor_size);
+				if (start_bank)
+					ta[7] = floral_tensor_datum(start_bank, spec->adaptor_size);
+				else
+					tn[7] = 'n';
+			}
+			else
+				tn[3] = tn[7] = 'n';
 			ret = SPI_execute_plan(put_tenant, ta, tn, false, 0);
 			if (ret != SPI_OK_INSERT)
 				elog(ERROR, "could not write floral.tenants: %s",
 					 SPI_result_code_string(ret));
-			pfree(DatumGetPointer(ca[5]));
-			if (tn[3] != 'n')
-				pfree(DatumGetPointer(ta[3]));
 		}
 
 		{
@@ -406,6 +376,8 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		}
 		if (state.bank)
 			pfree(state.bank);
+		if (state.start_bank)
+			pfree(state.start_bank);
 	}
 
 	timing_notice("floral_train", rows, start);

@@ -154,6 +154,7 @@ CREATE FUNCTION floral._personalize(model text, source text, epochs int, batch_s
 -- type.  Returns the object with defaults filled in.
 CREATE FUNCTION floral._options(options jsonb, defaults jsonb, what text)
 RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+#variable_conflict use_variable
 DECLARE
 	k text;
 	v jsonb;
@@ -183,6 +184,7 @@ END $$;
 
 CREATE FUNCTION floral._check(ok boolean, message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
+#variable_conflict use_variable
 BEGIN
 	IF ok IS NOT TRUE THEN
 		RAISE EXCEPTION '%', message USING ERRCODE = 'invalid_parameter_value';
@@ -191,6 +193,7 @@ END $$;
 
 CREATE FUNCTION floral._model_options(model text) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
 DECLARE
 	o jsonb;
 BEGIN
@@ -210,6 +213,7 @@ CREATE FUNCTION floral_create_model(name text, layers int[],
 		task text DEFAULT 'classification', adaptors int DEFAULT 4,
 		rank real DEFAULT 0.01, options jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 DECLARE
 	o jsonb;
 	ranks int[] := '{}';
@@ -274,6 +278,7 @@ COMMENT ON FUNCTION floral_create_model(text, int[], text, int, real, jsonb) IS
 
 CREATE FUNCTION floral_drop_model(name text) RETURNS void
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 BEGIN
 	DELETE FROM floral.models m WHERE m.name = floral_drop_model.name;
 	IF NOT FOUND THEN
@@ -288,6 +293,7 @@ COMMENT ON FUNCTION floral_drop_model(text) IS 'drop a model with all its rounds
 CREATE FUNCTION floral_train(model text, source text, options jsonb DEFAULT '{}')
 RETURNS TABLE (tenant text, examples bigint, loss double precision)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 DECLARE
 	mo jsonb := floral._model_options(model);
 	o jsonb;
@@ -325,6 +331,7 @@ COMMENT ON FUNCTION floral_aggregate(text) IS
 CREATE FUNCTION floral_personalize(model text, source text, options jsonb DEFAULT '{}')
 RETURNS TABLE (tenant text, examples bigint, loss double precision, mixture real[])
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 DECLARE
 	mo jsonb := floral._model_options(model);
 	o jsonb;
@@ -376,6 +383,7 @@ COMMENT ON FUNCTION floral_evaluate(text, text) IS
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_mixture(model text, tenant text) RETURNS real[]
 LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
 DECLARE
 	c int;
 	z real[];
@@ -403,6 +411,7 @@ COMMENT ON FUNCTION floral_mixture(text, text) IS
 
 CREATE FUNCTION floral_set_mixture(model text, tenant text, mixture real[]) RETURNS void
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 DECLARE
 	c int;
 	s double precision;
@@ -440,6 +449,7 @@ COMMENT ON FUNCTION floral_parameter(text, text, int, int, int) IS
 CREATE FUNCTION floral_layers(model text)
 RETURNS TABLE (layer int, part text, adaptor int, shape int[], parameters bigint)
 LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
 DECLARE
 	m floral.models;
 BEGIN
@@ -466,6 +476,7 @@ COMMENT ON FUNCTION floral_layers(text) IS 'every parameter of a model with its 
 
 CREATE FUNCTION floral_rollback(model text, round int) RETURNS int
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 BEGIN
 	PERFORM 1 FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT FOUND THEN
@@ -486,6 +497,7 @@ COMMENT ON FUNCTION floral_rollback(text, int) IS
 
 CREATE FUNCTION floral_prune(model text, keep int DEFAULT 1) RETURNS bigint
 LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
 DECLARE
 	cur int;
 	n bigint;
@@ -519,3 +531,582 @@ SELECT t.model, t.tenant, floral_mixture(t.model, t.tenant) AS mixture,
 	   t.pinned IS NOT NULL AS pinned, t.examples, t.last_round, t.updated_at
 FROM floral.tenants t;
 COMMENT ON VIEW floral.tenant_mixtures IS 'each tenant''s mixture probabilities';
+
+------------------------------------------------------------------------
+-- Federation: a coordinator database merges, branch databases train.
+--
+-- Every connection is opened by a branch (dblink, with an ordinary libpq
+-- conninfo), so branches may sit behind firewalls.  Raw rows never leave a
+-- branch: it sends one update per round, the hierarchical sums of
+-- FLORAL.md (N_B, M_B,c and one parameter-shaped vector of weighted sums),
+-- and nothing about any single tenant.  The coordinator's remote API lives
+-- in schema floral (floral.fed_*), whatever schema the extension is in.
+------------------------------------------------------------------------
+CREATE FUNCTION floral.tensor_from_bytea(bytea) RETURNS floral.tensor
+	AS 'MODULE_PATHNAME', 'tensor_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_from_bytea(bytea) IS
+	'a tensor from its binary form (as floral.tensor_send makes it), fully validated';
+CREATE FUNCTION floral._branch_update(model text, round int,
+		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
+		OUT loss_sum double precision, OUT tenants int)
+	AS 'MODULE_PATHNAME', 'floral_branch_update' LANGUAGE C STRICT;
+CREATE FUNCTION floral._merge_updates(model text) RETURNS int
+	AS 'MODULE_PATHNAME', 'floral_merge_updates' LANGUAGE C STRICT;
+CREATE FUNCTION floral._update_norm(model text, examples double precision,
+		weights real[], sums floral.tensor) RETURNS double precision
+	AS 'MODULE_PATHNAME', 'floral_update_norm' LANGUAGE C STRICT;
+
+-- coordinator side -----------------------------------------------------
+CREATE TABLE floral.federations (
+	model		text PRIMARY KEY REFERENCES floral.models ON DELETE CASCADE ON UPDATE CASCADE,
+	min_branches int NOT NULL DEFAULT 1 CHECK (min_branches >= 1),
+	deadline	interval NOT NULL DEFAULT '10 minutes',
+	fraction	real NOT NULL DEFAULT 1 CHECK (fraction > 0 AND fraction <= 1),
+	max_update_norm double precision CHECK (max_update_norm > 0),
+	round_started_at timestamptz NOT NULL DEFAULT now(),
+	created_at	timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE floral.federations IS 'coordinator: models this database coordinates, with their quorum rules';
+
+CREATE TABLE floral.branches (
+	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
+	branch		text NOT NULL CHECK (length(branch) BETWEEN 1 AND 63),
+	active		boolean NOT NULL DEFAULT true,
+	added_at	timestamptz NOT NULL DEFAULT now(),
+	last_contact timestamptz,
+	last_round_seen int,
+	PRIMARY KEY (model, branch)
+);
+COMMENT ON TABLE floral.branches IS 'coordinator: the branches that take part in each federated model';
+
+CREATE TABLE floral.updates (
+	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
+	round		int NOT NULL,
+	branch		text NOT NULL,
+	status		text NOT NULL CHECK (status IN ('accepted', 'merged', 'stale', 'rejected')),
+	reason		text,
+	examples	double precision,
+	weights		real[],
+	sums		floral.tensor,
+	loss_sum	double precision,
+	tenants		int,
+	bytes		bigint,
+	merged_into	int,
+	received_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (model, round, branch)
+);
+COMMENT ON TABLE floral.updates IS 'coordinator: every update a branch sent, with what became of it; the key makes a resend harmless';
+SELECT pg_catalog.pg_extension_config_dump('floral.federations', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.branches', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.updates', '');
+
+CREATE FUNCTION floral_coordinator_setup(model text, options jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	o jsonb;
+BEGIN
+	PERFORM floral._model_options(model);
+	o := floral._options(options, jsonb_build_object(
+			'min_branches', 1, 'deadline', '10 minutes', 'fraction', 1.0,
+			'max_update_norm', null), 'floral_coordinator_setup');
+	PERFORM floral._check((o->>'min_branches')::numeric >= 1
+						  AND (o->>'min_branches')::numeric = trunc((o->>'min_branches')::numeric),
+						  'option "min_branches" must be a positive integer');
+	PERFORM floral._check((o->>'fraction')::real > 0 AND (o->>'fraction')::real <= 1,
+						  'option "fraction" must be in (0, 1]');
+	PERFORM floral._check(jsonb_typeof(o->'max_update_norm') IN ('null', 'number')
+						  AND coalesce((o->>'max_update_norm')::float8, 1) > 0,
+						  'option "max_update_norm" must be a positive number');
+	INSERT INTO floral.federations AS f (model, min_branches, deadline, fraction, max_update_norm)
+		VALUES (model, (o->>'min_branches')::int, (o->>'deadline')::interval,
+				(o->>'fraction')::real, (o->>'max_update_norm')::float8)
+		ON CONFLICT ON CONSTRAINT federations_pkey DO UPDATE SET
+			min_branches = excluded.min_branches, deadline = excluded.deadline,
+			fraction = excluded.fraction, max_update_norm = excluded.max_update_norm;
+END $$;
+COMMENT ON FUNCTION floral_coordinator_setup(text, jsonb) IS
+	'coordinator: federate a model (options min_branches, deadline, fraction, max_update_norm)';
+
+CREATE FUNCTION floral_coordinator_add_branch(model text, branch text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM floral.federations f WHERE f.model = floral_coordinator_add_branch.model) THEN
+		RAISE EXCEPTION 'model "%" is not federated here', model
+			USING ERRCODE = 'undefined_object', HINT = 'Call floral_coordinator_setup() first.';
+	END IF;
+	INSERT INTO floral.branches AS b (model, branch) VALUES (model, branch)
+		ON CONFLICT ON CONSTRAINT branches_pkey DO UPDATE SET active = true;
+END $$;
+COMMENT ON FUNCTION floral_coordinator_add_branch(text, text) IS 'coordinator: let a branch take part';
+
+CREATE FUNCTION floral_coordinator_remove_branch(model text, branch text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE floral.branches b SET active = false
+		WHERE b.model = floral_coordinator_remove_branch.model AND b.branch = floral_coordinator_remove_branch.branch;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'branch "%" is not part of model "%"', branch, model USING ERRCODE = 'undefined_object';
+	END IF;
+END $$;
+COMMENT ON FUNCTION floral_coordinator_remove_branch(text, text) IS 'coordinator: stop a branch taking part (its history stays)';
+
+-- Is a branch selected for a round?  With fraction < 1, each round picks
+-- ceil(fraction * active) branches by a hash of (model, round, branch): a
+-- fresh sample every round, the same answer every time it is asked.
+CREATE FUNCTION floral._selected(model text, round int, branch text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+	WITH f AS (SELECT * FROM floral.federations WHERE federations.model = _selected.model),
+	active AS (SELECT b.branch, md5(_selected.model || '/' || _selected.round || '/' || b.branch) AS h
+			   FROM floral.branches b WHERE b.model = _selected.model AND b.active),
+	k AS (SELECT greatest(ceil(f.fraction * (SELECT count(*) FROM active)),
+						  least(f.min_branches, (SELECT count(*) FROM active))) AS k FROM f)
+	SELECT coalesce((SELECT rn <= (SELECT k FROM k)
+					 FROM (SELECT a.branch, row_number() OVER (ORDER BY a.h) AS rn FROM active a) s
+					 WHERE s.branch = _selected.branch), false)
+$$;
+
+CREATE FUNCTION floral._fed_branch(model text, branch text) RETURNS floral.branches
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	b floral.branches;
+BEGIN
+	SELECT * INTO b FROM floral.branches x WHERE x.model = _fed_branch.model AND x.branch = _fed_branch.branch;
+	IF NOT FOUND OR NOT b.active THEN
+		RAISE EXCEPTION 'branch "%" does not take part in model "%"', branch, model
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'The coordinator adds branches with floral_coordinator_add_branch().';
+	END IF;
+	UPDATE floral.branches x SET last_contact = now()
+		WHERE x.model = _fed_branch.model AND x.branch = _fed_branch.branch;
+	RETURN b;
+END $$;
+
+-- remote API, called by branches over dblink
+CREATE FUNCTION floral.fed_spec(model text, branch text,
+		OUT task text, OUT layers int[], OUT adaptors int, OUT rank real, OUT options jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._fed_branch(model, branch);
+	SELECT m.task, m.layers, m.adaptors, m.rank, m.options
+		INTO task, layers, adaptors, rank, options
+		FROM floral.models m WHERE m.name = model;
+END $$;
+COMMENT ON FUNCTION floral.fed_spec(text, text) IS 'coordinator API: the model''s specification, for a branch that joins';
+
+CREATE FUNCTION floral.fed_round(model text, branch text,
+		OUT round int, OUT selected boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._fed_branch(model, branch);
+	SELECT m.round INTO round FROM floral.models m WHERE m.name = model;
+	selected := floral._selected(model, round, branch);
+	UPDATE floral.branches b SET last_round_seen = fed_round.round
+		WHERE b.model = fed_round.model AND b.branch = fed_round.branch;
+END $$;
+COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round and whether the branch trains in it';
+
+CREATE FUNCTION floral.fed_params(model text, branch text, round int) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	p floral.tensor;
+BEGIN
+	PERFORM floral._fed_branch(model, branch);
+	SELECT r.params INTO p FROM floral.rounds r WHERE r.model = fed_params.model AND r.round = fed_params.round;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'round % of model "%" is not kept', round, model USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN encode(floral.tensor_send(p), 'base64');
+END $$;
+COMMENT ON FUNCTION floral.fed_params(text, text, int) IS 'coordinator API: a round''s shared parameters, base64 of the binary tensor';
+
+CREATE FUNCTION floral.fed_submit(model text, branch text, round int,
+		examples double precision, weights real[], sums text,
+		loss_sum double precision, tenants int) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	cur int;
+	m floral.models;
+	f floral.federations;
+	t floral.tensor;
+	st text := 'accepted';
+	why text;
+	norm double precision;
+	n int;
+BEGIN
+	PERFORM floral._fed_branch(model, branch);
+	SELECT * INTO m FROM floral.models x WHERE x.name = model;
+	SELECT * INTO f FROM floral.federations x WHERE x.model = fed_submit.model;
+	cur := m.round;
+
+	IF fed_submit.round < cur THEN
+		st := 'stale';
+		why := format('update for round %s arrived in round %s', fed_submit.round, cur);
+	ELSIF fed_submit.round > cur THEN
+		st := 'rejected';
+		why := format('round %s has not started (current round %s)', fed_submit.round, cur);
+	ELSE
+		BEGIN
+			t := floral.tensor_from_bytea(decode(sums, 'base64'));
+		EXCEPTION WHEN OTHERS THEN
+			st := 'rejected';
+			why := 'sums: ' || SQLERRM;
+		END;
+		IF st = 'accepted' THEN
+			SELECT sum(x.parameters) INTO n FROM floral_layers(model) x;
+			IF floral.tensor_shape(t) <> ARRAY[n] THEN
+				st := 'rejected';
+				why := format('sums have shape %s, the model has %s parameters', floral.tensor_shape(t), n);
+			ELSIF examples IS NULL OR NOT (examples > 0 AND examples < 'Infinity') THEN
+				st := 'rejected';
+				why := format('examples must be positive and finite, not %s', examples);
+			ELSIF coalesce(cardinality(weights), 0) <> m.adaptors
+				  OR EXISTS (SELECT 1 FROM unnest(weights) w
+							 WHERE w IS NULL OR NOT (w >= 0 AND w < 'Infinity')) THEN
+				st := 'rejected';
+				why := format('weights must be %s finite non-negative numbers', m.adaptors);
+			ELSIF loss_sum IS NULL OR NOT (loss_sum >= 0 AND loss_sum < 'Infinity') THEN
+				st := 'rejected';
+				why := 'loss_sum must be finite';
+			ELSIF f.max_update_norm IS NOT NULL THEN
+				norm := floral._update_norm(model, examples, weights, t);
+				IF norm > f.max_update_norm THEN
+					st := 'rejected';
+					why := format('update norm %s exceeds the bound %s', round(norm::numeric, 3), f.max_update_norm);
+				END IF;
+			END IF;
+		END IF;
+	END IF;
+
+	INSERT INTO floral.updates AS u (model, round, branch, status, reason, examples, weights,
+									 sums, loss_sum, tenants, bytes)
+		VALUES (model, fed_submit.round, branch, st, why,
+				CASE WHEN st = 'accepted' THEN examples END,
+				CASE WHEN st = 'accepted' THEN weights END,
+				CASE WHEN st = 'accepted' THEN t END,
+				CASE WHEN st = 'accepted' THEN loss_sum END,
+				tenants, length(sums))
+		ON CONFLICT ON CONSTRAINT updates_pkey DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+	RETURN st;
+END $$;
+COMMENT ON FUNCTION floral.fed_submit(text, text, int, double precision, real[], text, double precision, int) IS
+	'coordinator API: receive a branch''s update for a round; validates and records it, exactly once';
+
+CREATE FUNCTION floral.fed_goodbye(model text, branch text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._fed_branch(model, branch);
+	UPDATE floral.branches b SET active = false
+		WHERE b.model = fed_goodbye.model AND b.branch = fed_goodbye.branch;
+END $$;
+
+-- One step of the coordinator: merge the round when its quorum is there.
+-- Safe to run at any time and concurrently (an advisory lock; a second
+-- caller returns at once).
+CREATE FUNCTION floral_coordinator_step(model text) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	f floral.federations;
+	cur int;
+	selected int;
+	arrived int;
+	late boolean;
+	new_round int;
+BEGIN
+	SELECT * INTO f FROM floral.federations x WHERE x.model = floral_coordinator_step.model;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'model "%" is not federated here', model USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT pg_try_advisory_xact_lock(hashtext('floral.coordinator'), hashtext(model)) THEN
+		RETURN 'busy: another step is running';
+	END IF;
+	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
+	SELECT count(*) INTO selected FROM floral.branches b
+		WHERE b.model = floral_coordinator_step.model AND b.active
+		  AND floral._selected(model, cur, b.branch);
+	SELECT count(*) INTO arrived FROM floral.updates u
+		WHERE u.model = floral_coordinator_step.model AND u.round = cur AND u.status = 'accepted';
+	late := now() > f.round_started_at + f.deadline;
+
+	IF arrived = 0 THEN
+		RETURN format('round %s: waiting, no update yet from %s selected branches', cur, selected);
+	ELSIF arrived < selected AND NOT (late AND arrived >= f.min_branches) THEN
+		RETURN format('round %s: waiting, %s of %s selected branches%s', cur, arrived, selected,
+					  CASE WHEN late THEN format(', deadline passed but quorum is %s', f.min_branches) ELSE '' END);
+	END IF;
+
+	new_round := floral._merge_updates(model);
+	UPDATE floral.federations x SET round_started_at = now() WHERE x.model = floral_coordinator_step.model;
+	RETURN format('round %s merged from %s of %s selected branches; round %s started',
+				  cur, arrived, selected, new_round);
+END $$;
+COMMENT ON FUNCTION floral_coordinator_step(text) IS
+	'coordinator job: merge the current round once its quorum has arrived (safe to run any time, concurrently)';
+
+CREATE VIEW floral.federation_rounds AS
+SELECT r.model, r.round,
+	   r.created_at AS started_at,
+	   n.created_at AS merged_at,
+	   (SELECT array_agg(u.branch ORDER BY u.branch) FROM floral.updates u
+		 WHERE u.model = r.model AND u.round = r.round AND u.status IN ('accepted', 'merged')) AS branches,
+	   (SELECT array_agg(u.branch || ': ' || u.status ORDER BY u.branch) FROM floral.updates u
+		 WHERE u.model = r.model AND u.round = r.round AND u.status IN ('stale', 'rejected')) AS not_used,
+	   n.tenants, n.examples, n.loss,
+	   (SELECT sum(u.bytes) FROM floral.updates u WHERE u.model = r.model AND u.round = r.round) AS bytes_received
+FROM floral.rounds r
+JOIN floral.federations f ON f.model = r.model
+LEFT JOIN floral.rounds n ON n.model = r.model AND n.round = r.round + 1;
+COMMENT ON VIEW floral.federation_rounds IS 'coordinator: each round, when it started and was merged, which branches made it, examples and loss';
+
+CREATE VIEW floral.federation_branches AS
+SELECT b.model, b.branch, b.active, b.last_contact, now() - b.last_contact AS silent_for,
+	   b.last_round_seen,
+	   (SELECT max(u.round) FROM floral.updates u WHERE u.model = b.model AND u.branch = b.branch) AS last_update_round,
+	   (SELECT u.status FROM floral.updates u WHERE u.model = b.model AND u.branch = b.branch
+		 ORDER BY u.round DESC LIMIT 1) AS last_update_status
+FROM floral.branches b;
+COMMENT ON VIEW floral.federation_branches IS 'coordinator: each branch and its last contact';
+
+-- branch side ----------------------------------------------------------
+CREATE TABLE floral.branch_links (
+	model		text PRIMARY KEY,
+	branch		text NOT NULL,
+	coordinator	text NOT NULL,
+	source		text NOT NULL,
+	train_options jsonb NOT NULL DEFAULT '{}',
+	joined_at	timestamptz NOT NULL DEFAULT now(),
+	last_contact timestamptz,
+	last_error	text,
+	last_error_at timestamptz
+);
+COMMENT ON TABLE floral.branch_links IS 'branch: the models this database trains for a coordinator, and how to reach it';
+COMMENT ON COLUMN floral.branch_links.coordinator IS 'libpq conninfo of the coordinator (TLS and passwords as libpq does them)';
+
+CREATE TABLE floral.outbox (
+	model		text NOT NULL REFERENCES floral.branch_links ON DELETE CASCADE,
+	round		int NOT NULL,
+	examples	double precision NOT NULL,
+	weights		real[] NOT NULL,
+	sums		floral.tensor NOT NULL,
+	loss_sum	double precision NOT NULL,
+	tenants		int NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	sent_at		timestamptz,
+	answer		text,
+	bytes		bigint,
+	PRIMARY KEY (model, round)
+);
+COMMENT ON TABLE floral.outbox IS 'branch: the update of each round; kept until the coordinator has it';
+SELECT pg_catalog.pg_extension_config_dump('floral.branch_links', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.outbox', '');
+
+-- run a query on the coordinator through dblink, wherever dblink is installed
+CREATE FUNCTION floral._remote(conninfo text, query text, coldef text) RETURNS SETOF record
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	nsp name;
+BEGIN
+	SELECT n.nspname INTO nsp FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+		WHERE e.extname = 'dblink';
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'a branch needs the dblink extension'
+			USING ERRCODE = 'undefined_object', HINT = 'Run CREATE EXTENSION dblink;';
+	END IF;
+	RETURN QUERY EXECUTE format('SELECT * FROM %I.dblink($1, $2) AS t(%s)', nsp, coldef)
+		USING conninfo, query;
+END $$;
+
+CREATE FUNCTION floral_branch_join(model text, branch text, coordinator text,
+		source text, train_options jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	s record;
+	existing floral.models;
+BEGIN
+	PERFORM floral._check(source IS NOT NULL AND coordinator IS NOT NULL AND branch IS NOT NULL,
+						  'branch, coordinator and source must not be NULL');
+	PERFORM floral._options(train_options, jsonb_build_object(
+			'epochs', 1, 'batch_size', 32, 'lr', 0.1, 'router_lr', null, 'seed', 0), 'floral_train');
+	SELECT * INTO s FROM floral._remote(coordinator,
+		format('SELECT * FROM floral.fed_spec(%L, %L)', model, branch),
+		'task text, layers int[], adaptors int, rank real, options jsonb')
+		AS t(task text, layers int[], adaptors int, rank real, options jsonb);
+	SELECT * INTO existing FROM floral.models m WHERE m.name = model;
+	IF FOUND THEN
+		IF (existing.task, existing.layers, existing.adaptors, existing.rank, existing.options)
+		   IS DISTINCT FROM (s.task, s.layers, s.adaptors, s.rank, s.options) THEN
+			RAISE EXCEPTION 'a different model "%" exists here', model
+				USING ERRCODE = 'duplicate_object';
+		END IF;
+	ELSE
+		PERFORM floral_create_model(model, s.layers, s.task, s.adaptors, s.rank, s.options);
+	END IF;
+	INSERT INTO floral.branch_links AS l (model, branch, coordinator, source, train_options)
+		VALUES (model, branch, coordinator, source, coalesce(train_options, '{}'))
+		ON CONFLICT ON CONSTRAINT branch_links_pkey DO UPDATE SET
+			branch = excluded.branch, coordinator = excluded.coordinator,
+			source = excluded.source, train_options = excluded.train_options;
+	-- start from the coordinator's current round
+	PERFORM floral._branch_pull(model);
+END $$;
+COMMENT ON FUNCTION floral_branch_join(text, text, text, text, jsonb) IS
+	'branch: take part in a coordinator''s model, training the tenants of source';
+
+CREATE FUNCTION floral_branch_leave(model text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = floral_branch_leave.model;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM * FROM floral._remote(l.coordinator,
+		format('SELECT floral.fed_goodbye(%L, %L)::text', model, l.branch), 'x text') AS t(x text);
+	DELETE FROM floral.branch_links x WHERE x.model = floral_branch_leave.model;
+END $$;
+COMMENT ON FUNCTION floral_branch_leave(text) IS
+	'branch: stop taking part (the local model and tenants stay)';
+
+-- Bring the coordinator's newest round here.  Returns (round, selected).
+CREATE FUNCTION floral._branch_pull(model text, OUT round int, OUT selected boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+	r record;
+	local_round int;
+	p text;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _branch_pull.model;
+	SELECT * INTO r FROM floral._remote(l.coordinator,
+		format('SELECT * FROM floral.fed_round(%L, %L)', model, l.branch),
+		'round int, selected boolean') AS t(round int, selected boolean);
+	round := r.round;
+	selected := r.selected;
+	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
+	IF NOT EXISTS (SELECT 1 FROM floral.rounds x WHERE x.model = _branch_pull.model AND x.round = r.round) THEN
+		SELECT t.p INTO p FROM floral._remote(l.coordinator,
+			format('SELECT floral.fed_params(%L, %L, %s)', model, l.branch, r.round), 'p text') AS t(p text);
+		INSERT INTO floral.rounds (model, round, params)
+			VALUES (model, r.round, floral.tensor_from_bytea(decode(p, 'base64')));
+	END IF;
+	IF local_round <> r.round THEN
+		UPDATE floral.models m SET round = r.round WHERE m.name = model;
+		-- contributions to older rounds can never be sent any more
+		DELETE FROM floral.contributions c WHERE c.model = _branch_pull.model AND c.round <> r.round;
+	END IF;
+	UPDATE floral.branch_links x SET last_contact = now() WHERE x.model = _branch_pull.model;
+END $$;
+
+-- Send every unsent update, oldest first; stop at the first failure.
+CREATE FUNCTION floral._branch_flush(model text) RETURNS int
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+	o floral.outbox;
+	payload text;
+	q text;
+	answer text;
+	sent int := 0;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _branch_flush.model;
+	FOR o IN SELECT * FROM floral.outbox x WHERE x.model = _branch_flush.model AND x.sent_at IS NULL
+			 ORDER BY x.round LOOP
+		payload := encode(floral.tensor_send(o.sums), 'base64');
+		q := format('SELECT floral.fed_submit(%L, %L, %s, %s, %L, %L, %s, %s)',
+					model, l.branch, o.round, o.examples, o.weights, payload, o.loss_sum, o.tenants);
+		SELECT t.a INTO answer FROM floral._remote(l.coordinator, q, 'a text') AS t(a text);
+		UPDATE floral.outbox x SET sent_at = now(), answer = answer, bytes = length(q)
+			WHERE x.model = o.model AND x.round = o.round;
+		sent := sent + 1;
+	END LOOP;
+	UPDATE floral.branch_links x SET last_contact = now() WHERE x.model = _branch_flush.model;
+	RETURN sent;
+END $$;
+
+-- One step of a branch: send what waits in the outbox, catch up with the
+-- coordinator's round and, if selected and not done yet, train every local
+-- tenant from it and send the branch's update.  Safe to run at any time and
+-- concurrently; a coordinator that cannot be reached leaves the update in
+-- the outbox for the next step.
+CREATE FUNCTION floral_branch_step(model text) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+	pulled record;
+	u record;
+	msg text := '';
+	n int;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = floral_branch_step.model;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model
+			USING ERRCODE = 'undefined_object', HINT = 'Call floral_branch_join() first.';
+	END IF;
+	IF NOT pg_try_advisory_xact_lock(hashtext('floral.branch'), hashtext(model)) THEN
+		RETURN 'busy: another step is running';
+	END IF;
+
+	BEGIN
+		n := floral._branch_flush(model);
+		IF n > 0 THEN
+			msg := format('sent %s waiting update(s); ', n);
+		END IF;
+		pulled := floral._branch_pull(model);
+	EXCEPTION WHEN OTHERS THEN
+		UPDATE floral.branch_links x SET last_error = SQLERRM, last_error_at = now()
+			WHERE x.model = floral_branch_step.model;
+		RETURN msg || 'coordinator unreachable: ' || SQLERRM;
+	END;
+
+	IF NOT pulled.selected THEN
+		RETURN msg || format('round %s: not selected', pulled.round);
+	ELSIF EXISTS (SELECT 1 FROM floral.outbox x WHERE x.model = floral_branch_step.model
+				  AND x.round = pulled.round) THEN
+		RETURN msg || format('round %s: already trained', pulled.round);
+	END IF;
+
+	PERFORM floral_train(model, l.source, l.train_options);
+	SELECT * INTO u FROM floral._branch_update(model, pulled.round);
+	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
+		VALUES (model, pulled.round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);
+	DELETE FROM floral.contributions c WHERE c.model = floral_branch_step.model;
+	msg := msg || format('round %s: trained %s tenants on %s rows', pulled.round, u.tenants, u.examples);
+
+	BEGIN
+		PERFORM floral._branch_flush(model);
+		msg := msg || ', update sent';
+	EXCEPTION WHEN OTHERS THEN
+		UPDATE floral.branch_links x SET last_error = SQLERRM, last_error_at = now()
+			WHERE x.model = floral_branch_step.model;
+		msg := msg || ', update kept in the outbox: ' || SQLERRM;
+	END;
+	RETURN msg;
+END $$;
+COMMENT ON FUNCTION floral_branch_step(text) IS
+	'branch job: send waiting updates, catch up, train the local tenants for a new round (safe to run any time, concurrently)';
+
+CREATE VIEW floral.branch_status AS
+SELECT l.model, l.branch, m.round AS local_round, l.last_contact, l.last_error, l.last_error_at,
+	   (SELECT count(*) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NULL) AS waiting_updates,
+	   (SELECT max(o.round) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NOT NULL) AS last_sent_round
+FROM floral.branch_links l LEFT JOIN floral.models m ON m.name = l.model;
+COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with each coordinator';

@@ -14,6 +14,13 @@
  * sums from several databases can simply be added before dividing.  The sums
  * are kept in double precision so that the order of the additions hardly
  * matters.
+ *
+ * The same sums serve federation: a branch database sends the sums of its
+ * own tenants (floral._branch_update), the coordinator adds the branches'
+ * sums and divides (floral._merge_updates).  An update therefore carries
+ * N_B, M_B and one vector laid out like the parameters, holding
+ * sum n_k base_k in the base part and sum n_k pi_kc adaptor_kc in the part
+ * of adaptor c; nothing about a single tenant.
  */
 #include "postgres.h"
 
@@ -21,6 +28,9 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "funcapi.h"
+#include "access/htup_details.h"
+#include "utils/array.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -29,6 +39,9 @@
 #include "floral.h"
 
 PG_FUNCTION_INFO_V1(floral_aggregate);
+PG_FUNCTION_INFO_V1(floral_branch_update);
+PG_FUNCTION_INFO_V1(floral_merge_updates);
+PG_FUNCTION_INFO_V1(floral_update_norm);
 
 typedef struct FloralSums
 {
@@ -37,7 +50,7 @@ typedef struct FloralSums
 	double		M[FLORAL_MAX_ADAPTORS];
 	double	   *base;			/* base_size */
 	double	   *bank;			/* adaptor_size */
-	int			contributors;
+	int			contributors;	/* tenants */
 	double		loss_sum;		/* sum n_k loss_k, for the round's history */
 } FloralSums;
 
@@ -70,6 +83,26 @@ sums_add(FloralSums *s, double n, const float *pi, const float *params, double l
 		if (w != 0.0)
 			floral_adaptor_axpy(spec, c, w, params + spec->adaptor_offset, s->bank);
 	}
+}
+
+/* add the sums another database computed over its own tenants */
+static void
+sums_add_partial(FloralSums *s, double N, const float *M, const float *sums,
+				 double loss_sum, int tenants)
+{
+	const FloralSpec *spec = s->spec;
+
+	s->N += N;
+	s->contributors += tenants;
+	s->loss_sum += loss_sum;
+	for (int64 i = 0; i < spec->base_size; i++)
+		s->base[i] += sums[i];
+	if (spec->private_adaptors)
+		return;
+	for (int c = 0; c < spec->nadaptors; c++)
+		s->M[c] += M[c];
+	for (int64 i = 0; i < spec->adaptor_size; i++)
+		s->bank[i] += sums[spec->adaptor_offset + i];
 }
 
 /*
@@ -107,41 +140,17 @@ sums_finish(FloralSums *s, const float *prev, float *next)
 		next_bank[i] = (float) (prev_bank[i] - lr * (prev_bank[i] - s->bank[i]));
 }
 
-/*
- * floral_aggregate(model text) returns int: merge the current round's
- * contributions, store the result as the next round, return its number.
- */
-Datum
-floral_aggregate(PG_FUNCTION_ARGS)
+/* add every contribution of a round, streaming them a few at a time */
+static void
+sums_from_contributions(FloralSums *sums, const FloralSpec *spec, int32 round)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	MemoryContext cxt;
-	MemoryContext old;
-	FloralSpec *spec;
-	float	   *prev;
-	float	   *next;
-	FloralSums	sums;
-	Portal		portal;
 	Oid			argtypes[2] = {TEXTOID, INT4OID};
 	Datum		args[2];
-	int32		new_round;
-	float	   *pi;
-
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral aggregate",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	spec = palloc(sizeof(FloralSpec));
-	SPI_connect();
-	MemoryContextSwitchTo(cxt);
-
-	/* FOR UPDATE: waits for running training calls, blocks new ones */
-	floral_load_spec(model, FLORAL_LOCK_UPDATE, spec);
-	prev = floral_load_round(spec, spec->round, cxt);
-	sums_init(&sums, spec);
-	pi = palloc0(sizeof(float) * Max(spec->nadaptors, 1));
+	Portal		portal;
+	float	   *pi = palloc0(sizeof(float) * Max(spec->nadaptors, 1));
 
 	args[0] = CStringGetTextDatum(spec->name);
-	args[1] = Int32GetDatum(spec->round);
+	args[1] = Int32GetDatum(round);
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT tenant, examples, mixture, params, loss "
 									   "FROM floral.contributions "
@@ -158,75 +167,310 @@ floral_aggregate(PG_FUNCTION_ARGS)
 			HeapTuple	tup = SPI_tuptable->vals[i];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
-			int64		n;
+			Datum		raw;
 			FloralTensor *t;
-			double		loss;
 			Datum		d;
 
-			n = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 			floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), pi,
 								   spec->nadaptors, "contribution mixture");
-			t = DatumGetTensorP(SPI_getbinval(tup, desc, 4, &isnull));
+			raw = SPI_getbinval(tup, desc, 4, &isnull);
+			t = DatumGetTensorP(raw);
 			if (tensor_numel(t) != spec->nparams)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("a contribution to model \"%s\" has the wrong size", model)));
+						 errmsg("a contribution to model \"%s\" has the wrong size",
+								spec->name)));
 			d = SPI_getbinval(tup, desc, 5, &isnull);
-			loss = isnull ? 0.0 : DatumGetFloat8(d);
-			sums_add(&sums, (double) n, pi, TENSOR_DATA(t), loss);
-			if ((Pointer) t != DatumGetPointer(SPI_getbinval(tup, desc, 4, &isnull)))
+			sums_add(sums, (double) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
+					 pi, TENSOR_DATA(t), isnull ? 0.0 : DatumGetFloat8(d));
+			if ((Pointer) t != DatumGetPointer(raw))
 				pfree(t);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	pfree(pi);
+}
 
-	if (sums.contributors == 0 || sums.N <= 0)
+/*
+ * Finish the sums into the next round's parameters and store them: a new
+ * row in floral.rounds and the model's round moved on.  Returns the round.
+ */
+static int32
+store_next_round(const FloralSpec *spec, FloralSums *sums, const float *prev)
+{
+	float	   *next;
+	int32		new_round = spec->round + 1;
+	Oid			t6[6] = {TEXTOID, INT4OID, floral_tensor_type(), INT4OID, INT8OID, FLOAT8OID};
+	Oid			t2[2] = {TEXTOID, INT4OID};
+	Datum		a[6];
+	int			ret;
+
+	if (sums->N <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("round %d of model \"%s\" has no contributions", spec->round, model),
+				 errmsg("round %d of model \"%s\" has no contributions",
+						spec->round, spec->name),
 				 errhint("Train some tenants with floral_train() first.")));
 
 	next = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
-	sums_finish(&sums, prev, next);
-	for (int64 i = 0; i < spec->nparams; i++)
-		if (!isfinite(next[i]))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("aggregation of model \"%s\" produced a non-finite parameter", model),
-					 errdetail("The model was left at round %d.", spec->round)));
+	sums_finish(sums, prev, next);
+	if (!tensor_all_finite(next, spec->nparams))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("aggregation of model \"%s\" produced a non-finite parameter",
+						spec->name),
+				 errdetail("The model was left at round %d.", spec->round)));
 
-	new_round = spec->round + 1;
+	a[0] = CStringGetTextDatum(spec->name);
+	a[1] = Int32GetDatum(new_round);
+	a[2] = floral_tensor_datum(next, spec->nparams);
+	a[3] = Int32GetDatum(sums->contributors);
+	a[4] = Int64GetDatum((int64) rint(sums->N));
+	a[5] = Float8GetDatum(sums->loss_sum / sums->N);
+	ret = SPI_execute_with_args("INSERT INTO floral.rounds "
+								"(model, round, params, tenants, examples, loss) "
+								"VALUES ($1, $2, $3, $4, $5, $6)",
+								6, t6, a, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not write floral.rounds: %s", SPI_result_code_string(ret));
+	ret = SPI_execute_with_args("UPDATE floral.models SET round = $2 WHERE name = $1",
+								2, t2, a, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not update floral.models: %s", SPI_result_code_string(ret));
+	return new_round;
+}
+
+/*
+ * floral_aggregate(model text) returns int: merge the current round's
+ * contributions, store the result as the next round, return its number.
+ */
+Datum
+floral_aggregate(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *prev;
+	FloralSums	sums;
+	int32		new_round;
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral aggregate",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	spec = palloc(sizeof(FloralSpec));
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+
+	/* FOR UPDATE: waits for running training calls, blocks new ones */
+	floral_load_spec(model, FLORAL_LOCK_UPDATE, spec);
+	prev = floral_load_round(spec, spec->round, cxt);
+	sums_init(&sums, spec);
+	sums_from_contributions(&sums, spec, spec->round);
+	new_round = store_next_round(spec, &sums, prev);
 	{
-		Oid			t6[6] = {TEXTOID, INT4OID, floral_tensor_type(), INT4OID, INT8OID, FLOAT8OID};
-		Datum		a[6];
-		int			ret;
+		Oid			t2[2] = {TEXTOID, INT4OID};
+		Datum		a[2] = {CStringGetTextDatum(spec->name), Int32GetDatum(spec->round)};
 
-		a[0] = args[0];
-		a[1] = Int32GetDatum(new_round);
-		a[2] = floral_tensor_datum(next, spec->nparams);
-		a[3] = Int32GetDatum(sums.contributors);
-		a[4] = Int64GetDatum((int64) sums.N);
-		a[5] = Float8GetDatum(sums.loss_sum / sums.N);
-		ret = SPI_execute_with_args("INSERT INTO floral.rounds "
-									"(model, round, params, tenants, examples, loss) "
-									"VALUES ($1, $2, $3, $4, $5, $6)",
-									6, t6, a, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not write floral.rounds: %s", SPI_result_code_string(ret));
-		ret = SPI_execute_with_args("UPDATE floral.models SET round = $2 WHERE name = $1",
-									2, argtypes, a, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "could not update floral.models: %s", SPI_result_code_string(ret));
-		ret = SPI_execute_with_args("DELETE FROM floral.contributions "
-									"WHERE model = $1 AND round = $2",
-									2, argtypes, args, NULL, false, 0);
-		if (ret != SPI_OK_DELETE)
-			elog(ERROR, "could not clear floral.contributions: %s", SPI_result_code_string(ret));
+		if (SPI_execute_with_args("DELETE FROM floral.contributions "
+								  "WHERE model = $1 AND round = $2",
+								  2, t2, a, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not clear floral.contributions");
 	}
 
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	PG_RETURN_INT32(new_round);
+}
+
+/*
+ * floral._branch_update(model, round) returns (examples, weights, sums,
+ * loss_sum, tenants): this database's contributions to a round, summed in
+ * the hierarchical form.  The weighted sums are rounded to float4 once.
+ */
+Datum
+floral_branch_update(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int32		round = PG_GETARG_INT32(1);
+	MemoryContext cxt = CurrentMemoryContext;
+	FloralSpec *spec = palloc(sizeof(FloralSpec));
+	FloralSums	sums;
+	TupleDesc	desc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	FloralTensor *t;
+	float	   *data;
+	float		M[FLORAL_MAX_ADAPTORS];
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "floral._branch_update must return a record");
+
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
+	sums_init(&sums, spec);
+	sums_from_contributions(&sums, spec, round);
+	SPI_finish();
+	MemoryContextSwitchTo(cxt);
+
+	if (sums.contributors == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("round %d of model \"%s\" has no contributions here", round, model)));
+
+	t = tensor_new_1d(spec->nparams);
+	data = TENSOR_DATA(t);
+	for (int64 i = 0; i < spec->base_size; i++)
+		data[i] = (float) sums.base[i];
+	for (int64 i = 0; i < spec->adaptor_size; i++)
+		data[spec->adaptor_offset + i] = (float) sums.bank[i];
+	for (int c = 0; c < spec->nadaptors; c++)
+		M[c] = (float) sums.M[c];
+
+	values[0] = Float8GetDatum(sums.N);
+	values[1] = floral_real_array(M, spec->nadaptors);
+	values[2] = PointerGetDatum(t);
+	values[3] = Float8GetDatum(sums.loss_sum);
+	values[4] = Int32GetDatum(sums.contributors);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * floral._merge_updates(model) returns int: the coordinator's FloralAvg over
+ * the accepted branch updates of the current round.  Marks them merged and
+ * returns the new round.
+ */
+Datum
+floral_merge_updates(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *prev;
+	FloralSums	sums;
+	int32		new_round;
+	Portal		portal;
+	Oid			t2[2] = {TEXTOID, INT4OID};
+	Datum		a[2];
+	float		M[FLORAL_MAX_ADAPTORS];
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral merge",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	spec = palloc(sizeof(FloralSpec));
+	SPI_connect();
+	MemoryContextSwitchTo(cxt);
+
+	floral_load_spec(model, FLORAL_LOCK_UPDATE, spec);
+	prev = floral_load_round(spec, spec->round, cxt);
+	sums_init(&sums, spec);
+
+	a[0] = CStringGetTextDatum(spec->name);
+	a[1] = Int32GetDatum(spec->round);
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT branch, examples, weights, sums, loss_sum, tenants "
+									   "FROM floral.updates WHERE model = $1 AND round = $2 "
+									   "AND status = 'accepted' ORDER BY branch",
+									   2, t2, a, NULL, true, 0);
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, 4);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			FloralTensor *t;
+
+			floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), M,
+								   spec->nadaptors, "update weights");
+			t = DatumGetTensorP(SPI_getbinval(tup, desc, 4, &isnull));
+			if (isnull || tensor_numel(t) != spec->nparams)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("an accepted update to model \"%s\" has the wrong size", model)));
+			sums_add_partial(&sums, DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull)),
+							 M, TENSOR_DATA(t),
+							 DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull)),
+							 DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+
+	new_round = store_next_round(spec, &sums, prev);
+	{
+		Oid			t3[3] = {TEXTOID, INT4OID, INT4OID};
+		Datum		b[3] = {a[0], a[1], Int32GetDatum(new_round)};
+
+		if (SPI_execute_with_args("UPDATE floral.updates SET status = 'merged', "
+								  "merged_into = $3 WHERE model = $1 AND round = $2 "
+								  "AND status = 'accepted'",
+								  3, t3, b, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not mark floral.updates merged");
+	}
+
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	PG_RETURN_INT32(new_round);
+}
+
+/*
+ * floral._update_norm(model, examples, weights, sums) returns float8: how
+ * far the model a branch's update averages to lies from the current round,
+ * in Euclidean norm over base and used adaptors.  The coordinator rejects
+ * updates beyond its bound.
+ */
+Datum
+floral_update_norm(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	double		N = PG_GETARG_FLOAT8(1);
+	ArrayType  *wa = PG_GETARG_ARRAYTYPE_P(2);
+	FloralTensor *t = PG_GETARG_TENSOR_P(3);
+	MemoryContext cxt = CurrentMemoryContext;
+	FloralSpec *spec = palloc(sizeof(FloralSpec));
+	float	   *prev;
+	const float *sums = TENSOR_DATA(t);
+	float		M[FLORAL_MAX_ADAPTORS];
+	double		norm = 0.0;
+
+	SPI_connect();
+	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
+	prev = floral_load_round(spec, spec->round, cxt);
+	SPI_finish();
+	MemoryContextSwitchTo(cxt);
+
+	if (tensor_numel(t) != spec->nparams || N <= 0)
+		PG_RETURN_FLOAT8(INFINITY);
+	floral_read_real_array(PointerGetDatum(wa), M, spec->nadaptors, "weights");
+	for (int64 i = 0; i < spec->base_size; i++)
+	{
+		double		d = sums[i] / N - prev[i];
+
+		norm += d * d;
+	}
+	if (!spec->private_adaptors)
+	{
+		double	   *delta = palloc0(sizeof(double) * Max(spec->adaptor_size, 1));
+
+		for (int c = 0; c < spec->nadaptors; c++)
+		{
+			if (M[c] <= 0)
+				continue;
+			floral_adaptor_axpy(spec, c, 1.0 / M[c], sums + spec->adaptor_offset, delta);
+			floral_adaptor_axpy(spec, c, -1.0, prev + spec->adaptor_offset, delta);
+		}
+		for (int64 i = 0; i < spec->adaptor_size; i++)
+			norm += delta[i] * delta[i];
+	}
+	PG_RETURN_FLOAT8(sqrt(norm));
 }

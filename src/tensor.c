@@ -27,6 +27,7 @@ PG_FUNCTION_INFO_V1(tensor_in);
 PG_FUNCTION_INFO_V1(tensor_out);
 PG_FUNCTION_INFO_V1(tensor_recv);
 PG_FUNCTION_INFO_V1(tensor_send);
+PG_FUNCTION_INFO_V1(tensor_from_bytea);
 PG_FUNCTION_INFO_V1(tensor_from_real_array);
 PG_FUNCTION_INFO_V1(tensor_to_real_array);
 PG_FUNCTION_INFO_V1(tensor_shape);
@@ -335,6 +336,27 @@ tensor_recv(PG_FUNCTION_ARGS)
 		data[i] = pq_getmsgfloat4(buf);
 	tensor_check_finite(data, numel, "tensor");
 	PG_RETURN_TENSOR_P(t);
+}
+
+/*
+ * The binary form from a bytea, with every check of tensor_recv: how a
+ * federation coordinator decodes what a branch sent, without trusting it.
+ */
+Datum
+tensor_from_bytea(PG_FUNCTION_ARGS)
+{
+	bytea	   *b = PG_GETARG_BYTEA_PP(0);
+	StringInfoData buf;
+
+	buf.data = VARDATA_ANY(b);
+	buf.len = VARSIZE_ANY_EXHDR(b);
+	buf.maxlen = buf.len;
+	buf.cursor = 0;
+	if (buf.len < 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("tensor data is truncated")));
+	return DirectFunctionCall1(tensor_recv, PointerGetDatum(&buf));
 }
 
 Datum

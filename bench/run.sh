@@ -190,12 +190,14 @@ FLORAL_SO="$("$PG_CONFIG" --pkglibdir)/floral.so"
 FLORAL_BLAS=$(ldd "$FLORAL_SO" 2>/dev/null | awk '/blas/ { print $3; exit }')
 [ -n "$FLORAL_BLAS" ] && FLORAL_BLAS=$(readlink -f "$FLORAL_BLAS")
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-if [ -n "$(git -C "$REPO" status --porcelain 2>/dev/null | head -n 1)" ]; then GIT_REV="$GIT_REV (+ uncommitted changes)"; fi
+# (bench/results is left out: this run's own report is already there)
+if [ -n "$(git -C "$REPO" status --porcelain -- . ':(exclude)bench/results' 2>/dev/null | head -n 1)" ]; then GIT_REV="$GIT_REV (+ uncommitted changes)"; fi
 
 report "floral speed benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 report "tree:        $REPO @ $GIT_REV"
 report "cpu:         $CPU ($(nproc) cores online; ${SIMD:-no avx2/avx512})"
-report "kernel:      $(uname -sr); load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews timings)"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+report "kernel:      $(uname -sr); load average at start: $LOAD_START (other work on the machine skews timings)"
 report "postgresql:  $(q 'SELECT version()')"
 report "openblas:    ${BLAS_PKGS:-unknown}; core $(rate corename); floral.so -> ${FLORAL_BLAS:-?}"
 report "settings:    OPENBLAS_NUM_THREADS=1 in the server's environment (checked: /proc/$PM_PID/environ of the postmaster)"
@@ -296,7 +298,8 @@ report ""
 # --- c. training throughput -------------------------------------------------------
 # One session per configuration: create, train one epoch (timed), drop; repeated.
 # train_bench NAME ADAPTORS TABLE SETUP_SQL -> sets TRAIN_BEST, TRAIN_READ,
-# TRAIN_COMPUTE (floral.timing split of the best run), TRAIN_SUMMARY,
+# TRAIN_COMPUTE (floral.timing split of the best run), TRAIN_RUNS (every run's
+# seconds), TRAIN_SUMMARY,
 # TRAIN_OTHER (notices other than the timing one), TRAIN_MWM_SEEN,
 # TRAIN_THREADS (threads of the backend after training), TRAIN_TEMP ("files bytes" per run)
 train_bench() {
@@ -318,6 +321,7 @@ train_bench() {
             "\\! awk '/^Threads:/ { print \"THREADS\", \$2 }' /proc/\$BENCH_BPID/status"
     } | psql_ -At -F ' ' -f - >"$f.out" 2>"$f.err" || { cat "$f.err" >&2; exit 1; }
     TRAIN_BEST=$(best_time "$f.out")
+    TRAIN_RUNS=$(awk '/^Time: / { printf "%s%.3f", sep, $2 / 1000; sep = " " }' "$f.out")
     # the i-th "Time:" line and the i-th timing notice belong to the same run:
     # keep the split of the fastest run
     split=$(paste -d ' ' <(awk '/^Time: / { print $2 }' "$f.out") \
@@ -354,7 +358,7 @@ for cfg in "${CONFIGS[@]}"; do
     TRAIN_TH[$key]=$TRAIN_THREADS
     read -r tf tb <<<"$TRAIN_TEMP"
     report "   $label (rank 0.01, table $table, maintenance_work_mem=$TRAIN_MWM_SEEN$([ "$kind" = info ] && echo ', for information')):"
-    report "     $TRAIN_BEST s = $(calc 'r / t' -v r="$ROWS" -v t="$TRAIN_BEST" | awk '{ printf "%.0f", $1 }') samples/s  ($TRAIN_SUMMARY)"
+    report "     $TRAIN_BEST s = $(calc 'r / t' -v r="$ROWS" -v t="$TRAIN_BEST" | awk '{ printf "%.0f", $1 }') samples/s  ($TRAIN_SUMMARY; runs: $TRAIN_RUNS s)"
     if [ -n "$TRAIN_READ" ]; then
         report "     floral.timing of that run: read $TRAIN_READ s, computed $TRAIN_COMPUTE s"
     fi
@@ -450,6 +454,7 @@ report ""
 
 # --- summary --------------------------------------------------------------------------------
 read_share() { [ -n "${TRAIN_R[$1]}" ] && calc 'r / (r + c)' -v r="${TRAIN_R[$1]}" -v c="${TRAIN_C[$1]}" | awk '{ printf "%.2f", $1 }' || echo na; }
+report "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (at start: $LOAD_START; well above 0 means other work shared the 2 cores: compare the runs: lists in c)"
 report "report written to $OUT"
 report "summary rows=$ROWS reps=$REPS train_fraction_adaptors0=${FRAC[a0]} train_fraction_adaptors4=${FRAC[a4]}" \
        "train_fraction_adaptors0_mwm_default=${FRAC[a0_mwm]} train_fraction_adaptors0_pglz=${FRAC[a0_pglz]}" \

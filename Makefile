@@ -17,7 +17,8 @@ OBJS = \
 	src/predict.o \
 	src/cache.o \
 	src/parameters.o \
-	src/gradcheck.o
+	src/gradcheck.o \
+	src/progress.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3

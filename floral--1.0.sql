@@ -112,6 +112,33 @@ CREATE UNLOGGED TABLE floral.contributions (
 );
 COMMENT ON TABLE floral.contributions IS 'what each tenant trained in the current round, until floral_aggregate merges it';
 
+-- The history a dashboard reads: training loss of every tenant in every
+-- round (written by floral_train), and evaluations that were asked to be
+-- recorded (floral_evaluate(..., record => 'test')).
+CREATE TABLE floral.history (
+	model		text NOT NULL REFERENCES floral.models ON DELETE CASCADE ON UPDATE CASCADE,
+	round		int NOT NULL,
+	split		text NOT NULL,
+	tenant		text NOT NULL,
+	examples	bigint NOT NULL,
+	loss		double precision,
+	accuracy	double precision,
+	recorded_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (model, round, split, tenant)
+);
+COMMENT ON TABLE floral.history IS 'per round, split and tenant: examples, loss and accuracy';
+
+-- Optional: which group each tenant belongs to, for per-group history.
+CREATE TABLE floral.tenant_groups (
+	model		text NOT NULL REFERENCES floral.models ON DELETE CASCADE ON UPDATE CASCADE,
+	tenant		text NOT NULL,
+	tenant_group text NOT NULL,
+	PRIMARY KEY (model, tenant)
+);
+COMMENT ON TABLE floral.tenant_groups IS 'optional tenant groups (regions, store formats...) for floral.history_by_group';
+
+SELECT pg_catalog.pg_extension_config_dump('floral.history', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.tenant_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.models', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.rounds', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.tenants', '');
@@ -372,11 +399,24 @@ CREATE FUNCTION floral_predict_proba(model text, tenant text, features real[]) R
 COMMENT ON FUNCTION floral_predict_proba(text, text, real[]) IS
 	'personalised class probabilities (classification) or all outputs (regression)';
 
-CREATE FUNCTION floral_evaluate(model text, source text)
+CREATE FUNCTION floral_evaluate(model text, source text, record text DEFAULT NULL)
 	RETURNS TABLE (tenant text, examples bigint, loss double precision, accuracy double precision)
-	AS 'MODULE_PATHNAME', 'floral_evaluate_internal' LANGUAGE C STRICT;
-COMMENT ON FUNCTION floral_evaluate(text, text) IS
-	'per-tenant loss and accuracy of the current round over a labelled source';
+	AS 'MODULE_PATHNAME', 'floral_evaluate_internal' LANGUAGE C;
+COMMENT ON FUNCTION floral_evaluate(text, text, text) IS
+	'per-tenant loss and accuracy of the current round over a labelled source; with record, also kept in floral.history under that split name';
+
+CREATE FUNCTION floral_progress()
+	RETURNS TABLE (pid int, command text, model text, tenant text, tenant_number int,
+				   tenants int, epoch int, epochs int, examples_done bigint, examples bigint,
+				   running_loss double precision, started_at timestamptz, updated_at timestamptz)
+	AS 'MODULE_PATHNAME', 'floral_progress' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION floral_progress() IS
+	'running floral calls in every session (needs floral in shared_preload_libraries)';
+CREATE VIEW floral.progress AS
+SELECT p.*, a.usename, a.datname, now() - p.started_at AS running_for
+FROM floral_progress() p LEFT JOIN pg_stat_activity a ON a.pid = p.pid;
+COMMENT ON VIEW floral.progress IS
+	'running floral_train/floral_evaluate/floral_personalize calls: tenant i of n, epoch, examples done, running loss';
 
 ------------------------------------------------------------------------
 -- Mixtures
@@ -525,6 +565,16 @@ SELECT m.name, m.task, m.layers, m.adaptors, m.ranks, m.round,
 	   m.options
 FROM floral.models m;
 COMMENT ON VIEW floral.model_summary IS 'each model with its sizes, current round and number of tenants';
+
+CREATE VIEW floral.history_by_group AS
+SELECT h.model, h.round, h.split, coalesce(g.tenant_group, 'all') AS tenant_group,
+	   count(*) AS tenants, sum(h.examples) AS examples,
+	   sum(h.loss * h.examples) / sum(h.examples) AS loss,
+	   sum(h.accuracy * h.examples) / sum(h.examples) AS accuracy
+FROM floral.history h
+LEFT JOIN floral.tenant_groups g ON g.model = h.model AND g.tenant = h.tenant
+GROUP BY h.model, h.round, h.split, coalesce(g.tenant_group, 'all');
+COMMENT ON VIEW floral.history_by_group IS 'per round, split and tenant group: loss and accuracy weighted by examples';
 
 CREATE VIEW floral.tenant_mixtures AS
 SELECT t.model, t.tenant, floral_mixture(t.model, t.tenant) AS mixture,

@@ -16,11 +16,13 @@
 
 #include "cache.h"
 #include "floral.h"
+#include "progress.h"
 
 PG_MODULE_MAGIC;
 
 int			floral_blas_threads = 1;
 bool		floral_timing = false;
+bool		floral_progress_notices = false;
 
 void		_PG_init(void);
 
@@ -53,7 +55,17 @@ _PG_init(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("floral.progress_notices",
+							 "Send NOTICE messages with the progress of long training and evaluation calls.",
+							 "One per tenant and at most one every 5 seconds within a tenant.",
+							 &floral_progress_notices,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("floral");
+
+	/* progress slots in shared memory, when preloaded */
+	floral_progress_shmem_init();
 
 	/* the assign hook has not run if the default was never changed */
 	if (IsUnderPostmaster || !IsPostmasterEnvironment)

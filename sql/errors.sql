@@ -17,7 +17,8 @@ CREATE FUNCTION state_digest() RETURNS text LANGUAGE sql AS $$
 		SELECT m::text AS x FROM floral.models m
 		UNION ALL SELECT r::text FROM floral.rounds r
 		UNION ALL SELECT t::text FROM floral.tenants t
-		UNION ALL SELECT c::text FROM floral.contributions c) s $$;
+		UNION ALL SELECT c::text FROM floral.contributions c
+		UNION ALL SELECT h::text FROM floral.history h) s $$;
 CREATE TEMP TABLE digest AS SELECT state_digest() AS d;
 
 -- run a statement, report its SQLSTATE and message

@@ -26,6 +26,20 @@ SELECT e.tenant, e.examples,
 FROM ev e JOIN rows3 r ON r.tenant = e.tenant AND r.i > 90
 GROUP BY e.tenant, e.examples, e.accuracy ORDER BY e.tenant;
 
+-- evaluations can be recorded for a dashboard, per round and tenant group;
+-- training records every tenant's loss by itself
+INSERT INTO floral.tenant_groups SELECT DISTINCT 'p', tenant, 'group ' || grp FROM rows3;
+SELECT count(*) FROM floral_evaluate('p', 'SELECT tenant, features, label FROM rows3 WHERE i > 90', 'test');
+SELECT round, split, tenant_group, tenants, examples,
+       abs(accuracy - (SELECT sum(accuracy * examples) / sum(examples) FROM ev
+                       WHERE substr(tenant, 2, 1)::int = substr(tenant_group, 7)::int)) < 1e-9 AS matches_evaluate
+FROM floral.history_by_group WHERE model = 'p' AND split = 'test' ORDER BY tenant_group;
+SELECT split, count(DISTINCT round) AS rounds, count(DISTINCT tenant) AS tenants,
+       bool_and(loss > 0) AS losses_recorded
+FROM floral.history WHERE model = 'p' GROUP BY split ORDER BY split;
+-- nothing is running, so the progress view is empty
+SELECT count(*) AS running FROM floral.progress;
+
 -- personalised accuracy beats the uniform mixture (what a stranger gets)
 SELECT avg((floral_predict('p', tenant, features) = label)::int) >
        avg((floral_predict('p', 'stranger', features) = label)::int) + 0.1 AS personalised_beats_uniform

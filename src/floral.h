@@ -10,6 +10,7 @@
 /* GUCs (floral.c) */
 extern int	floral_blas_threads;
 extern bool floral_timing;
+extern bool floral_progress_notices;
 
 /* Name of the schema holding floral's catalog tables. */
 #define FLORAL_SCHEMA "floral"

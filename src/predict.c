@@ -24,6 +24,7 @@
 #include "catalog.h"
 #include "floral.h"
 #include "nn.h"
+#include "progress.h"
 #include "source.h"
 #include "tensor.h"
 
@@ -174,8 +175,10 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 Datum
 floral_evaluate_internal(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *model;
+	char	   *source;
+	char	   *record = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	SPIPlanPtr	put_history = NULL;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MemoryContext cxt;
 	MemoryContext old;
@@ -185,6 +188,12 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	FloralNet  *net;
 	float	   *Y;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model and source must not be NULL")));
+	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	source = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral evaluate",
 								ALLOCSET_DEFAULT_SIZES);
@@ -198,6 +207,20 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	rows = floral_read_source(source, spec);
 	net = floral_net_create(spec, EVAL_BATCH);
 	Y = palloc(sizeof(float) * EVAL_BATCH * rows->ylen);
+	floral_progress_start("evaluate", spec->name, rows->ntenants, 1);
+	if (record)
+	{
+		Oid			t7[7] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, FLOAT8OID, FLOAT8OID};
+
+		put_history = SPI_prepare("INSERT INTO floral.history AS h "
+								  "(model, round, split, tenant, examples, loss, accuracy) "
+								  "VALUES ($1, $2, $3, $4, $5, $6, $7) "
+								  "ON CONFLICT (model, round, split, tenant) DO UPDATE SET "
+								  "examples = excluded.examples, loss = excluded.loss, "
+								  "accuracy = excluded.accuracy, recorded_at = now()", 7, t7);
+		if (!put_history)
+			elog(ERROR, "could not prepare floral.history insert");
+	}
 
 	for (int k = 0; k < rows->ntenants; k++)
 	{
@@ -210,6 +233,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		bool		nulls[4] = {false, false, false, false};
 
 		CHECK_FOR_INTERRUPTS();
+		floral_progress_tenant(k + 1, trows->name, trows->nrows);
 		floral_load_tenant(spec, trows->name, cxt, &state);
 		if (state.pinned)
 			floral_router_fixed(net, state.pinned_pi);
@@ -233,6 +257,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			floral_forward(net, params,
 						   state.bank ? state.bank : params + spec->adaptor_offset, B);
 			loss += floral_loss(net, Y, B, false, &correct) * B;
+			floral_progress_batch(1, s + B, loss / (s + B));
 		}
 
 		values[0] = CStringGetTextDatum(trows->name);
@@ -243,12 +268,22 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		else
 			nulls[3] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (put_history)
+		{
+			Datum		h[7] = {CStringGetTextDatum(spec->name), Int32GetDatum(spec->round),
+			CStringGetTextDatum(record), values[0], values[1], values[2], values[3]};
+			char		hn[7] = {' ', ' ', ' ', ' ', ' ', ' ', nulls[3] ? 'n' : ' '};
+
+			if (SPI_execute_plan(put_history, h, hn, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write floral.history");
+		}
 		if (state.bank)
 			pfree(state.bank);
 		if (state.start_bank)
 			pfree(state.start_bank);
 	}
 
+	floral_progress_end();
 	floral_rows_free(rows);
 	SPI_finish();
 	MemoryContextSwitchTo(old);

@@ -30,6 +30,7 @@
 #include "rng.h"
 #include "source.h"
 #include "train.h"
+#include "progress.h"
 
 PG_FUNCTION_INFO_V1(floral_train_internal);
 PG_FUNCTION_INFO_V1(floral_personalize_internal);
@@ -160,6 +161,7 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 				cblas_saxpy(spec->nparams, -opts->lr, tr->grad, 1, tr->params, 1);
 			}
 			epoch_loss += loss * B;
+			floral_progress_batch(epoch + 1, start + B, epoch_loss / (start + B));
 		}
 	}
 
@@ -233,7 +235,8 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	FloralRows *rows;
 	Trainer    *tr;
 	SPIPlanPtr	put_contribution,
-				put_tenant;
+				put_tenant,
+				put_history;
 	Oid			tensor_type;
 	instr_time	start;
 
@@ -254,6 +257,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	rows = floral_read_source(source, spec);
 	tr = trainer_create(spec, rows, opts.batch_size);
 	tensor_type = floral_tensor_type();
+	floral_progress_start("train", spec->name, rows->ntenants, opts.epochs);
 
 	{
 		Oid			t7[7] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
@@ -279,7 +283,17 @@ floral_train_internal(PG_FUNCTION_ARGS)
 								 "examples = excluded.examples, last_round = excluded.last_round, "
 								 "start_round = excluded.start_round, start_logits = excluded.start_logits, "
 								 "start_adaptors = excluded.start_adaptors, updated_at = now()", 8, t8);
-		if (!put_contribution || !put_tenant)
+		{
+			Oid			t5[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT8OID};
+
+			put_history = SPI_prepare("INSERT INTO floral.history AS h "
+									  "(model, round, split, tenant, examples, loss) "
+									  "VALUES ($1, $2, 'train', $3, $4, $5) "
+									  "ON CONFLICT (model, round, split, tenant) DO UPDATE SET "
+									  "examples = excluded.examples, loss = excluded.loss, "
+									  "recorded_at = now()", 5, t5);
+		}
+		if (!put_contribution || !put_tenant || !put_history)
 			elog(ERROR, "could not prepare floral catalog statements: %s",
 				 SPI_result_code_string(SPI_result));
 	}
@@ -298,6 +312,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		int			C = spec->nadaptors;
 
 		CHECK_FOR_INTERRUPTS();
+		floral_progress_tenant(k + 1, trows->name, trows->nrows);
 		floral_load_tenant(spec, trows->name, cxt, &state);
 
 		/* a retry in the same round starts from the state before the round */
@@ -363,6 +378,12 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			if (ret != SPI_OK_INSERT)
 				elog(ERROR, "could not write floral.tenants: %s",
 					 SPI_result_code_string(ret));
+			{
+				Datum		ha[5] = {ca[0], ca[1], ca[2], ca[3], ca[6]};
+
+				if (SPI_execute_plan(put_history, ha, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "could not write floral.history");
+			}
 		}
 
 		{
@@ -380,6 +401,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			pfree(state.start_bank);
 	}
 
+	floral_progress_end();
 	timing_notice("floral_train", rows, start);
 	floral_rows_free(rows);
 	SPI_finish();
@@ -433,6 +455,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	global = floral_load_round(spec, spec->round, cxt);
 	rows = floral_read_source(source, spec);
 	tr = trainer_create(spec, rows, opts.batch_size);
+	floral_progress_start("personalize", spec->name, rows->ntenants, opts.epochs);
 
 	{
 		Oid			t4[4] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, INT4OID};
@@ -455,6 +478,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 		double		loss;
 
 		CHECK_FOR_INTERRUPTS();
+		floral_progress_tenant(k + 1, trows->name, trows->nrows);
 		floral_load_tenant(spec, trows->name, cxt, &state);
 		memcpy(tr->params, global, sizeof(float) * spec->nparams);
 
@@ -524,6 +548,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 		}
 	}
 
+	floral_progress_end();
 	timing_notice("floral_personalize", rows, start);
 	floral_rows_free(rows);
 	SPI_finish();

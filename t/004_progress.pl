@@ -1,0 +1,110 @@
+# Progress of a long call, read from a second session while it runs.
+#
+# With floral in shared_preload_libraries, floral.progress shows every running
+# floral_train / floral_evaluate / floral_personalize: tenant i of n, epoch,
+# examples done and the running loss.  This test starts a training call that
+# takes several seconds in one session, reads the view from another, checks
+# that the numbers are sane and move forward, and that the slot is released
+# when the call ends normally and when it is cancelled.
+use strict;
+use warnings;
+
+use IPC::Run qw(start finish timer);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $node = PostgreSQL::Test::Cluster->new('progress');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'floral'\n");
+$node->start;
+
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION floral;
+	CREATE TABLE rows AS
+	SELECT 'shop' || (i % 6) AS tenant,
+	       ARRAY(SELECT sin(i * j) FROM generate_series(1, 64) j)::real[] AS features,
+	       i % 5 AS label
+	FROM generate_series(1, 6000) i;
+	SELECT floral_create_model('p', '{64,256,5}', 'classification', 4, 8);
+});
+
+# a call that runs for several seconds: many epochs over 6 tenants
+my $long = q{SELECT count(*) FROM floral_train('p', 'SELECT tenant, features, label FROM rows', '{"epochs": 40}')};
+
+sub start_call
+{
+	my ($sql) = @_;
+	my ($out, $err) = ('', '');
+	my $h = start(
+		[ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres'), '-c', $sql ],
+		'>', \$out, '2>', \$err,
+		timer($PostgreSQL::Test::Utils::timeout_default));
+	return ($h, \$out, \$err);
+}
+
+# poll the view until a row for our model shows up (or time out)
+sub wait_for_progress
+{
+	for (1 .. 400)
+	{
+		my $row = $node->safe_psql('postgres',
+			q{SELECT command, model, tenant_number, tenants, epoch, epochs, examples_done, examples,
+			         running_loss IS NOT NULL, pid FROM floral.progress WHERE model = 'p'});
+		return $row if $row ne '';
+		usleep(25_000);
+	}
+	return '';
+}
+
+my ($h, $out, $err) = start_call($long);
+my $first = wait_for_progress();
+isnt($first, '', 'a running training call shows up in floral.progress');
+my @f = split /\|/, $first;
+is($f[0], 'train', 'command is train');
+is($f[1], 'p', 'model is named');
+is($f[3], '6', 'tenants = 6');
+ok($f[2] >= 1 && $f[2] <= 6, "tenant number $f[2] is between 1 and 6");
+is($f[5], '40', 'epochs = 40');
+ok($f[4] >= 1 && $f[4] <= 40, "epoch $f[4] is between 1 and 40");
+ok($f[6] >= 0 && $f[6] <= $f[7], "examples done ($f[6]) within the tenant's examples ($f[7])");
+is($f[7], '1000', 'each tenant has 1000 examples');
+
+# the call moves on: read again a little later
+usleep(700_000);
+my $second = wait_for_progress();
+my @s = split /\|/, $second;
+ok($s[2] > $f[2] || ($s[2] == $f[2] && ($s[4] > $f[4] || $s[6] != $f[6])),
+	"progress moved forward (tenant $f[2] epoch $f[4] -> tenant $s[2] epoch $s[4])");
+is($s[8], 't', 'a running loss is reported');
+
+finish($h);
+chomp $$out;
+is($$out, "6", 'the training call completed');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
+	'0', 'the slot is released when the call ends');
+
+# a cancelled call releases its slot too
+($h, $out, $err) = start_call($long);
+my $row = wait_for_progress();
+isnt($row, '', 'second call visible');
+my $pid = (split /\|/, $row)[9];
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+finish($h);
+like($$err, qr/canceling statement due to user request/, 'the call was cancelled');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
+	'0', 'the slot is released when the call is cancelled');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.contributions}),
+	'6', 'the cancelled call left the first call\'s contributions as they were');
+
+# evaluation reports progress as well, and NOTICEs when asked
+my $notices = $node->psql('postgres',
+	q{SET floral.progress_notices = on;
+	  SELECT count(*) FROM floral_evaluate('p', 'SELECT tenant, features, label FROM rows')},
+	stderr => \my $stderr);
+like($stderr, qr/floral evaluate: tenant 6 of 6/, 'NOTICE messages report tenant i of n');
+
+$node->stop;
+done_testing();

@@ -218,6 +218,11 @@ BEGIN
 	END IF;
 END $$;
 
+-- the lock that keeps a model's round from moving under a training call
+-- (which takes it shared, in C); same key as src/catalog.c
+CREATE FUNCTION floral._lock_model(model text) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1718382450, pg_catalog.hashtext(model)) $$;
+
 CREATE FUNCTION floral._model_options(model text) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_variable
@@ -518,6 +523,7 @@ CREATE FUNCTION floral_rollback(model text, round int) RETURNS int
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._lock_model(model);
 	PERFORM 1 FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
@@ -543,6 +549,7 @@ DECLARE
 	n bigint;
 BEGIN
 	PERFORM floral._check(keep >= 1, 'keep must be at least 1');
+	PERFORM floral._lock_model(model);
 	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
@@ -596,6 +603,9 @@ CREATE FUNCTION floral.tensor_from_bytea(bytea) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'tensor_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral.tensor_from_bytea(bytea) IS
 	'a tensor from its binary form (as floral.tensor_send makes it), fully validated';
+CREATE FUNCTION floral._caller() RETURNS name
+	AS 'MODULE_PATHNAME', 'floral_caller' LANGUAGE C STABLE;
+COMMENT ON FUNCTION floral._caller() IS 'the role that called, even inside a SECURITY DEFINER function';
 CREATE FUNCTION floral._branch_update(model text, round int,
 		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
 		OUT loss_sum double precision, OUT tenants int)
@@ -621,6 +631,7 @@ COMMENT ON TABLE floral.federations IS 'coordinator: models this database coordi
 CREATE TABLE floral.branches (
 	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
 	branch		text NOT NULL CHECK (length(branch) BETWEEN 1 AND 63),
+	role		name,
 	active		boolean NOT NULL DEFAULT true,
 	added_at	timestamptz NOT NULL DEFAULT now(),
 	last_contact timestamptz,
@@ -628,6 +639,7 @@ CREATE TABLE floral.branches (
 	PRIMARY KEY (model, branch)
 );
 COMMENT ON TABLE floral.branches IS 'coordinator: the branches that take part in each federated model';
+COMMENT ON COLUMN floral.branches.role IS 'the role a branch connects as; only members of it may act as this branch (NULL: members of floral_admin)';
 
 CREATE TABLE floral.updates (
 	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
@@ -678,18 +690,22 @@ END $$;
 COMMENT ON FUNCTION floral_coordinator_setup(text, jsonb) IS
 	'coordinator: federate a model (options min_branches, deadline, fraction, max_update_norm)';
 
-CREATE FUNCTION floral_coordinator_add_branch(model text, branch text) RETURNS void
+CREATE FUNCTION floral_coordinator_add_branch(model text, branch text, role name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM floral.federations f WHERE f.model = floral_coordinator_add_branch.model) THEN
+	IF NOT EXISTS (SELECT 1 FROM floral.federations f WHERE f.model = model) THEN
 		RAISE EXCEPTION 'model "%" is not federated here', model
 			USING ERRCODE = 'undefined_object', HINT = 'Call floral_coordinator_setup() first.';
 	END IF;
-	INSERT INTO floral.branches AS b (model, branch) VALUES (model, branch)
-		ON CONFLICT ON CONSTRAINT branches_pkey DO UPDATE SET active = true;
+	IF role IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role) THEN
+		RAISE EXCEPTION 'role "%" does not exist', role USING ERRCODE = 'undefined_object';
+	END IF;
+	INSERT INTO floral.branches AS b (model, branch, role) VALUES (model, branch, role)
+		ON CONFLICT ON CONSTRAINT branches_pkey DO UPDATE SET active = true, role = excluded.role;
 END $$;
-COMMENT ON FUNCTION floral_coordinator_add_branch(text, text) IS 'coordinator: let a branch take part';
+COMMENT ON FUNCTION floral_coordinator_add_branch(text, text, name) IS
+	'coordinator: let a branch take part, acting through the given role (grant that role floral_branch)';
 
 CREATE FUNCTION floral_coordinator_remove_branch(model text, branch text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -730,6 +746,11 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'The coordinator adds branches with floral_coordinator_add_branch().';
 	END IF;
+	-- the remote API runs as its owner; the caller must be the branch's role
+	IF NOT pg_catalog.pg_has_role(floral._caller(), coalesce(b.role, 'floral_admin'), 'MEMBER') THEN
+		RAISE EXCEPTION 'role "%" may not act as branch "%" of model "%"', floral._caller(), branch, model
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
 	UPDATE floral.branches x SET last_contact = now()
 		WHERE x.model = _fed_branch.model AND x.branch = _fed_branch.branch;
 	RETURN b;
@@ -738,7 +759,7 @@ END $$;
 -- remote API, called by branches over dblink
 CREATE FUNCTION floral.fed_spec(model text, branch text,
 		OUT task text, OUT layers int[], OUT adaptors int, OUT rank real, OUT options jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
@@ -750,7 +771,7 @@ COMMENT ON FUNCTION floral.fed_spec(text, text) IS 'coordinator API: the model''
 
 CREATE FUNCTION floral.fed_round(model text, branch text,
 		OUT round int, OUT selected boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
@@ -762,7 +783,7 @@ END $$;
 COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round and whether the branch trains in it';
 
 CREATE FUNCTION floral.fed_params(model text, branch text, round int) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	p floral.tensor;
@@ -779,7 +800,7 @@ COMMENT ON FUNCTION floral.fed_params(text, text, int) IS 'coordinator API: a ro
 CREATE FUNCTION floral.fed_submit(model text, branch text, round int,
 		examples double precision, weights real[], sums text,
 		loss_sum double precision, tenants int) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	cur int;
@@ -810,7 +831,7 @@ BEGIN
 			why := 'sums: ' || SQLERRM;
 		END;
 		IF st = 'accepted' THEN
-			SELECT sum(x.parameters) INTO n FROM floral_layers(model) x;
+			SELECT sum(x.parameters) INTO n FROM @extschema@.floral_layers(model) x;
 			IF floral.tensor_shape(t) <> ARRAY[n] THEN
 				st := 'rejected';
 				why := format('sums have shape %s, the model has %s parameters', floral.tensor_shape(t), n);
@@ -853,7 +874,7 @@ COMMENT ON FUNCTION floral.fed_submit(text, text, int, double precision, real[],
 	'coordinator API: receive a branch''s update for a round; validates and records it, exactly once';
 
 CREATE FUNCTION floral.fed_goodbye(model text, branch text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
@@ -1049,6 +1070,7 @@ BEGIN
 		'round int, selected boolean') AS t(round int, selected boolean);
 	round := r.round;
 	selected := r.selected;
+	PERFORM floral._lock_model(model);
 	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT EXISTS (SELECT 1 FROM floral.rounds x WHERE x.model = _branch_pull.model AND x.round = r.round) THEN
 		SELECT t.p INTO p FROM floral._remote(l.coordinator,
@@ -1160,3 +1182,97 @@ SELECT l.model, l.branch, m.round AS local_round, l.last_contact, l.last_error, 
 	   (SELECT max(o.round) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NOT NULL) AS last_sent_round
 FROM floral.branch_links l LEFT JOIN floral.models m ON m.name = l.model;
 COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with each coordinator';
+
+------------------------------------------------------------------------
+-- Privileges
+--
+-- PUBLIC gets nothing but the tensor type.  Four roles (cluster-wide, so
+-- they are created only if missing, and stay when the extension is dropped):
+--   floral_reader   predict, evaluate, read models, mixtures and history
+--   floral_trainer  + train and personalise tenants (their contributions,
+--                   logits and history), never the shared parameters
+--   floral_admin    + create, drop, aggregate, roll back, pin mixtures,
+--                   run a coordinator or a branch
+--   floral_branch   at a coordinator: the remote API only; grant it to one
+--                   role per branch and name that role in
+--                   floral_coordinator_add_branch()
+-- Functions run as their caller, so a source query can never read what
+-- its caller cannot, and every write needs the caller's own privilege on
+-- the table.  The exceptions are floral.fed_*: they run as the extension's
+-- owner, with a fixed search_path, because a branch must be able to submit
+-- a validated update without any right on the tables themselves.
+------------------------------------------------------------------------
+DO $$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['floral_reader', 'floral_trainer', 'floral_admin', 'floral_branch'] LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+	END LOOP;
+END $$;
+GRANT floral_reader TO floral_trainer;
+GRANT floral_trainer TO floral_admin;
+
+-- nothing for PUBLIC, except what using the tensor type needs
+DO $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
+			 WHERE e.extname = 'floral' AND d.deptype = 'e'
+			   AND p.proname NOT IN ('tensor_in', 'tensor_out', 'tensor_recv', 'tensor_send', 'tensor',
+									 'tensor_to_real', 'tensor_shape', 'tensor_norm', 'tensor_from_bytea') LOOP
+		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+	END LOOP;
+END $$;
+REVOKE ALL ON SCHEMA floral FROM PUBLIC;
+GRANT USAGE ON SCHEMA floral TO PUBLIC;	-- the tensor type; tables and functions stay closed
+
+-- readers
+GRANT EXECUTE ON FUNCTION floral_predict(text, text, real[]), floral_predict_proba(text, text, real[]),
+	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text),
+	floral_parameter(text, text, int, int, int), floral_progress(),
+	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
+	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision)
+	TO floral_reader;
+GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,
+	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress
+	TO floral_reader;
+
+-- trainers: their tenants' state, never the shared parameters or a pin
+GRANT EXECUTE ON FUNCTION floral_train(text, text, jsonb), floral._train(text, text, int, int, real, real, bigint),
+	floral_personalize(text, text, jsonb),
+	floral._personalize(text, text, int, int, real, real, bigint, boolean),
+	floral._branch_update(text, int)
+	TO floral_trainer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON floral.contributions TO floral_trainer;
+GRANT INSERT (model, tenant, logits, adaptors, examples, last_round, start_round, start_logits,
+			  start_adaptors, updated_at),
+	  UPDATE (logits, adaptors, examples, last_round, start_round, start_logits, start_adaptors, updated_at)
+	ON floral.tenants TO floral_trainer;
+GRANT INSERT, UPDATE ON floral.history TO floral_trainer;
+
+-- admins: everything
+DO $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
+			 WHERE e.extname = 'floral' AND d.deptype = 'e' LOOP
+		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO floral_admin', f);
+	END LOOP;
+END $$;
+GRANT ALL ON ALL TABLES IN SCHEMA floral TO floral_admin;
+
+-- branches, at the coordinator: the remote API and nothing else
+GRANT EXECUTE ON FUNCTION floral.fed_spec(text, text), floral.fed_round(text, text),
+	floral.fed_params(text, text, int),
+	floral.fed_submit(text, text, int, double precision, real[], text, double precision, int),
+	floral.fed_goodbye(text, text)
+	TO floral_branch;

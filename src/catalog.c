@@ -20,6 +20,21 @@
 
 #include "catalog.h"
 #include "floral.h"
+#include "miscadmin.h"
+
+PG_FUNCTION_INFO_V1(floral_caller);
+
+/*
+ * floral._caller() returns the role that is current outside any SECURITY
+ * DEFINER function: the remote API runs as its owner and checks with this
+ * who is really calling.
+ */
+Datum
+floral_caller(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(DirectFunctionCall1(namein,
+										CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false))));
+}
 
 Oid
 floral_tensor_type(void)
@@ -101,13 +116,16 @@ read_int_array(Datum d, int *out, int n, const char *what)
 }
 
 /*
- * Load a model's specification.  The lock clause serialises training
- * (share) against aggregation (update) on the model's row.
+ * Load a model's specification.  Training (share) and aggregation (update)
+ * exclude each other with a transaction-level advisory lock on the model's
+ * name, taken before the round is read: row locks would need UPDATE on
+ * floral.models, which trainers must not have.  Aggregation also locks the
+ * row it is about to change.
  */
 void
 floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 {
-	static const char *const lock_clause[] = {"", " FOR SHARE", " FOR UPDATE"};
+	static const char *const lock_clause[] = {"", "", " FOR UPDATE"};
 	char		query[1024];
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
@@ -115,6 +133,17 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	int			ranks[FLORAL_MAX_LAYERS];
 	ArrayType  *layers;
 	int			ret;
+
+	if (lock != FLORAL_LOCK_NONE)
+	{
+		args[0] = CStringGetTextDatum(model);
+		ret = SPI_execute_with_args(lock == FLORAL_LOCK_SHARE ?
+									"SELECT pg_catalog.pg_advisory_xact_lock_shared(1718382450, pg_catalog.hashtext($1))" :
+									"SELECT pg_catalog.pg_advisory_xact_lock(1718382450, pg_catalog.hashtext($1))",
+									1, argtypes, args, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not lock model: %s", SPI_result_code_string(ret));
+	}
 
 	snprintf(query, sizeof(query),
 			 "SELECT task, layers, adaptors, ranks, round, "

@@ -16,7 +16,7 @@ typedef enum FloralLock
 {
 	FLORAL_LOCK_NONE,
 	FLORAL_LOCK_SHARE,			/* training: the round must not move */
-	FLORAL_LOCK_UPDATE			/* aggregation, rollback */
+	FLORAL_LOCK_UPDATE			/* aggregation: moves the round */
 } FloralLock;
 
 /* a tenant's private state */

@@ -1,0 +1,103 @@
+-- Privileges: PUBLIC gets nothing; readers predict; trainers train their
+-- tenants but never touch the shared parameters; admins do everything; a
+-- branch role at a coordinator can only submit for itself.
+CREATE EXTENSION IF NOT EXISTS floral;
+SET max_parallel_workers_per_gather = 0;
+
+CREATE ROLE regress_nobody;
+CREATE ROLE regress_reader IN ROLE floral_reader;
+CREATE ROLE regress_trainer IN ROLE floral_trainer;
+CREATE ROLE regress_admin IN ROLE floral_admin;
+CREATE ROLE regress_branch_a IN ROLE floral_branch;
+CREATE ROLE regress_branch_b IN ROLE floral_branch;
+
+CREATE TABLE priv_rows AS
+SELECT 'shop' || (i % 2) AS tenant, ARRAY[sin(i), cos(i), 1]::real[] AS features, i % 3 AS label
+FROM generate_series(1, 60) i;
+CREATE TABLE priv_secret AS SELECT * FROM priv_rows;
+GRANT SELECT ON priv_rows TO regress_reader, regress_trainer, regress_admin;
+SELECT floral_create_model('pm', '{3,4,3}', 'classification', 2, 1);
+
+-- run a statement, report its SQLSTATE and message
+CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE stmt;
+	RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+GRANT EXECUTE ON FUNCTION try(text) TO PUBLIC;
+
+CREATE TABLE cases (n int, who text, stmt text);
+INSERT INTO cases VALUES
+ (1, 'regress_nobody', $q$SELECT floral_predict('pm', 'shop0', '{1,2,3}')$q$),
+ (2, 'regress_nobody', $q$SELECT * FROM floral.models$q$),
+ (3, 'regress_nobody', $q$SELECT floral_create_model('x', '{2,2}')$q$),
+ (4, 'regress_nobody', $q$SELECT '[1,2]'::floral.tensor$q$),
+ (5, 'regress_reader', $q$SELECT floral_predict('pm', 'shop0', '{1,2,3}')$q$),
+ (6, 'regress_reader', $q$SELECT floral_mixture('pm', 'shop0')$q$),
+ (7, 'regress_reader', $q$SELECT count(*) FROM floral_evaluate('pm', 'SELECT tenant, features, label FROM priv_rows')$q$),
+ (8, 'regress_reader', $q$SELECT floral_train('pm', 'SELECT tenant, features, label FROM priv_rows')$q$),
+ (9, 'regress_reader', $q$UPDATE floral.rounds SET params = '[0]'$q$),
+ (10, 'regress_trainer', $q$SELECT floral_train('pm', 'SELECT tenant, features, label FROM priv_rows')$q$),
+ (11, 'regress_trainer', $q$SELECT floral_train('pm', 'SELECT tenant, features, label FROM priv_secret')$q$),
+ (12, 'regress_trainer', $q$SELECT floral_aggregate('pm')$q$),
+ (13, 'regress_trainer', $q$SELECT floral_set_mixture('pm', 'shop0', '{1,0}')$q$),
+ (14, 'regress_trainer', $q$UPDATE floral.tenants SET pinned = '{1,0}'$q$),
+ (15, 'regress_trainer', $q$UPDATE floral.models SET round = 7$q$),
+ (16, 'regress_trainer', $q$INSERT INTO floral.rounds (model, round, params) VALUES ('pm', 9, '[1]')$q$),
+ (17, 'regress_trainer', $q$SELECT floral_drop_model('pm')$q$),
+ (18, 'regress_trainer', $q$SELECT floral_rollback('pm', 0)$q$),
+ (19, 'regress_trainer', $q$SELECT * FROM floral.fed_round('pm', 'a')$q$),
+ (20, 'regress_admin', $q$SELECT floral_aggregate('pm')$q$),
+ (21, 'regress_admin', $q$SELECT floral_set_mixture('pm', 'shop0', '{1,0}')$q$),
+ (22, 'regress_branch_a', $q$SELECT * FROM floral.fed_round('pm', 'a')$q$),
+ (23, 'regress_branch_a', $q$SELECT * FROM floral.fed_round('pm', 'b')$q$),
+ (24, 'regress_branch_a', $q$SELECT floral.fed_submit('pm', 'a', 1, 10, '{5,5}', 'AAAA', 1, 2)$q$),
+ (25, 'regress_branch_a', $q$SELECT floral.fed_submit('pm', 'b', 1, 10, '{5,5}', 'AAAA', 1, 2)$q$),
+ (26, 'regress_branch_a', $q$SELECT * FROM floral.updates$q$),
+ (27, 'regress_branch_a', $q$SELECT * FROM floral.rounds$q$),
+ (28, 'regress_branch_a', $q$UPDATE floral.models SET round = 0$q$),
+ (29, 'regress_branch_a', $q$SELECT floral_aggregate('pm')$q$),
+ (30, 'regress_branch_a', $q$SELECT floral_coordinator_step('pm')$q$);
+
+SELECT floral_coordinator_setup('pm');
+SELECT floral_coordinator_add_branch('pm', 'a', 'regress_branch_a');
+SELECT floral_coordinator_add_branch('pm', 'b', 'regress_branch_b');
+
+-- run each case as its role, in order (case 20 aggregates what 10 trained)
+CREATE FUNCTION run_cases() RETURNS TABLE (n int, who text, result text) LANGUAGE plpgsql AS $$
+DECLARE
+	c record;
+BEGIN
+	FOR c IN SELECT * FROM cases ORDER BY cases.n LOOP
+		EXECUTE format('SET ROLE %I', c.who);
+		n := c.n;
+		who := c.who;
+		result := try(c.stmt);
+		RESET ROLE;
+		RETURN NEXT;
+	END LOOP;
+END $$;
+SELECT * FROM run_cases();
+
+-- what the branch could do left exactly one record, its own, rejected
+SELECT round, branch, status, reason LIKE 'sums:%' AS bad_sums FROM floral.updates;
+SELECT round FROM floral.models WHERE name = 'pm';
+
+-- every floral function runs as its caller, except the remote API, which
+-- runs as its owner with a fixed search_path
+SELECT p.proname, p.prosecdef, p.proconfig
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'
+WHERE p.prosecdef ORDER BY 1;
+-- and PUBLIC may execute only the tensor type's functions
+SELECT p.proname
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'
+WHERE has_function_privilege('regress_nobody', p.oid, 'EXECUTE') ORDER BY 1;
+
+SELECT floral_drop_model('pm');
+DROP TABLE cases, priv_rows, priv_secret;
+DROP FUNCTION run_cases(), try(text);
+DROP ROLE regress_nobody, regress_reader, regress_trainer, regress_admin, regress_branch_a, regress_branch_b;

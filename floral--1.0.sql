@@ -270,7 +270,7 @@ BEGIN
 	o := floral._options(options, jsonb_build_object(
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
-			'server_lr', 1.0, 'private_adaptors', false),
+			'server_lr', 1.0, 'private_adaptors', false, 'dp_clip', null, 'dp_noise', 0),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
 						  'option "activation" must be "relu", "tanh" or "identity"');
@@ -286,6 +286,12 @@ BEGIN
 						  'option "server_lr" must be in (0, 10]');
 	PERFORM floral._check(NOT (o->>'private_adaptors')::boolean OR adaptors >= 1,
 						  'option "private_adaptors" needs at least one adaptor');
+	PERFORM floral._check(jsonb_typeof(o->'dp_clip') IN ('null', 'number')
+						  AND coalesce((o->>'dp_clip')::real, 1) > 0,
+						  'option "dp_clip" must be a positive number');
+	PERFORM floral._check((o->>'dp_noise')::real >= 0
+						  AND ((o->>'dp_noise')::real = 0 OR o->>'dp_clip' IS NOT NULL),
+						  'option "dp_noise" must be >= 0, and needs "dp_clip"');
 
 	FOR i IN 1 .. n - 1 LOOP
 		ranks := ranks || CASE WHEN adaptors = 0 THEN 0
@@ -535,6 +541,9 @@ BEGIN
 	END IF;
 	DELETE FROM floral.contributions c WHERE c.model = floral_rollback.model;
 	DELETE FROM floral.rounds r WHERE r.model = floral_rollback.model AND r.round > floral_rollback.round;
+	-- at a coordinator, the undone rounds are collected again from scratch
+	DELETE FROM floral.updates u WHERE u.model = floral_rollback.model AND u.round >= floral_rollback.round;
+	UPDATE floral.federations f SET round_started_at = now() WHERE f.model = floral_rollback.model;
 	UPDATE floral.models m SET round = floral_rollback.round WHERE m.name = floral_rollback.model;
 	RETURN round;
 END $$;
@@ -770,17 +779,23 @@ END $$;
 COMMENT ON FUNCTION floral.fed_spec(text, text) IS 'coordinator API: the model''s specification, for a branch that joins';
 
 CREATE FUNCTION floral.fed_round(model text, branch text,
-		OUT round int, OUT selected boolean)
+		OUT round int, OUT selected boolean, OUT round_id text, OUT have_update boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
 	SELECT m.round INTO round FROM floral.models m WHERE m.name = model;
 	selected := floral._selected(model, round, branch);
+	-- a round number can come back after a rollback: its creation time
+	-- tells the branch whether the parameters it holds are still the ones
+	SELECT r.created_at::text INTO round_id FROM floral.rounds r
+		WHERE r.model = fed_round.model AND r.round = fed_round.round;
+	have_update := EXISTS (SELECT 1 FROM floral.updates u WHERE u.model = fed_round.model
+						   AND u.round = fed_round.round AND u.branch = fed_round.branch);
 	UPDATE floral.branches b SET last_round_seen = fed_round.round
 		WHERE b.model = fed_round.model AND b.branch = fed_round.branch;
 END $$;
-COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round and whether the branch trains in it';
+COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round, its identity, whether the branch trains in it and whether its update has arrived';
 
 CREATE FUNCTION floral.fed_params(model text, branch text, round int) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -813,16 +828,22 @@ DECLARE
 	n int;
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
+	-- the round must not be merged while an update for it is being accepted
+	PERFORM pg_catalog.pg_advisory_xact_lock_shared(1718382450, pg_catalog.hashtext(model));
 	SELECT * INTO m FROM floral.models x WHERE x.name = model;
 	SELECT * INTO f FROM floral.federations x WHERE x.model = fed_submit.model;
 	cur := m.round;
 
-	IF fed_submit.round < cur THEN
+	IF fed_submit.round > cur THEN
+		-- not recorded: it would take the place of the real update later
+		RAISE EXCEPTION 'round % of model "%" has not started (current round %)', fed_submit.round, model, cur
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	ELSIF fed_submit.round < cur THEN
 		st := 'stale';
 		why := format('update for round %s arrived in round %s', fed_submit.round, cur);
-	ELSIF fed_submit.round > cur THEN
+	ELSIF NOT floral._selected(model, cur, branch) THEN
 		st := 'rejected';
-		why := format('round %s has not started (current round %s)', fed_submit.round, cur);
+		why := format('branch %s was not selected for round %s', branch, cur);
 	ELSE
 		BEGIN
 			t := floral.tensor_from_bytea(decode(sums, 'base64'));
@@ -835,20 +856,25 @@ BEGIN
 			IF floral.tensor_shape(t) <> ARRAY[n] THEN
 				st := 'rejected';
 				why := format('sums have shape %s, the model has %s parameters', floral.tensor_shape(t), n);
-			ELSIF examples IS NULL OR NOT (examples > 0 AND examples < 'Infinity') THEN
+			ELSIF examples IS NULL OR NOT (examples >= 1 AND examples < 'Infinity') THEN
 				st := 'rejected';
-				why := format('examples must be positive and finite, not %s', examples);
+				why := format('examples must be a finite count of at least 1, not %s', examples);
 			ELSIF coalesce(cardinality(weights), 0) <> m.adaptors
 				  OR EXISTS (SELECT 1 FROM unnest(weights) w
-							 WHERE w IS NULL OR NOT (w >= 0 AND w < 'Infinity')) THEN
+							 WHERE w IS NULL OR NOT (w >= 0 AND w <= examples * 1.0001)) THEN
 				st := 'rejected';
-				why := format('weights must be %s finite non-negative numbers', m.adaptors);
+				why := format('weights must be %s numbers between 0 and the examples', m.adaptors);
 			ELSIF loss_sum IS NULL OR NOT (loss_sum >= 0 AND loss_sum < 'Infinity') THEN
 				st := 'rejected';
 				why := 'loss_sum must be finite';
-			ELSIF f.max_update_norm IS NOT NULL THEN
+			ELSE
+				-- the model the update averages to must be finite, and within
+				-- the bound if there is one
 				norm := floral._update_norm(model, examples, weights, t);
-				IF norm > f.max_update_norm THEN
+				IF NOT (norm < 'Infinity') THEN
+					st := 'rejected';
+					why := 'the update averages to a non-finite model';
+				ELSIF norm > f.max_update_norm THEN
 					st := 'rejected';
 					why := format('update norm %s exceeds the bound %s', round(norm::numeric, 3), f.max_update_norm);
 				END IF;
@@ -893,6 +919,7 @@ DECLARE
 	cur int;
 	selected int;
 	arrived int;
+	answered int;
 	late boolean;
 	new_round int;
 BEGIN
@@ -903,17 +930,25 @@ BEGIN
 	IF NOT pg_try_advisory_xact_lock(hashtext('floral.coordinator'), hashtext(model)) THEN
 		RETURN 'busy: another step is running';
 	END IF;
+	-- no update may be accepted for the round while it is counted and merged
+	PERFORM floral._lock_model(model);
 	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
 	SELECT count(*) INTO selected FROM floral.branches b
 		WHERE b.model = floral_coordinator_step.model AND b.active
 		  AND floral._selected(model, cur, b.branch);
-	SELECT count(*) INTO arrived FROM floral.updates u
-		WHERE u.model = floral_coordinator_step.model AND u.round = cur AND u.status = 'accepted';
+	SELECT count(*) FILTER (WHERE u.status = 'accepted'),
+		   count(*) FILTER (WHERE u.status IN ('accepted', 'rejected')
+							AND floral._selected(model, cur, u.branch))
+		INTO arrived, answered
+		FROM floral.updates u
+		WHERE u.model = floral_coordinator_step.model AND u.round = cur;
 	late := now() > f.round_started_at + f.deadline;
 
+	-- wait for every selected branch (a rejected update is an answer too),
+	-- or after the deadline for the quorum
 	IF arrived = 0 THEN
 		RETURN format('round %s: waiting, no update yet from %s selected branches', cur, selected);
-	ELSIF arrived < selected AND NOT (late AND arrived >= f.min_branches) THEN
+	ELSIF answered < selected AND NOT (late AND arrived >= f.min_branches) THEN
 		RETURN format('round %s: waiting, %s of %s selected branches%s', cur, arrived, selected,
 					  CASE WHEN late THEN format(', deadline passed but quorum is %s', f.min_branches) ELSE '' END);
 	END IF;
@@ -1054,36 +1089,52 @@ END $$;
 COMMENT ON FUNCTION floral_branch_leave(text) IS
 	'branch: stop taking part (the local model and tenants stay)';
 
--- Bring the coordinator's newest round here.  Returns (round, selected).
-CREATE FUNCTION floral._branch_pull(model text, OUT round int, OUT selected boolean)
+-- Bring the coordinator's newest round here.  Returns the round, whether
+-- this branch trains in it and whether the coordinator already has its
+-- update.  Copes with a coordinator that rolled back: rounds and updates
+-- the coordinator no longer has are forgotten here too.
+CREATE FUNCTION floral._branch_pull(model text, OUT round int, OUT selected boolean,
+		OUT have_update boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
 	l floral.branch_links;
 	r record;
 	local_round int;
+	local_id text;
 	p text;
 BEGIN
-	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _branch_pull.model;
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = model;
 	SELECT * INTO r FROM floral._remote(l.coordinator,
 		format('SELECT * FROM floral.fed_round(%L, %L)', model, l.branch),
-		'round int, selected boolean') AS t(round int, selected boolean);
+		'round int, selected boolean, round_id text, have_update boolean')
+		AS t(round int, selected boolean, round_id text, have_update boolean);
 	round := r.round;
 	selected := r.selected;
+	have_update := r.have_update;
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
-	IF NOT EXISTS (SELECT 1 FROM floral.rounds x WHERE x.model = _branch_pull.model AND x.round = r.round) THEN
+	SELECT x.created_at::text INTO local_id FROM floral.rounds x
+		WHERE x.model = model AND x.round = r.round;
+	IF local_id IS DISTINCT FROM r.round_id THEN
 		SELECT t.p INTO p FROM floral._remote(l.coordinator,
 			format('SELECT floral.fed_params(%L, %L, %s)', model, l.branch, r.round), 'p text') AS t(p text);
-		INSERT INTO floral.rounds (model, round, params)
-			VALUES (model, r.round, floral.tensor_from_bytea(decode(p, 'base64')));
+		DELETE FROM floral.rounds x WHERE x.model = model AND x.round >= r.round;
+		INSERT INTO floral.rounds (model, round, params, created_at)
+			VALUES (model, r.round, floral.tensor_from_bytea(decode(p, 'base64')), r.round_id::timestamptz);
+		-- an update trained on other parameters for this round is void
+		DELETE FROM floral.outbox o WHERE o.model = model AND o.round >= r.round;
 	END IF;
+	-- rounds the coordinator does not have (it rolled back) are forgotten
+	DELETE FROM floral.rounds x WHERE x.model = model AND x.round > r.round;
+	DELETE FROM floral.outbox o WHERE o.model = model AND o.round > r.round;
 	IF local_round <> r.round THEN
 		UPDATE floral.models m SET round = r.round WHERE m.name = model;
-		-- contributions to older rounds can never be sent any more
-		DELETE FROM floral.contributions c WHERE c.model = _branch_pull.model AND c.round <> r.round;
 	END IF;
-	UPDATE floral.branch_links x SET last_contact = now() WHERE x.model = _branch_pull.model;
+	-- contributions to other rounds can never be sent any more
+	DELETE FROM floral.contributions c WHERE c.model = model AND c.round <> r.round;
+	UPDATE floral.branch_links x SET last_contact = now(), last_error = NULL, last_error_at = NULL
+		WHERE x.model = model;
 END $$;
 
 -- Send every unsent update, oldest first; stop at the first failure.
@@ -1138,11 +1189,11 @@ BEGIN
 	END IF;
 
 	BEGIN
+		pulled := floral._branch_pull(model);
 		n := floral._branch_flush(model);
 		IF n > 0 THEN
 			msg := format('sent %s waiting update(s); ', n);
 		END IF;
-		pulled := floral._branch_pull(model);
 	EXCEPTION WHEN OTHERS THEN
 		UPDATE floral.branch_links x SET last_error = SQLERRM, last_error_at = now()
 			WHERE x.model = floral_branch_step.model;
@@ -1151,10 +1202,17 @@ BEGIN
 
 	IF NOT pulled.selected THEN
 		RETURN msg || format('round %s: not selected', pulled.round);
-	ELSIF EXISTS (SELECT 1 FROM floral.outbox x WHERE x.model = floral_branch_step.model
-				  AND x.round = pulled.round) THEN
+	ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
+				  WHERE x.model = floral_branch_step.model AND x.round = pulled.round
+				  AND x.sent_at = now()) THEN
+		-- the coordinator had it already, or it went out just now
 		RETURN msg || format('round %s: already trained', pulled.round);
+	ELSIF EXISTS (SELECT 1 FROM floral.outbox x WHERE x.model = floral_branch_step.model
+				  AND x.round = pulled.round AND x.sent_at IS NULL) THEN
+		RETURN msg || format('round %s: update waiting in the outbox', pulled.round);
 	END IF;
+	-- a sent update the coordinator does not have (it rolled back) is void
+	DELETE FROM floral.outbox x WHERE x.model = floral_branch_step.model AND x.round = pulled.round;
 
 	PERFORM floral_train(model, l.source, l.train_options);
 	SELECT * INTO u FROM floral._branch_update(model, pulled.round);

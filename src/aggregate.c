@@ -27,6 +27,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "access/htup_details.h"
@@ -52,6 +53,7 @@ typedef struct FloralSums
 	double	   *bank;			/* adaptor_size */
 	int			contributors;	/* tenants */
 	double		loss_sum;		/* sum n_k loss_k, for the round's history */
+	double		n_max;			/* largest n_k, the sensitivity's scale */
 } FloralSums;
 
 static void
@@ -69,6 +71,7 @@ sums_add(FloralSums *s, double n, const float *pi, const float *params, double l
 	const FloralSpec *spec = s->spec;
 
 	s->N += n;
+	s->n_max = Max(s->n_max, n);
 	s->contributors++;
 	s->loss_sum += n * loss;
 	for (int64 i = 0; i < spec->base_size; i++)
@@ -286,6 +289,39 @@ floral_aggregate(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Differential privacy, second half: Gaussian noise on what the branch
+ * sends.  Each tenant's clipped update moves a weighted sum by at most
+ * n_k * dp_clip (its weights n_k and n_k pi_kc are at most n_k), so noise of
+ * standard deviation dp_noise * dp_clip * max_k n_k on every coordinate is
+ * the Gaussian mechanism with noise multiplier dp_noise for one tenant per
+ * round.  The weights N and M are sent as they are.  The noise comes from
+ * the operating system's strong random source, never from a seed.
+ */
+static void
+add_dp_noise(const FloralSpec *spec, FloralSums *sums)
+{
+	double		sigma = (double) spec->dp_noise * spec->dp_clip * sums->n_max;
+	pg_prng_state rng;
+	uint64		seed;
+	int64		n_bank = spec->private_adaptors ? 0 : spec->adaptor_size;
+
+	if (!pg_strong_random(&seed, sizeof(seed)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random numbers for differential privacy")));
+	pg_prng_seed(&rng, seed);
+	for (int64 i = 0; i < spec->base_size + n_bank; i++)
+	{
+		double		*x = (i < spec->base_size) ? &sums->base[i] : &sums->bank[i - spec->base_size];
+		double		u1 = pg_prng_double(&rng),
+					u2 = pg_prng_double(&rng);
+
+		/* Box-Muller; 1 - u1 is in (0, 1], so the log is finite */
+		*x += sigma * sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
+	}
+}
+
+/*
  * floral._branch_update(model, round) returns (examples, weights, sums,
  * loss_sum, tenants): this database's contributions to a round, summed in
  * the hierarchical form.  The weighted sums are rounded to float4 once.
@@ -320,6 +356,9 @@ floral_branch_update(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("round %d of model \"%s\" has no contributions here", round, model)));
+
+	if (spec->dp_noise > 0)
+		add_dp_noise(spec, &sums);
 
 	t = tensor_new_1d(spec->nparams);
 	data = TENSOR_DATA(t);

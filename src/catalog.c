@@ -152,7 +152,8 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "(options->>'precondition')::boolean, "
 			 "(options->>'precondition_eps')::real, "
 			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
-			 "(options->>'private_adaptors')::boolean "
+			 "(options->>'private_adaptors')::boolean, "
+			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0) "
 			 "FROM floral.models WHERE name = $1%s", lock_clause[lock]);
 	args[0] = CStringGetTextDatum(model);
 	ret = SPI_execute_with_args(query, 1, argtypes, args, NULL,
@@ -187,6 +188,8 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	spec->server_lr = DatumGetFloat4(get_notnull(12));
 	spec->seed = DatumGetInt64(get_notnull(13));
 	spec->private_adaptors = DatumGetBool(get_notnull(14));
+	spec->dp_clip = DatumGetFloat4(get_notnull(15));
+	spec->dp_noise = DatumGetFloat4(get_notnull(16));
 	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),

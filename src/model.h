@@ -65,6 +65,8 @@ typedef struct FloralSpec
 	bool		precondition;
 	float		precondition_eps;
 	float		server_lr;
+	float		dp_clip;		/* bound on a tenant's update norm; 0: none */
+	float		dp_noise;		/* Gaussian noise multiplier of a branch's sums */
 	int64		seed;
 	FloralLayer layers[FLORAL_MAX_LAYERS];
 

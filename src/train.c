@@ -177,6 +177,34 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 	return epoch_loss / n;
 }
 
+/*
+ * Differential privacy, first half: bound what one tenant can change.  The
+ * part of the update that travels (the base, and the adaptors unless they
+ * are private) is pulled back to norm dp_clip around the round's
+ * parameters.  The tenant keeps its own private state unclipped.
+ */
+static void
+clip_update(const FloralSpec *spec, const float *global, float *params)
+{
+	int64		n = spec->private_adaptors ? spec->base_size : spec->nparams;
+	double		norm = 0.0;
+
+	for (int64 i = 0; i < n; i++)
+	{
+		double		d = (double) params[i] - global[i];
+
+		norm += d * d;
+	}
+	norm = sqrt(norm);
+	if (norm > spec->dp_clip)
+	{
+		double		scale = spec->dp_clip / norm;
+
+		for (int64 i = 0; i < n; i++)
+			params[i] = (float) (global[i] + ((double) params[i] - global[i]) * scale);
+	}
+}
+
 /* pi = softmax(z), or the pinned mixture */
 static void
 final_mixture(const FloralSpec *spec, FloralNet *net, const float *z,
@@ -337,6 +365,8 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		loss = train_tenant(tr, trows, &opts, z,
 							state.pinned ? state.pinned_pi : NULL, true, &rng);
 		final_mixture(spec, tr->net, z, state.pinned ? state.pinned_pi : NULL, pi);
+		if (spec->dp_clip > 0)
+			clip_update(spec, global, tr->params);
 
 		/* record the contribution and the tenant's new private state */
 		{

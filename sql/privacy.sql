@@ -1,0 +1,65 @@
+-- Differential privacy of branch updates: each tenant's update is clipped
+-- to dp_clip, and Gaussian noise of std dp_noise * dp_clip * max n_k is added
+-- to what a branch sends.  Also: an update holds sums, no tenant's values.
+CREATE EXTENSION IF NOT EXISTS floral;
+SET max_parallel_workers_per_gather = 0;
+
+CREATE TABLE dp_rows AS
+SELECT 'shop' || (i % 3) AS tenant, ARRAY[sin(i), cos(i), 1]::real[] AS features, i % 3 AS label
+FROM generate_series(1, 300) i;
+
+-- distance of each contribution from the round it started from
+CREATE FUNCTION update_norms(m text) RETURNS TABLE (tenant text, norm double precision)
+LANGUAGE sql AS $$
+	SELECT c.tenant, sqrt(sum((a - b)::float8 ^ 2))
+	FROM floral.contributions c
+	JOIN floral.rounds r ON r.model = c.model AND r.round = c.round,
+	LATERAL unnest(c.params::real[], r.params::real[]) AS u(a, b)
+	WHERE c.model = m GROUP BY c.tenant ORDER BY c.tenant $$;
+
+SELECT floral_create_model('plain', '{3,16,3}', 'classification', 2, 2, '{"seed": 1}');
+SELECT floral_create_model('clipped', '{3,16,3}', 'classification', 2, 2, '{"seed": 1, "dp_clip": 0.05}');
+SELECT floral_create_model('noisy', '{3,16,3}', 'classification', 2, 2,
+                           '{"seed": 1, "dp_clip": 0.05, "dp_noise": 1.0}');
+SELECT m, count(*) FROM unnest('{plain,clipped,noisy}'::text[]) m,
+	LATERAL floral_train(m, 'SELECT tenant, features, label FROM dp_rows', '{"lr": 0.5, "epochs": 3}')
+GROUP BY m ORDER BY m;
+
+-- without a clip the updates are larger than 0.05; with it, none is
+SELECT 'plain' AS model, min(norm) > 0.05 AS all_above_clip FROM update_norms('plain');
+SELECT 'clipped' AS model, max(norm) <= 0.05 * 1.0001 AS clip_holds,
+       min(norm) > 0.049 AS clipped_to_the_bound FROM update_norms('clipped');
+
+-- no noise: a branch's update is the same every time it is computed
+SELECT a.sums::text = b.sums::text AS deterministic
+FROM floral._branch_update('clipped', 0) a, floral._branch_update('clipped', 0) b;
+
+-- noise: two computations differ by noise of std sqrt(2) * 1.0 * 0.05 * 100;
+-- the example counts and weights are sent as they are
+CREATE TABLE dp_draws AS
+SELECT a.examples = b.examples AS same_examples, a.weights = b.weights AS same_weights,
+	   (SELECT stddev_samp(x - y) / sqrt(2) FROM unnest(a.sums::real[], b.sums::real[]) AS u(x, y)) AS noise_std,
+	   (SELECT count(*) FROM unnest(a.sums::real[]) x) AS coordinates
+FROM floral._branch_update('noisy', 0) a, floral._branch_update('noisy', 0) b;
+SELECT same_examples, same_weights, coordinates,
+	   noise_std BETWEEN 5 * 0.85 AND 5 * 1.15 AS noise_std_is_5
+FROM dp_draws;
+
+-- the noise averages out in the merged model only as much as the privacy allows:
+-- a noisy round still aggregates to finite parameters
+SELECT floral_aggregate('clipped') AS clipped_round;
+
+-- what a branch sends has no tenant in it: one row of sums and weights
+SELECT examples, cardinality(weights) AS weights, tenants,
+	   floral.tensor_shape(sums) = ARRAY[(SELECT sum(parameters)::int FROM floral_layers('plain'))] AS parameter_shaped
+FROM floral._branch_update('plain', 0);
+
+-- options are checked
+DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_noise": 1}');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_clip": -1}');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+
+SELECT floral_drop_model(name) FROM floral.models ORDER BY name;
+DROP TABLE dp_rows, dp_draws;
+DROP FUNCTION update_norms(text);

@@ -1,0 +1,121 @@
+# pg_cron drives the federation: a coordinator cluster and one branch
+# cluster, each running its floral step as a pg_cron job, with nothing else
+# calling them.  The test waits until the coordinator has merged at least
+# one round that the branch trained and sent.
+#
+# pg_cron 1.4 schedules with cron syntax only: its finest granularity is one
+# minute (sub-minute schedules such as '10 seconds' came in pg_cron 1.5).
+# Both jobs fire at the start of a minute; if the coordinator's job runs
+# before the branch's update has arrived it waits until the next minute.
+# This test therefore takes one to two minutes, and polls for up to four.
+#
+# Jobs run in background workers (cron.use_background_workers = on), so
+# pg_cron needs no libpq connection to its own server.
+use strict;
+use warnings;
+
+use Time::HiRes qw(usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $TIMEOUT = 240;    # seconds to wait for the first merged round
+
+sub new_node
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	my $preload = 'pg_cron';
+	if (-f 'sql/regress.conf')
+	{
+		my $conf = PostgreSQL::Test::Utils::slurp_file('sql/regress.conf');
+		$node->append_conf('postgresql.conf', $conf);
+		# keep whatever the regress suite preloads (e.g. floral) and add pg_cron
+		if ($conf =~ /^\s*shared_preload_libraries\s*=\s*'([^']*)'/m && $1 ne '')
+		{
+			$preload = "$1,pg_cron";
+		}
+	}
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = '$preload'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 20
+});
+	$node->start;
+	return $node;
+}
+
+sub sql
+{
+	my ($node, $query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+my $coord  = new_node('coordinator');
+my $branch = new_node('branch');
+my $conninfo = 'host=' . $coord->host . ' port=' . $coord->port . ' dbname=postgres';
+
+sql($coord, q{
+	CREATE EXTENSION floral;
+	CREATE EXTENSION pg_cron;
+	SELECT floral_create_model('m', '{3,8,3}', 'classification', 2, 1, '{"seed": 5}');
+	SELECT floral_coordinator_setup('m');
+	SELECT floral_coordinator_add_branch('m', 'b1');
+});
+sql($branch, qq{
+	CREATE EXTENSION floral;
+	CREATE EXTENSION dblink;
+	CREATE EXTENSION pg_cron;
+	CREATE TABLE rows AS
+	SELECT 't' || (i % 3) AS tenant,
+	       ARRAY[sin(i), cos(i * 0.7), sin(i * 0.3)]::real[] AS features,
+	       (i % 3) AS label
+	  FROM generate_series(1, 90) i;
+	SELECT floral_branch_join('m', 'b1', '$conninfo',
+	                          'SELECT tenant, features, label FROM rows ORDER BY tenant, features');
+});
+is(sql($branch, q{SELECT local_round FROM floral.branch_status WHERE model = 'm'}),
+	'0', 'the branch joined at round 0');
+
+# The jobs: nothing else calls the steps from here on.
+sql($branch, q{SELECT cron.schedule('floral-branch', '* * * * *', $$SELECT floral_branch_step('m')$$)});
+sql($coord, q{SELECT cron.schedule('floral-coordinator', '* * * * *', $$SELECT floral_coordinator_step('m')$$)});
+
+my $round = '0';
+my $started = time();
+while (time() - $started < $TIMEOUT)
+{
+	$round = sql($coord, q{SELECT round FROM floral.models WHERE name = 'm'});
+	last if $round >= 1;
+	usleep(1_000_000);
+}
+note sprintf('coordinator reached round %s after %d s', $round, time() - $started);
+cmp_ok($round, '>=', 1, 'pg_cron drove a full round: the coordinator merged round 0');
+
+# What the jobs did, from pg_cron's own records.
+my $runs = q{
+	SELECT count(*) FILTER (WHERE d.status = 'succeeded'), count(*) FILTER (WHERE d.status = 'failed')
+	  FROM cron.job_run_details d JOIN cron.job j USING (jobid) WHERE j.jobname = '%s'};
+my ($ok_b, $failed_b) = split /\|/, sql($branch, sprintf($runs, 'floral-branch'));
+my ($ok_c, $failed_c) = split /\|/, sql($coord, sprintf($runs, 'floral-coordinator'));
+note "branch job: $ok_b succeeded, $failed_b failed; coordinator job: $ok_c succeeded, $failed_c failed";
+cmp_ok($ok_b, '>=', 1, 'cron.job_run_details on the branch shows succeeded floral_branch_step runs');
+cmp_ok($ok_c, '>=', 1, 'cron.job_run_details on the coordinator shows succeeded floral_coordinator_step runs');
+is($failed_b + $failed_c, 0, 'no job run failed');
+
+# The round really went through the federation.
+is( sql($coord, q{SELECT branches, tenants, examples FROM floral.federation_rounds WHERE model = 'm' AND round = 0}),
+	'{b1}|3|90', "round 0 was merged from the branch's update (3 tenants, 90 rows)");
+is( sql($branch, q{SELECT sent_at IS NOT NULL, answer FROM floral.outbox WHERE model = 'm' AND round = 0}),
+	't|accepted', "the branch's round-0 update left its outbox and was accepted");
+is( sql($coord, q{SELECT count(*) FROM pg_extension WHERE extname IN ('dblink', 'postgres_fdw')}),
+	'0', 'the coordinator has no way to connect out');
+
+sql($branch, q{SELECT cron.unschedule('floral-branch')});
+sql($coord, q{SELECT cron.unschedule('floral-coordinator')});
+$branch->stop;
+$coord->stop;
+
+done_testing();

@@ -23,6 +23,7 @@ PACKAGES=(
 	dataset-fashion-mnist    # small real data set for benchmarks/examples
 	gnuplot-nox              # benchmark plots
 	python3                  # helper scripts
+	openssl                  # the TLS test makes a throwaway CA
 )
 
 if [[ $(id -u) -ne 0 ]]; then

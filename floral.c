@@ -67,9 +67,13 @@ _PG_init(void)
 	/* progress slots in shared memory, when preloaded */
 	floral_progress_shmem_init();
 
-	/* the assign hook has not run if the default was never changed */
-	if (IsUnderPostmaster || !IsPostmasterEnvironment)
-		openblas_set_num_threads(floral_blas_threads);
+	/*
+	 * The assign hook has not run if the default was never changed.  When
+	 * preloaded, this runs in the postmaster: setting the thread count
+	 * computes nothing, and backends forked from it then start with one
+	 * BLAS thread instead of one per core.
+	 */
+	openblas_set_num_threads(floral_blas_threads);
 
 	floral_cache_init();
 }

@@ -223,6 +223,13 @@ END $$;
 CREATE FUNCTION floral._lock_model(model text) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1718382450, pg_catalog.hashtext(model)) $$;
 
+CREATE FUNCTION floral._check_integer(o jsonb, key text, lo bigint, hi bigint) RETURNS void
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT floral._check((o->>key)::numeric BETWEEN lo AND hi
+						 AND (o->>key)::numeric = trunc((o->>key)::numeric),
+						 format('option "%s" must be an integer from %s to %s', key, lo, hi))
+$$;
+
 CREATE FUNCTION floral._model_options(model text) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_variable
@@ -340,12 +347,8 @@ BEGIN
 	o := floral._options(options, jsonb_build_object(
 			'epochs', 1, 'batch_size', 32, 'lr', 0.1, 'router_lr', null,
 			'seed', mo->'seed'), 'floral_train');
-	PERFORM floral._check((o->>'epochs')::numeric BETWEEN 1 AND 100000
-						  AND (o->>'epochs')::numeric = trunc((o->>'epochs')::numeric),
-						  'option "epochs" must be an integer from 1 to 100000');
-	PERFORM floral._check((o->>'batch_size')::numeric BETWEEN 1 AND 65536
-						  AND (o->>'batch_size')::numeric = trunc((o->>'batch_size')::numeric),
-						  'option "batch_size" must be an integer from 1 to 65536');
+	PERFORM floral._check_integer(o, 'epochs', 1, 100000);
+	PERFORM floral._check_integer(o, 'batch_size', 1, 65536);
 	PERFORM floral._check((o->>'lr')::real > 0 AND (o->>'lr')::real < 1e6,
 						  'option "lr" must be a positive number');
 	PERFORM floral._check(jsonb_typeof(o->'router_lr') IN ('null', 'number')
@@ -380,12 +383,8 @@ BEGIN
 			'seed', mo->'seed'), 'floral_personalize');
 	PERFORM floral._check(o->>'method' IN ('gradient', 'one_hot'),
 						  'option "method" must be "gradient" or "one_hot"');
-	PERFORM floral._check((o->>'epochs')::numeric BETWEEN 1 AND 100000
-						  AND (o->>'epochs')::numeric = trunc((o->>'epochs')::numeric),
-						  'option "epochs" must be an integer from 1 to 100000');
-	PERFORM floral._check((o->>'batch_size')::numeric BETWEEN 1 AND 65536
-						  AND (o->>'batch_size')::numeric = trunc((o->>'batch_size')::numeric),
-						  'option "batch_size" must be an integer from 1 to 65536');
+	PERFORM floral._check_integer(o, 'epochs', 1, 100000);
+	PERFORM floral._check_integer(o, 'batch_size', 1, 65536);
 	PERFORM floral._check((o->>'router_lr')::real > 0 AND (o->>'router_lr')::real < 1e6,
 						  'option "router_lr" must be a positive number');
 	PERFORM floral._check((o->>'seed')::numeric = trunc((o->>'seed')::numeric),
@@ -1295,6 +1294,7 @@ GRANT EXECUTE ON FUNCTION floral_predict(text, text, real[]), floral_predict_pro
 	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text),
 	floral_parameter(text, text, int, int, int), floral_progress(),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
+	floral._check_integer(jsonb, text, bigint, bigint),
 	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision)
 	TO floral_reader;
 GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,

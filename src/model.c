@@ -157,43 +157,66 @@ floral_activation_from_name(const char *name)
 }
 
 /*
- * acc += w * (adaptor c of bank), over every layer's U, V and beta of that
- * adaptor.  acc and bank are both laid out as an adaptor bank.
+ * Adaptor c is spread over the bank: one U, V and beta segment per layer.
+ * Calls fn(start, len) for each, so that code working on one adaptor never
+ * repeats the layout.
  */
-void
-floral_adaptor_axpy(const FloralSpec *spec, int c, double w,
-					const float *bank, double *acc)
+static inline void
+for_adaptor_segments(const FloralSpec *spec, int c,
+					 void (*fn) (int64 start, int64 len, void *arg), void *arg)
 {
 	for (int l = 0; l < spec->nlayers; l++)
 	{
 		const FloralLayer *layer = &spec->layers[l];
 		int64		nU = (int64) layer->rank * layer->in;
 		int64		nV = (int64) layer->out * layer->rank;
-		int64		starts[3] = {layer->U + c * nU, layer->V + c * nV,
-		layer->beta + (int64) c * layer->out};
-		int64		lens[3] = {nU, nV, layer->out};
 
-		for (int part = 0; part < 3; part++)
-			for (int64 i = starts[part]; i < starts[part] + lens[part]; i++)
-				acc[i] += w * bank[i];
+		fn(layer->U + c * nU, nU, arg);
+		fn(layer->V + c * nV, nV, arg);
+		fn(layer->beta + (int64) c * layer->out, layer->out, arg);
 	}
+}
+
+typedef struct SegmentOp
+{
+	double		w;
+	const float *src;
+	double	   *acc;
+} SegmentOp;
+
+static void
+segment_axpy(int64 start, int64 len, void *arg)
+{
+	SegmentOp  *op = arg;
+
+	for (int64 i = start; i < start + len; i++)
+		op->acc[i] += op->w * op->src[i];
+}
+
+static void
+segment_scale(int64 start, int64 len, void *arg)
+{
+	SegmentOp  *op = arg;
+
+	for (int64 i = start; i < start + len; i++)
+		op->acc[i] *= op->w;
+}
+
+/* acc += w * (adaptor c of bank); acc and bank are laid out as a bank */
+void
+floral_adaptor_axpy(const FloralSpec *spec, int c, double w,
+					const float *bank, double *acc)
+{
+	SegmentOp	op = {w, bank, acc};
+
+	for_adaptor_segments(spec, c, segment_axpy, &op);
 }
 
 /* acc *= w over adaptor c's segments */
 void
 floral_adaptor_scale(const FloralSpec *spec, int c, double w, double *acc)
 {
-	for (int l = 0; l < spec->nlayers; l++)
-	{
-		const FloralLayer *layer = &spec->layers[l];
-		int64		nU = (int64) layer->rank * layer->in;
-		int64		nV = (int64) layer->out * layer->rank;
-		int64		starts[3] = {layer->U + c * nU, layer->V + c * nV,
-		layer->beta + (int64) c * layer->out};
-		int64		lens[3] = {nU, nV, layer->out};
+	SegmentOp	op = {w, NULL, acc};
 
-		for (int part = 0; part < 3; part++)
-			for (int64 i = starts[part]; i < starts[part] + lens[part]; i++)
-				acc[i] *= w;
-	}
+	for_adaptor_segments(spec, c, segment_scale, &op);
 }

@@ -239,9 +239,73 @@ timing_notice(const char *what, FloralRows *rows, instr_time start)
 	INSTR_TIME_SUBTRACT(elapsed, start);
 	total = INSTR_TIME_GET_DOUBLE(elapsed);
 	ereport(NOTICE,
-			(errmsg("%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s",
+			(errmsg("floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s",
 					what, rows->nrows, rows->ntenants, rows->read_seconds,
 					total - rows->read_seconds)));
+}
+
+/* what a training or personalisation call sets up and tears down */
+typedef struct TrainCall
+{
+	const char *what;			/* for progress and timing */
+	ReturnSetInfo *rsinfo;
+	FloralTrainOptions opts;
+	MemoryContext cxt;
+	MemoryContext old;
+	FloralSpec *spec;
+	float	   *global;			/* the current round's shared parameters */
+	FloralRows *rows;
+	Trainer    *tr;
+	instr_time	start;
+} TrainCall;
+
+/*
+ * Load the model under the shared training lock, read the source and make
+ * the scratch space.  For personalisation the model must have a shared
+ * mixture to fit.
+ */
+static void
+train_call_begin(FunctionCallInfo fcinfo, TrainCall *call, const char *what,
+				 bool mixture_only)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	FloralSpec *spec;
+
+	call->what = what;
+	call->rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	options_from_args(fcinfo, 2, &call->opts);
+	InitMaterializedSRF(fcinfo, 0);
+	INSTR_TIME_SET_CURRENT(call->start);
+
+	call->cxt = AllocSetContextCreate(CurrentMemoryContext, "floral training call",
+									  ALLOCSET_DEFAULT_SIZES);
+	call->old = MemoryContextSwitchTo(call->cxt);
+	spec = call->spec = palloc(sizeof(FloralSpec));
+	SPI_connect();
+	MemoryContextSwitchTo(call->cxt);
+
+	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
+	if (mixture_only && (spec->nadaptors < 2 || spec->private_adaptors))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("model \"%s\" has no shared mixture to personalise", model),
+				 errdetail("Personalisation fits the mixture over a shared bank of at least two adaptors.")));
+	call->global = floral_load_round(spec, spec->round, call->cxt);
+	call->rows = floral_read_source(source, spec);
+	call->tr = trainer_create(spec, call->rows, call->opts.batch_size);
+	floral_progress_start(what, spec->name, call->rows->ntenants, call->opts.epochs);
+}
+
+static void
+train_call_end(TrainCall *call)
+{
+	floral_progress_end();
+	timing_notice(call->what, call->rows, call->start);
+	floral_rows_free(call->rows);
+	SPI_finish();
+	MemoryContextSwitchTo(call->old);
+	MemoryContextDelete(call->cxt);
 }
 
 /*
@@ -252,40 +316,24 @@ timing_notice(const char *what, FloralRows *rows, instr_time start)
 Datum
 floral_train_internal(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	FloralTrainOptions opts;
-	MemoryContext cxt;
-	MemoryContext old;
+	TrainCall	call;
 	FloralSpec *spec;
 	float	   *global;
 	FloralRows *rows;
 	Trainer    *tr;
+	FloralTrainOptions opts;
 	SPIPlanPtr	put_contribution,
 				put_tenant,
 				put_history;
 	Oid			tensor_type;
-	instr_time	start;
 
-	options_from_args(fcinfo, 2, &opts);
-	InitMaterializedSRF(fcinfo, 0);
-	INSTR_TIME_SET_CURRENT(start);
-
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral train",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	spec = palloc(sizeof(FloralSpec));
-
-	SPI_connect();
-	MemoryContextSwitchTo(cxt);
-
-	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
-	global = floral_load_round(spec, spec->round, cxt);
-	rows = floral_read_source(source, spec);
-	tr = trainer_create(spec, rows, opts.batch_size);
+	train_call_begin(fcinfo, &call, "train", false);
+	spec = call.spec;
+	global = call.global;
+	rows = call.rows;
+	tr = call.tr;
+	opts = call.opts;
 	tensor_type = floral_tensor_type();
-	floral_progress_start("train", spec->name, rows->ntenants, opts.epochs);
 
 	{
 		Oid			t7[7] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
@@ -341,7 +389,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, cxt, &state);
+		floral_load_tenant(spec, trows->name, call.cxt, &state);
 
 		/* a retry in the same round starts from the state before the round */
 		if (state.start_round == spec->round)
@@ -423,7 +471,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			values[0] = CStringGetTextDatum(trows->name);
 			values[1] = Int64GetDatum(trows->nrows);
 			values[2] = Float8GetDatum(loss);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
 		}
 		if (state.bank)
 			pfree(state.bank);
@@ -431,12 +479,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			pfree(state.start_bank);
 	}
 
-	floral_progress_end();
-	timing_notice("floral_train", rows, start);
-	floral_rows_free(rows);
-	SPI_finish();
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
+	train_call_end(&call);
 	return (Datum) 0;
 }
 
@@ -449,43 +492,23 @@ floral_train_internal(PG_FUNCTION_ARGS)
 Datum
 floral_personalize_internal(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	bool		one_hot = PG_GETARG_BOOL(7);
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	FloralTrainOptions opts;
-	MemoryContext cxt;
-	MemoryContext old;
+	TrainCall	call;
 	FloralSpec *spec;
 	float	   *global;
 	FloralRows *rows;
 	Trainer    *tr;
+	FloralTrainOptions opts;
 	SPIPlanPtr	put_tenant;
-	instr_time	start;
 	int			C;
 
-	options_from_args(fcinfo, 2, &opts);
-	InitMaterializedSRF(fcinfo, 0);
-	INSTR_TIME_SET_CURRENT(start);
-
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral personalize",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	spec = palloc(sizeof(FloralSpec));
-	SPI_connect();
-	MemoryContextSwitchTo(cxt);
-
-	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
+	train_call_begin(fcinfo, &call, "personalize", true);
+	spec = call.spec;
+	global = call.global;
+	rows = call.rows;
+	tr = call.tr;
+	opts = call.opts;
 	C = spec->nadaptors;
-	if (C < 2 || spec->private_adaptors)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("model \"%s\" has no shared mixture to personalise", model),
-				 errdetail("Personalisation fits the mixture over a shared bank of at least two adaptors.")));
-	global = floral_load_round(spec, spec->round, cxt);
-	rows = floral_read_source(source, spec);
-	tr = trainer_create(spec, rows, opts.batch_size);
-	floral_progress_start("personalize", spec->name, rows->ntenants, opts.epochs);
 
 	{
 		Oid			t4[4] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, INT4OID};
@@ -509,7 +532,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, cxt, &state);
+		floral_load_tenant(spec, trows->name, call.cxt, &state);
 		memcpy(tr->params, global, sizeof(float) * spec->nparams);
 
 		if (one_hot)
@@ -574,15 +597,10 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 			values[1] = Int64GetDatum(trows->nrows);
 			values[2] = Float8GetDatum(loss);
 			values[3] = floral_real_array(pi, C);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
 		}
 	}
 
-	floral_progress_end();
-	timing_notice("floral_personalize", rows, start);
-	floral_rows_free(rows);
-	SPI_finish();
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
+	train_call_end(&call);
 	return (Datum) 0;
 }

@@ -143,56 +143,105 @@ sums_finish(FloralSums *s, const float *prev, float *next)
 		next_bank[i] = (float) (prev_bank[i] - lr * (prev_bank[i] - s->bank[i]));
 }
 
-/* add every contribution of a round, streaming them a few at a time */
-static void
-sums_from_contributions(FloralSums *sums, const FloralSpec *spec, int32 round)
-{
-	Oid			argtypes[2] = {TEXTOID, INT4OID};
-	Datum		args[2];
-	Portal		portal;
-	float	   *pi = palloc0(sizeof(float) * Max(spec->nadaptors, 1));
+/*
+ * Run a read-only query through a cursor, a few rows at a time, and call fn
+ * on each row: rows are large (a whole model each), so only a handful are
+ * in memory at once.
+ */
+typedef void (*RowFn) (HeapTuple tup, TupleDesc desc, void *arg);
 
-	args[0] = CStringGetTextDatum(spec->name);
-	args[1] = Int32GetDatum(round);
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT tenant, examples, mixture, params, loss "
-									   "FROM floral.contributions "
-									   "WHERE model = $1 AND round = $2 ORDER BY tenant",
-									   2, argtypes, args, NULL, true, 0);
+static void
+for_each_row(const char *query, int nargs, Oid *types, Datum *args, RowFn fn, void *arg)
+{
+	Portal		portal = SPI_cursor_open_with_args(NULL, query, nargs, types, args,
+												   NULL, true, 0);
+
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
-		SPI_cursor_fetch(portal, true, 8);
+		SPI_cursor_fetch(portal, true, 4);
 		if (SPI_processed == 0)
 			break;
 		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			Datum		raw;
-			FloralTensor *t;
-			Datum		d;
-
-			floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), pi,
-								   spec->nadaptors, "contribution mixture");
-			raw = SPI_getbinval(tup, desc, 4, &isnull);
-			t = DatumGetTensorP(raw);
-			if (tensor_numel(t) != spec->nparams)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("a contribution to model \"%s\" has the wrong size",
-								spec->name)));
-			d = SPI_getbinval(tup, desc, 5, &isnull);
-			sums_add(sums, (double) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
-					 pi, TENSOR_DATA(t), isnull ? 0.0 : DatumGetFloat8(d));
-			if ((Pointer) t != DatumGetPointer(raw))
-				pfree(t);
-		}
+			fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
-	pfree(pi);
+}
+
+typedef struct RowSums
+{
+	FloralSums *sums;
+	float		weights[FLORAL_MAX_ADAPTORS];
+} RowSums;
+
+/* the parameter-shaped tensor in column col, checked; always a copy, to pfree */
+static FloralTensor *
+row_tensor(HeapTuple tup, TupleDesc desc, int col, const FloralSpec *spec, const char *what)
+{
+	bool		isnull;
+	Datum		raw = SPI_getbinval(tup, desc, col, &isnull);
+	FloralTensor *t;
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s of model \"%s\" has no parameters", what, spec->name)));
+	t = (FloralTensor *) PG_DETOAST_DATUM_COPY(raw);
+	if (tensor_numel(t) != spec->nparams)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s of model \"%s\" has the wrong size", what, spec->name)));
+	return t;
+}
+
+/* contribution row: (tenant, examples, mixture, params, loss) */
+static void
+add_contribution_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	RowSums    *rs = arg;
+	const FloralSpec *spec = rs->sums->spec;
+	bool		isnull;
+	FloralTensor *t = row_tensor(tup, desc, 4, spec, "a contribution");
+	Datum		loss = SPI_getbinval(tup, desc, 5, &isnull);
+
+	floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), rs->weights,
+						   spec->nadaptors, "contribution mixture");
+	sums_add(rs->sums, (double) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
+			 rs->weights, TENSOR_DATA(t), isnull ? 0.0 : DatumGetFloat8(loss));
+	pfree(t);
+}
+
+/* update row: (branch, examples, weights, sums, loss_sum, tenants) */
+static void
+add_update_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	RowSums    *rs = arg;
+	const FloralSpec *spec = rs->sums->spec;
+	bool		isnull;
+	FloralTensor *t = row_tensor(tup, desc, 4, spec, "an accepted update");
+
+	floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), rs->weights,
+						   spec->nadaptors, "update weights");
+	sums_add_partial(rs->sums, DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull)),
+					 rs->weights, TENSOR_DATA(t),
+					 DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull)),
+					 DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
+	pfree(t);
+}
+
+/* add every contribution of a round */
+static void
+sums_from_contributions(FloralSums *sums, const FloralSpec *spec, int32 round)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		args[2] = {CStringGetTextDatum(spec->name), Int32GetDatum(round)};
+	RowSums		rs = {sums};
+
+	for_each_row("SELECT tenant, examples, mixture, params, loss "
+				 "FROM floral.contributions "
+				 "WHERE model = $1 AND round = $2 ORDER BY tenant",
+				 2, types, args, add_contribution_row, &rs);
 }
 
 /*
@@ -392,10 +441,8 @@ floral_merge_updates(PG_FUNCTION_ARGS)
 	float	   *prev;
 	FloralSums	sums;
 	int32		new_round;
-	Portal		portal;
 	Oid			t2[2] = {TEXTOID, INT4OID};
 	Datum		a[2];
-	float		M[FLORAL_MAX_ADAPTORS];
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral merge",
 								ALLOCSET_DEFAULT_SIZES);
@@ -410,39 +457,14 @@ floral_merge_updates(PG_FUNCTION_ARGS)
 
 	a[0] = CStringGetTextDatum(spec->name);
 	a[1] = Int32GetDatum(spec->round);
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT branch, examples, weights, sums, loss_sum, tenants "
-									   "FROM floral.updates WHERE model = $1 AND round = $2 "
-									   "AND status = 'accepted' ORDER BY branch",
-									   2, t2, a, NULL, true, 0);
-	for (;;)
 	{
-		CHECK_FOR_INTERRUPTS();
-		SPI_cursor_fetch(portal, true, 4);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			FloralTensor *t;
+		RowSums		rs = {&sums};
 
-			floral_read_real_array(SPI_getbinval(tup, desc, 3, &isnull), M,
-								   spec->nadaptors, "update weights");
-			t = DatumGetTensorP(SPI_getbinval(tup, desc, 4, &isnull));
-			if (isnull || tensor_numel(t) != spec->nparams)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("an accepted update to model \"%s\" has the wrong size", model)));
-			sums_add_partial(&sums, DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull)),
-							 M, TENSOR_DATA(t),
-							 DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull)),
-							 DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
-		}
-		SPI_freetuptable(SPI_tuptable);
+		for_each_row("SELECT branch, examples, weights, sums, loss_sum, tenants "
+					 "FROM floral.updates WHERE model = $1 AND round = $2 "
+					 "AND status = 'accepted' ORDER BY branch",
+					 2, t2, a, add_update_row, &rs);
 	}
-	SPI_cursor_close(portal);
 
 	new_round = store_next_round(spec, &sums, prev);
 	{

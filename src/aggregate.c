@@ -153,8 +153,14 @@ typedef void (*RowFn) (HeapTuple tup, TupleDesc desc, void *arg);
 static void
 for_each_row(const char *query, int nargs, Oid *types, Datum *args, RowFn fn, void *arg)
 {
+	/*
+	 * Not read-only: a fresh snapshot, taken after the model's lock, sees
+	 * every contribution of the training calls the lock waited for.  The
+	 * statement's snapshot would miss them, and the DELETE that follows
+	 * would then drop contributions nobody merged.
+	 */
 	Portal		portal = SPI_cursor_open_with_args(NULL, query, nargs, types, args,
-												   NULL, true, 0);
+												   NULL, false, 0);
 
 	for (;;)
 	{

@@ -168,6 +168,7 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 
 	memset(spec, 0, sizeof(FloralSpec));
 	strlcpy(spec->name, model, sizeof(spec->name));
+	spec->locked = (lock != FLORAL_LOCK_NONE);
 	spec->task = floral_task_from_name(TextDatumGetCString(get_notnull(1)));
 	layers = DatumGetArrayTypeP(get_notnull(2));
 	spec->nlayers = ArrayGetNItems(ARR_NDIM(layers), ARR_DIMS(layers)) - 1;
@@ -213,7 +214,7 @@ floral_load_round(const FloralSpec *spec, int32 round, MemoryContext cxt)
 	args[1] = Int32GetDatum(round);
 	ret = SPI_execute_with_args("SELECT params FROM floral.rounds "
 								"WHERE model = $1 AND round = $2",
-								2, argtypes, args, NULL, true, 1);
+								2, argtypes, args, NULL, !spec->locked, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral.rounds: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
@@ -271,7 +272,7 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 	ret = SPI_execute_with_args("SELECT logits, pinned, adaptors, start_round, "
 								"start_logits, start_adaptors FROM floral.tenants "
 								"WHERE model = $1 AND tenant = $2",
-								2, argtypes, args, NULL, true, 1);
+								2, argtypes, args, NULL, !spec->locked, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral.tenants: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)

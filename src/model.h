@@ -54,6 +54,13 @@ typedef struct FloralSpec
 {
 	char		name[NAMEDATALEN * 2];
 	int32		round;			/* current round (when loaded) */
+
+	/*
+	 * Loaded under a lock: everything read after it must use a fresh
+	 * snapshot, since the statement's own snapshot predates the lock and
+	 * would miss what was committed while we waited for it.
+	 */
+	bool		locked;
 	FloralTask	task;
 	FloralActivation activation;
 	int			nlayers;

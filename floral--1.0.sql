@@ -53,7 +53,7 @@ COMMENT ON FUNCTION floral.tensor_norm(floral.tensor) IS 'the Euclidean norm of 
 -- every database of a federation.
 ------------------------------------------------------------------------
 CREATE TABLE floral.models (
-	name		text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 127),
+	name		text PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 127),
 	task		text NOT NULL CHECK (task IN ('classification', 'regression')),
 	layers		int[] NOT NULL,
 	adaptors	int NOT NULL CHECK (adaptors BETWEEN 0 AND 64),
@@ -258,8 +258,8 @@ DECLARE
 	ranks int[] := '{}';
 	n int;
 BEGIN
-	PERFORM floral._check(name IS NOT NULL AND length(name) BETWEEN 1 AND 127,
-						  'model name must have 1 to 127 characters');
+	PERFORM floral._check(name IS NOT NULL AND octet_length(name) BETWEEN 1 AND 127,
+						  'model name must have 1 to 127 bytes');
 	PERFORM floral._check(task IN ('classification', 'regression'),
 						  format('task must be "classification" or "regression", not %L', task));
 	n := coalesce(cardinality(layers), 0);
@@ -271,8 +271,8 @@ BEGIN
 	PERFORM floral._check(task <> 'classification' OR layers[n] >= 2,
 						  'a classification model needs at least 2 outputs');
 	PERFORM floral._check(adaptors BETWEEN 0 AND 64, 'adaptors must be between 0 and 64');
-	PERFORM floral._check(rank > 0 AND rank < 'Infinity'::real AND rank <> 'NaN'::real,
-						  'rank must be a positive number');
+	PERFORM floral._check(rank > 0 AND rank <= 100000 AND rank <> 'NaN'::real,
+						  'rank must be a positive number, at most 100000');
 
 	o := floral._options(options, jsonb_build_object(
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
@@ -314,7 +314,7 @@ BEGIN
 	END IF;
 	INSERT INTO floral.models (name, task, layers, adaptors, rank, ranks, options)
 		VALUES (name, task, layers, adaptors, rank, ranks,
-				o || jsonb_build_object('seed', (o->>'seed')::bigint));
+				o || jsonb_build_object('seed', (o->>'seed')::numeric::bigint));
 	INSERT INTO floral.rounds (model, round, params)
 		VALUES (name, 0, floral._initial_parameters(name));
 END $$;
@@ -358,8 +358,8 @@ BEGIN
 	PERFORM floral._check((o->>'seed')::numeric = trunc((o->>'seed')::numeric),
 						  'option "seed" must be an integer');
 	RETURN QUERY SELECT * FROM floral._train(model, source,
-		(o->>'epochs')::int, (o->>'batch_size')::int, (o->>'lr')::real,
-		coalesce((o->>'router_lr')::real, (o->>'lr')::real), (o->>'seed')::bigint);
+		(o->>'epochs')::numeric::int, (o->>'batch_size')::numeric::int, (o->>'lr')::real,
+		coalesce((o->>'router_lr')::real, (o->>'lr')::real), (o->>'seed')::numeric::bigint);
 END $$;
 COMMENT ON FUNCTION floral_train(text, text, jsonb) IS
 	'local training of every tenant in source from the current round; records each tenant''s contribution';
@@ -390,8 +390,8 @@ BEGIN
 	PERFORM floral._check((o->>'seed')::numeric = trunc((o->>'seed')::numeric),
 						  'option "seed" must be an integer');
 	RETURN QUERY SELECT * FROM floral._personalize(model, source,
-		(o->>'epochs')::int, (o->>'batch_size')::int, 0::real,
-		(o->>'router_lr')::real, (o->>'seed')::bigint, o->>'method' = 'one_hot');
+		(o->>'epochs')::numeric::int, (o->>'batch_size')::numeric::int, 0::real,
+		(o->>'router_lr')::real, (o->>'seed')::numeric::bigint, o->>'method' = 'one_hot');
 END $$;
 COMMENT ON FUNCTION floral_personalize(text, text, jsonb) IS
 	'fit only the mixture of each tenant in source (cold start); shared parameters stay frozen';
@@ -468,8 +468,8 @@ DECLARE
 BEGIN
 	PERFORM floral._model_options(model);
 	SELECT m.adaptors INTO c FROM floral.models m WHERE m.name = model;
-	PERFORM floral._check(tenant IS NOT NULL AND length(tenant) BETWEEN 1 AND 255,
-						  'tenant name must have 1 to 255 characters');
+	PERFORM floral._check(tenant IS NOT NULL AND octet_length(tenant) BETWEEN 1 AND 255,
+						  'tenant name must have 1 to 255 bytes');
 	IF mixture IS NOT NULL THEN
 		PERFORM floral._check(c >= 1, format('model %s has no adaptors', model));
 		PERFORM floral._check(cardinality(mixture) = c AND array_ndims(mixture) = 1,
@@ -689,7 +689,7 @@ BEGIN
 						  AND coalesce((o->>'max_update_norm')::float8, 1) > 0,
 						  'option "max_update_norm" must be a positive number');
 	INSERT INTO floral.federations AS f (model, min_branches, deadline, fraction, max_update_norm)
-		VALUES (model, (o->>'min_branches')::int, (o->>'deadline')::interval,
+		VALUES (model, (o->>'min_branches')::numeric::int, (o->>'deadline')::interval,
 				(o->>'fraction')::real, (o->>'max_update_norm')::float8)
 		ON CONFLICT ON CONSTRAINT federations_pkey DO UPDATE SET
 			min_branches = excluded.min_branches, deadline = excluded.deadline,
@@ -826,6 +826,9 @@ DECLARE
 	norm double precision;
 	n int;
 BEGIN
+	IF model IS NULL OR branch IS NULL OR round IS NULL THEN
+		RAISE EXCEPTION 'model, branch and round must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
 	PERFORM floral._fed_branch(model, branch);
 	-- the round must not be merged while an update for it is being accepted
 	PERFORM pg_catalog.pg_advisory_xact_lock_shared(1718382450, pg_catalog.hashtext(model));
@@ -859,6 +862,7 @@ BEGIN
 				st := 'rejected';
 				why := format('examples must be a finite count of at least 1, not %s', examples);
 			ELSIF coalesce(cardinality(weights), 0) <> m.adaptors
+				  OR coalesce(array_ndims(weights), 1) <> 1
 				  OR EXISTS (SELECT 1 FROM unnest(weights) w
 							 WHERE w IS NULL OR NOT (w >= 0 AND w <= examples * 1.0001)) THEN
 				st := 'rejected';

@@ -24,6 +24,7 @@
  */
 #include "postgres.h"
 
+#include <float.h>
 #include <math.h>
 
 #include "catalog/pg_type.h"
@@ -519,25 +520,38 @@ floral_update_norm(PG_FUNCTION_ARGS)
 	if (tensor_numel(t) != spec->nparams || N <= 0)
 		PG_RETURN_FLOAT8(INFINITY);
 	floral_read_real_array(PointerGetDatum(wa), M, spec->nadaptors, "weights");
+	/*
+	 * The averages become float4 parameters: one that overflows float4
+	 * would poison every merge it takes part in, so it makes the norm
+	 * infinite and the update is rejected.
+	 */
 	for (int64 i = 0; i < spec->base_size; i++)
 	{
-		double		d = sums[i] / N - prev[i];
+		double		avg = sums[i] / N;
+		double		d = avg - prev[i];
 
+		if (!(fabs(avg) <= FLT_MAX))
+			PG_RETURN_FLOAT8(INFINITY);
 		norm += d * d;
 	}
 	if (!spec->private_adaptors)
 	{
-		double	   *delta = palloc0(sizeof(double) * Max(spec->adaptor_size, 1));
+		double	   *avg = palloc0(sizeof(double) * Max(spec->adaptor_size, 1));
+		const float *prev_bank = prev + spec->adaptor_offset;
 
 		for (int c = 0; c < spec->nadaptors; c++)
-		{
-			if (M[c] <= 0)
-				continue;
-			floral_adaptor_axpy(spec, c, 1.0 / M[c], sums + spec->adaptor_offset, delta);
-			floral_adaptor_axpy(spec, c, -1.0, prev + spec->adaptor_offset, delta);
-		}
+			if (M[c] > 0)
+				floral_adaptor_axpy(spec, c, 1.0 / M[c], sums + spec->adaptor_offset, avg);
+			else
+				floral_adaptor_axpy(spec, c, 1.0, prev_bank, avg);
 		for (int64 i = 0; i < spec->adaptor_size; i++)
-			norm += delta[i] * delta[i];
+		{
+			double		d = avg[i] - prev_bank[i];
+
+			if (!(fabs(avg[i]) <= FLT_MAX))
+				PG_RETURN_FLOAT8(INFINITY);
+			norm += d * d;
+		}
 	}
 	PG_RETURN_FLOAT8(sqrt(norm));
 }

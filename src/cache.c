@@ -126,6 +126,12 @@ floral_cache_get(const char *model)
 		return m;
 	if (found)
 	{
+		/*
+		 * Call sites remember entries between rows; a new generation makes
+		 * every one of them look the model up again instead of using the
+		 * memory freed here.
+		 */
+		floral_cache_generation++;
 		MemoryContextDelete(m->cxt);
 		hash_search(cache_models, key, HASH_REMOVE, NULL);
 	}

@@ -134,6 +134,11 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	ArrayType  *layers;
 	int			ret;
 
+	if (strlen(model) >= sizeof(spec->name))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model),
+				 errdetail("Model names have at most %d bytes.", (int) sizeof(spec->name) - 1)));
 	if (lock != FLORAL_LOCK_NONE)
 	{
 		args[0] = CStringGetTextDatum(model);

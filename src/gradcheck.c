@@ -195,6 +195,11 @@ floral_gradient_check(PG_FUNCTION_ARGS)
 						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 						 errmsg("label %g is not a class of this model", y)));
 		}
+	if (ARR_ELEMTYPE(za) != FLOAT4OID || ARR_NDIM(za) > 1 ||
+		ArrayGetNItems(ARR_NDIM(za), ARR_DIMS(za)) != C || array_contains_nulls(za))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("logits must be a real[] of %d values", C)));
 	floral_read_real_array(PointerGetDatum(za), z, C, "logits");
 
 	net = floral_net_create(spec, B);

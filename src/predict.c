@@ -81,7 +81,8 @@ predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
 		strlcpy(cc->model, name, sizeof(cc->model));
 		pfree(name);
 		cc->entry = m;
-		cc->generation = floral_cache_generation;
+		/* an entry already known to be stale is used for this row only */
+		cc->generation = m->valid ? floral_cache_generation : 0;
 	}
 	m = cc->entry;
 	spec = &m->spec;

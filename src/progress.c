@@ -6,6 +6,7 @@
 
 #include "access/xact.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -41,6 +42,7 @@ static ProgressSlot *slots = NULL;
 static int	nslots = 0;
 static ProgressSlot *mine = NULL;
 static bool reporting = false;
+static SubTransactionId reporting_subxact = InvalidSubTransactionId;
 static TimestampTz last_notice = 0;
 
 /* this backend's own view, for NOTICEs even without shared memory */
@@ -50,6 +52,16 @@ static int	my_tenants;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* copy a name into a fixed buffer, cut at a character boundary */
+static void
+copy_name(char *dst, const char *src, int size)
+{
+	int			len = pg_mbcliplen(src, strlen(src), size - 1);
+
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
 
 static Size
 progress_size(void)
@@ -89,6 +101,15 @@ progress_xact_callback(XactEvent event, void *arg)
 		floral_progress_end();
 }
 
+/* ... nor when it fails inside a subtransaction that is rolled back */
+static void
+progress_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (reporting && event == SUBXACT_EVENT_ABORT_SUB && mySubid == reporting_subxact)
+		floral_progress_end();
+}
+
 void
 floral_progress_shmem_init(void)
 {
@@ -100,6 +121,7 @@ floral_progress_shmem_init(void)
 		shmem_startup_hook = progress_shmem_startup;
 	}
 	RegisterXactCallback(progress_xact_callback, NULL);
+	RegisterSubXactCallback(progress_subxact_callback, NULL);
 }
 
 #define SLOT_WRITE_BEGIN(s)	do { (s)->changecount++; pg_write_barrier(); } while (0)
@@ -109,6 +131,7 @@ void
 floral_progress_start(const char *command, const char *model, int tenants, int epochs)
 {
 	reporting = true;
+	reporting_subxact = GetCurrentSubTransactionId();
 	last_notice = GetCurrentTimestamp();
 	strlcpy(my_command, command, sizeof(my_command));
 	my_tenants = tenants;
@@ -119,7 +142,7 @@ floral_progress_start(const char *command, const char *model, int tenants, int e
 	SLOT_WRITE_BEGIN(mine);
 	mine->pid = MyProcPid;
 	strlcpy(mine->command, command, sizeof(mine->command));
-	strlcpy(mine->model, model, sizeof(mine->model));
+	copy_name(mine->model, model, sizeof(mine->model));
 	mine->tenant[0] = '\0';
 	mine->tenant_number = 0;
 	mine->tenants = tenants;
@@ -134,7 +157,7 @@ floral_progress_start(const char *command, const char *model, int tenants, int e
 void
 floral_progress_tenant(int number, const char *tenant, int64 examples)
 {
-	strlcpy(my_tenant, tenant, sizeof(my_tenant));
+	copy_name(my_tenant, tenant, sizeof(my_tenant));
 	if (floral_progress_notices)
 		ereport(NOTICE,
 				(errmsg("floral %s: tenant %d of %d (\"%s\", " INT64_FORMAT " rows)",
@@ -143,7 +166,7 @@ floral_progress_tenant(int number, const char *tenant, int64 examples)
 		return;
 	SLOT_WRITE_BEGIN(mine);
 	mine->tenant_number = number;
-	strlcpy(mine->tenant, tenant, sizeof(mine->tenant));
+	copy_name(mine->tenant, tenant, sizeof(mine->tenant));
 	mine->examples = examples;
 	mine->examples_done = 0;
 	mine->epoch = 1;

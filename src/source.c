@@ -98,7 +98,8 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 							 SPEC_OUTPUTS(spec) - 1)));
 	}
 	else if (label_type == FLOAT4ARRAYOID || label_type == FLOAT8ARRAYOID ||
-			 label_type == NUMERICARRAYOID || label_type == INT4ARRAYOID)
+			 label_type == NUMERICARRAYOID || label_type == INT2ARRAYOID ||
+			 label_type == INT4ARRAYOID || label_type == INT8ARRAYOID)
 		*label_is_array = true;
 	else if (!is_number_type(label_type))
 		ereport(ERROR,

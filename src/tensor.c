@@ -185,7 +185,8 @@ parse_level(TensorParser *ps, int depth)
 			v = strtof(ps->p, &end);
 			if (end == ps->p)
 				tensor_syntax_error(ps, "Expected a number.");
-			if (errno == ERANGE && isinf(v))
+			/* as float4in: an overflow, or an underflow to zero, is out of range */
+			if (errno == ERANGE && (isinf(v) || v == 0.0f))
 				ereport(ERROR,
 						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 						 errmsg("value \"%.*s\" is out of range for type real",

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# bench/memory.sh: a backend's peak memory during floral_train on millions of
+# rows and during floral_aggregate of many large contributions.
+#
+# A throw-away PostgreSQL 15 cluster (as postgres, own port, unix socket in a
+# temp dir, stopped and removed at exit; shared_buffers 128MB).
+#
+#   train      BIG_ROWS (3,000,000) rows of 32 features in 10 tenants,
+#              generated in SQL; model 32-64-4 (4 adaptors, rank 0.1), one
+#              epoch, batch 32.  Sources of 1,000,000 and 3,000,000 rows, each
+#              with maintenance_work_mem 64MB and 512MB.  floral keeps rows in
+#              memory up to maintenance_work_mem and spills the rest to a
+#              temporary file, so the peak should be about
+#              min(rows' size, maintenance_work_mem) + a small constant, not
+#              proportional to the rows.
+#   aggregate  a model of about 1M parameters (1000-1000-10, 4 adaptors,
+#              rank 0.01); 50, then 200 tenants (2 rows each) trained in a
+#              round, then floral_aggregate: its peak must not grow with the
+#              number of contributions (they are streamed through a cursor).
+#
+# Every measured call runs in a fresh session (a backend's VmHWM is a peak
+# over its whole life).  Reported per call:
+#   VmHWM       peak resident set of the backend (from /proc/<pid>/status,
+#               read by the backend itself right after the call); it includes
+#               the shared-buffer pages the backend touched (RssShmem)
+#   RssShmem    shared memory resident at the end (shared buffers touched)
+#   HWM-shmem   VmHWM minus RssShmem at the end: roughly the private peak
+#   RssAnon pk  the largest RssAnon (private heap) seen by polling the
+#               backend's /proc status every 20 ms from outside during the call
+#   temp        temporary file bytes the call wrote (log_temp_files = 0)
+#
+# Run as root:  bash bench/memory.sh
+# Knobs: BIG_ROWS [3000000], SMALL_ROWS [1000000], AGG_COUNTS ["50 200"],
+#   BENCH_OUT [bench/results/memory-<date>.txt], SKIP_INSTALL [0], PGBIN.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+BIG_ROWS=${BIG_ROWS:-3000000}
+SMALL_ROWS=${SMALL_ROWS:-1000000}
+AGG_COUNTS=${AGG_COUNTS:-"50 200"}
+OUT=${BENCH_OUT:-$HERE/results/memory-$(date +%Y-%m-%d).txt}
+export OPENBLAS_NUM_THREADS=1
+
+if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
+log() { echo "[memory] $*" >&2; }
+mkdir -p "$(dirname "$OUT")"
+: >"$OUT"
+report() { printf '%s\n' "$*" | tee -a "$OUT"; }
+
+WORK=$(mktemp -d /tmp/floral-memory.XXXXXX)
+chown postgres: "$WORK" 2>/dev/null || true
+chmod 755 "$WORK"
+cleanup() {
+    if [ -f "$WORK/data/postmaster.pid" ]; then
+        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+    log "make install in $REPO"
+    make -C "$REPO" PG_CONFIG="$PGBIN/pg_config" install >"$WORK/make.log" 2>&1 \
+        || { tail -n 40 "$WORK/make.log" >&2; exit 1; }
+fi
+
+PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log "initdb + start on port $PORT (socket in $WORK)"
+"${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
+    || { cat "$WORK/initdb.log" >&2; exit 1; }
+cat >>"$WORK/data/postgresql.conf" <<EOF
+listen_addresses = ''
+port = $PORT
+unix_socket_directories = '$WORK'
+shared_buffers = 128MB
+max_wal_size = 8GB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_parallel_workers_per_gather = 0
+jit = off
+autovacuum = off
+lc_messages = 'C'
+log_line_prefix = '%m [%p] '
+log_temp_files = 0
+EOF
+"${AS_PG[@]}" env OPENBLAS_NUM_THREADS=1 "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null \
+    || { cat "$WORK/server.log" >&2; exit 1; }
+
+psql_() { "${AS_PG[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -d bench "$@"; }
+q() { psql_ -At -c "$1"; }
+"${AS_PG[@]}" "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -c 'CREATE DATABASE bench'
+psql_ -c 'CREATE EXTENSION floral'
+
+kb() { awk -v k="$1:" '$1 == k { print $2 }' "$2"; }
+mb() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.1f", v / 1024 }'; }
+
+# measure LABEL MWM SQL: run SQL in a fresh session with maintenance_work_mem
+# = MWM; sets M_HWM M_SHMEM M_ANONPK (kB), M_SECONDS, M_TEMP (bytes)
+measure() {
+    local label=$1 mwm=$2 sql=$3 pidf="$WORK/pid.$1" statf="$WORK/status.$1" outf="$WORK/out.$1"
+    : >"$pidf"; chown postgres: "$pidf" 2>/dev/null || true
+    local mark; mark=$(stat -c %s "$WORK/server.log")
+    {
+        printf '%s\n' "SET maintenance_work_mem = '$mwm';" \
+            "\\o $pidf" "SELECT pg_backend_pid();" "\\o" \
+            "SELECT pg_sleep(0.2);" \
+            "SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset" \
+            "$sql" \
+            "SELECT 'seconds', round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 2);" \
+            "SELECT 'status', pg_read_file('/proc/self/status');"
+    } | psql_ -At -F ' ' -f - >"$outf" 2>"$outf.err" &
+    local client=$!
+    local pid="" anon=0 a
+    while kill -0 "$client" 2>/dev/null; do
+        [ -z "$pid" ] && pid=$(tr -dc '0-9' <"$pidf" 2>/dev/null || true)
+        if [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; then
+            a=$(awk '$1 == "RssAnon:" { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+            [ -n "$a" ] && [ "$a" -gt "$anon" ] && anon=$a
+        fi
+        sleep 0.02
+    done
+    wait "$client" || { cat "$outf.err" >&2; exit 1; }
+    sed -n '/^status /,$p' "$outf" | sed 's/^status //' >"$statf"
+    M_HWM=$(kb VmHWM "$statf"); M_SHMEM=$(kb RssShmem "$statf"); M_ANONPK=$anon
+    M_SECONDS=$(awk '$1 == "seconds" { print $2 }' "$outf")
+    M_TEMP=$(tail -c +"$((mark + 1))" "$WORK/server.log" \
+        | awk '/temporary file: path/ { for (i = 1; i < NF; i++) if ($i == "size") b += $(i + 1) } END { printf "%d", b }')
+}
+row() {    # row LABEL MWM: one table line from the last measure
+    printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "$2" "$(mb "$M_HWM")" "$(mb "$M_SHMEM")" \
+        "$(mb $((M_HWM - M_SHMEM)))" "$(mb "$M_ANONPK")" "$(awk -v b="$M_TEMP" 'BEGIN { printf "%.0f", b / 1048576 }')" "$M_SECONDS" | tee -a "$OUT"
+}
+header() {
+    printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "mwm" "VmHWM" "RssShmem" "HWM-shmem" "RssAnon pk" "temp" "seconds" | tee -a "$OUT"
+    printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "" "" "MB" "MB" "MB" "MB" "MB" "" | tee -a "$OUT"
+}
+
+GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+DIRTY=$(git -C "$REPO" status --porcelain -- src floral.c floral--1.0.sql 2>/dev/null | awk '{ printf "%s%s", sep, $2; sep = " " }' || true)
+[ -n "$DIRTY" ] && GIT_REV="$GIT_REV (+ uncommitted changes in $DIRTY)"
+report "floral memory benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+report "tree:      $REPO @ $GIT_REV"
+report "machine:   $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo); load: $(uptime | sed 's/.*load average/load average/')"
+report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), shared_buffers 128MB, OPENBLAS_NUM_THREADS=1"
+report ""
+
+# --- baseline: a fresh backend that has run one floral call ------------------
+measure base 64MB "SELECT floral.tensor_norm('[1,2]');"
+BASE_HWM=$M_HWM
+report "baseline: a fresh backend after one floral call: VmHWM $(mb "$M_HWM") MB (RssShmem $(mb "$M_SHMEM") MB)"
+report ""
+
+# --- training on millions of rows ---------------------------------------------
+log "generating $BIG_ROWS rows of 32 features"
+FEAT=$(for j in $(seq 1 32); do printf 'sin(i * %s + %s)%s' "0.00$j" "$j" "$([ "$j" -lt 32 ] && echo ,)"; done)
+t0=$(date +%s)
+psql_ >/dev/null <<EOF
+CREATE TABLE big (id int NOT NULL, tenant text NOT NULL, x real[] NOT NULL, y int NOT NULL);
+INSERT INTO big
+SELECT i, 'k' || (i % 10), ARRAY[$FEAT]::real[],
+       ((sin(i * 0.011) + sin(i * 0.023) > 0)::int + 2 * (i % 2))
+FROM generate_series(1, $BIG_ROWS) i;
+VACUUM (FREEZE, ANALYZE) big;
+SELECT floral_create_model('t', '{32,64,4}', 'classification', 4, 0.1, '{"seed": 1}');
+EOF
+BIG_SIZE=$(q "SELECT pg_size_pretty(pg_table_size('big'))")
+report "train: table big: $BIG_ROWS rows of 32 features, 10 tenants, $BIG_SIZE on disk (generated in $(($(date +%s) - t0)) s);"
+report "       model t 32-64-4, 4 adaptors, rank 0.1; one epoch, batch 32; a row is 33 floats = 132 bytes in floral's row store"
+report "       (SMALL_ROWS source: WHERE id <= $SMALL_ROWS)"
+report ""
+header "floral_train source"
+for rows in "$SMALL_ROWS" "$BIG_ROWS"; do
+    for mwm in 64MB 512MB; do
+        log "train: $rows rows, maintenance_work_mem $mwm"
+        measure "train_${rows}_$mwm" "$mwm" \
+            "SELECT count(*), sum(examples) FROM floral_train('t', 'SELECT tenant, x, y FROM big WHERE id <= $rows');"
+        row "$rows rows (data $(awk -v r="$rows" 'BEGIN { printf "%.0f", r * 132 / 1048576 }') MB)" "$mwm"
+        eval "HWM_${rows}_$mwm=$M_HWM"
+        eval "ANON_${rows}_$mwm=$M_ANONPK"
+    done
+done
+report ""
+d64=$(( HWM_${BIG_ROWS}_64MB - HWM_${SMALL_ROWS}_64MB ))
+report "  maintenance_work_mem 64MB: private peak (RssAnon pk) $(mb $(( ANON_${SMALL_ROWS}_64MB ))) MB with $SMALL_ROWS rows, $(mb $(( ANON_${BIG_ROWS}_64MB ))) MB with $BIG_ROWS rows"
+report "  maintenance_work_mem 512MB: $(mb $(( ANON_${SMALL_ROWS}_512MB ))) MB and $(mb $(( ANON_${BIG_ROWS}_512MB ))) MB (the rows fit in 512MB, so they are held in memory)"
+report "  VmHWM from $SMALL_ROWS to $BIG_ROWS rows at 64MB: +$(mb $d64) MB for +$(awk -v a="$SMALL_ROWS" -v b="$BIG_ROWS" 'BEGIN { printf "%.0f", (b - a) * 132 / 1048576 }') MB of row data" \
+       "($(awk -v d="$d64" -v a="$SMALL_ROWS" -v b="$BIG_ROWS" 'BEGIN { printf "%.1f", d * 1024 / (b - a) }') bytes per extra row)"
+report ""
+
+# --- aggregation of many large contributions ------------------------------------
+log "aggregation: model of ~1M parameters"
+psql_ >/dev/null <<'EOF'
+CREATE TABLE arows AS
+SELECT t, 'a' || t AS tenant,
+       ARRAY(SELECT sin(t * 1000 + r * 10 + j) FROM generate_series(1, 1000) j)::real[] AS x,
+       (t + r) % 10 AS y
+FROM generate_series(0, 199) t, generate_series(0, 1) r;
+SELECT floral_create_model('a', '{1000,1000,10}', 'classification', 4, 0.01, '{"seed": 1}');
+EOF
+NP=$(q "SELECT sum(parameters) FROM floral_layers('a')")
+report "aggregate: model a 1000-1000-10, 4 adaptors, rank 0.01: $NP parameters ($(mb $((NP * 4 / 1024))) MB per contribution)"
+report ""
+header "floral_aggregate of N contributions"
+for n in $AGG_COUNTS; do
+    log "aggregate: training $n tenants"
+    measure "train_a_$n" 64MB \
+        "SELECT count(*) FROM floral_train('a', 'SELECT tenant, x, y FROM arows WHERE t < $n', '{\"batch_size\": 2}');"
+    TRAIN_HWM=$M_HWM
+    TRAIN_S=$M_SECONDS
+    CSIZE=$(q "SELECT pg_size_pretty(pg_total_relation_size('floral.contributions'))")
+    measure "agg_$n" 64MB "SELECT floral_aggregate('a');"
+    row "$n contributions ($CSIZE in the table)" 64MB
+    eval "AGG_$n=$M_HWM"
+    eval "AGGANON_$n=$M_ANONPK"
+    report "    (training those $n tenants: VmHWM $(mb "$TRAIN_HWM") MB, $TRAIN_S s)"
+done
+report ""
+set -- $AGG_COUNTS
+first=$1; last=${*: -1}
+report "  $first -> $last contributions: floral_aggregate VmHWM $(mb $(( AGG_$first ))) -> $(mb $(( AGG_$last ))) MB, RssAnon peak $(mb $(( AGGANON_$first ))) -> $(mb $(( AGGANON_$last ))) MB"
+report ""
+report "load at the end: $(uptime | sed 's/.*load average/load average/')"
+log "report: $OUT"

@@ -111,6 +111,14 @@ CREATE UNLOGGED TABLE floral.contributions (
 	PRIMARY KEY (model, round, tenant)
 );
 COMMENT ON TABLE floral.contributions IS 'what each tenant trained in the current round, until floral_aggregate merges it';
+-- Every round writes a whole model per tenant here and deletes it again:
+-- vacuum it as soon as a few rows are dead, without the cost-based delay,
+-- or a busy federation fills the disk with dead contributions.
+ALTER TABLE floral.contributions SET (
+	autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 50,
+	autovacuum_vacuum_cost_delay = 0,
+	toast.autovacuum_vacuum_scale_factor = 0, toast.autovacuum_vacuum_threshold = 500,
+	toast.autovacuum_vacuum_cost_delay = 0);
 
 -- The history a dashboard reads: training loss of every tenant in every
 -- round (written by floral_train), and evaluations that were asked to be

@@ -70,6 +70,25 @@ SELECT (SELECT params::text FROM floral.rounds WHERE model = 'd1' AND round = 3)
        (SELECT array_agg(start_logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd2') AS same_mixtures,
        (SELECT count(*) FROM floral.contributions WHERE model = 'd2') AS d2_pending;
 
+-- rows beyond maintenance_work_mem go to a temporary file: the result is the
+-- same, bit for bit, as with every row in memory
+CREATE TABLE wide_rows AS
+SELECT i, 'w' || (i % 3) AS tenant, ARRAY(SELECT sin(i * j) FROM generate_series(1, 64) j)::real[] AS features,
+       i % 3 AS label
+FROM generate_series(1, 6000) i;
+SELECT floral_create_model('mem', '{64,8,3}', 'classification', 2, 1, '{"seed": 3}');
+SELECT floral_create_model('spill', '{64,8,3}', 'classification', 2, 1, '{"seed": 3}');
+SET maintenance_work_mem = '64MB';
+SELECT count(*) FROM floral_train('mem', 'SELECT tenant, features, label FROM wide_rows ORDER BY i', '{"epochs": 2}');
+SET maintenance_work_mem = '1MB';	-- about 4000 of the 6000 rows in memory
+SELECT count(*) FROM floral_train('spill', 'SELECT tenant, features, label FROM wide_rows ORDER BY i', '{"epochs": 2}');
+RESET maintenance_work_mem;
+SELECT (SELECT array_agg(params::text ORDER BY tenant) FROM floral.contributions WHERE model = 'mem') =
+       (SELECT array_agg(params::text ORDER BY tenant) FROM floral.contributions WHERE model = 'spill')
+       AS spilled_equals_in_memory;
+SELECT floral_drop_model('mem'), floral_drop_model('spill');
+DROP TABLE wide_rows;
+
 -- Local Adaptor: each tenant keeps a private adaptor that is never aggregated
 SELECT floral_create_model('local', '{4,16,3}', 'classification', 1, 2,
                            '{"seed": 5, "private_adaptors": true}');

@@ -201,6 +201,69 @@ floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 	return net->Z[spec->nlayers - 1];
 }
 
+float *
+floral_forward_row(FloralNet *net, const float *base, const float *bank, const float *x)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	const float *in = x;
+
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			r = layer->rank;
+		float	   *z = net->Z[l];
+
+		memcpy(z, base + layer->b, sizeof(float) * layer->out);
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, layer->out, layer->in,
+					1.0f, base + layer->W, layer->in, in, 1, 1.0f, z, 1);
+		if (C > 0 && r > 0)
+		{
+			float	   *a = net->A[l];
+
+			/* a = U_all x (C*r values), one product for every adaptor */
+			cblas_sgemv(CblasRowMajor, CblasNoTrans, C * r, layer->in,
+						1.0f, bank + layer->U, layer->in, in, 1, 0.0f, a, 1);
+			for (int c = 0; c < C; c++)
+			{
+				float		scale = spec->alpha * net->m[c];
+				const float *V = bank + layer->V + (int64) c * layer->out * r;
+				const float *beta = bank + layer->beta + (int64) c * layer->out;
+
+				for (int o = 0; o < layer->out; o++)
+				{
+					float		acc = beta[o];
+
+					for (int j = 0; j < r; j++)
+						acc += V[o * r + j] * a[c * r + j];
+					z[o] += scale * acc;
+				}
+			}
+		}
+		if (l < spec->nlayers - 1)
+		{
+			float	   *h = net->H[l];
+
+			switch (spec->activation)
+			{
+				case FLORAL_RELU:
+					for (int i = 0; i < layer->out; i++)
+						h[i] = Max(z[i], 0.0f);
+					break;
+				case FLORAL_TANH:
+					for (int i = 0; i < layer->out; i++)
+						h[i] = tanhf(z[i]);
+					break;
+				case FLORAL_IDENTITY:
+					memcpy(h, z, sizeof(float) * layer->out);
+					break;
+			}
+			in = h;
+		}
+	}
+	return net->Z[spec->nlayers - 1];
+}
+
 /* ---------- loss ---------- */
 
 double

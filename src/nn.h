@@ -51,6 +51,14 @@ extern float *floral_forward(FloralNet *net, const float *base,
 							 const float *bank, int B);
 
 /*
+ * Forward pass of one row x, for per-row prediction: matrix-vector
+ * products, and the small adaptor terms as plain loops, so that a row costs
+ * little more than its base layer's product.
+ */
+extern float *floral_forward_row(FloralNet *net, const float *base,
+								 const float *bank, const float *x);
+
+/*
  * Loss of the last forward pass against labels Y (B x ylen) and, when
  * want_grad, the output gradient into net->dZ.  Returns the mean loss;
  * counts correct predictions into *correct when not NULL.

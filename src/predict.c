@@ -117,12 +117,11 @@ predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
 					 errmsg("features contain a non-finite value"),
 					 errdetail("Feature %d is %g.", k + 1, fv[k])));
 
-	memcpy(m->net->X, fv, sizeof(float) * nf);
 	if (spec->nadaptors > 0)
 		floral_router_fixed(m->net, t->pi);
 	*spec_out = spec;
-	return floral_forward(m->net, m->params,
-						  t->bank ? t->bank : m->params + spec->adaptor_offset, 1);
+	return floral_forward_row(m->net, m->params,
+							  t->bank ? t->bank : m->params + spec->adaptor_offset, fv);
 }
 
 /* floral_predict(model, tenant, features) returns real */

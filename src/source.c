@@ -125,28 +125,17 @@ rows_record(FloralRows *rows, int64 recno)
 		(recno % rows->chunk_records) * rows->recfloats;
 }
 
-static void
-rows_spill(FloralRows *rows)
-{
-	rows->file = BufFileCreateTemp(false);
-	for (int64 i = 0; i < rows->nrows; i += rows->chunk_records)
-		BufFileWrite(rows->file, rows->chunks[i / rows->chunk_records],
-					 sizeof(float) * rows->recfloats *
-					 Min(rows->chunk_records, rows->nrows - i));
-	for (int i = 0; i < rows->nchunks; i++)
-		pfree(rows->chunks[i]);
-	rows->nchunks = 0;
-}
-
-/* append one record; returns its record number */
+/*
+ * Records up to mem_limit stay in memory; only the ones beyond go to the
+ * temporary file, record mem_limit at its offset 0.
+ */
 static int64
 rows_append(FloralRows *rows, const float *features, const float *label)
 {
-	if (rows->file == NULL && rows->nrows >= rows->mem_limit)
-		rows_spill(rows);
-
-	if (rows->file)
+	if (rows->nrows >= rows->mem_limit)
 	{
+		if (rows->file == NULL)
+			rows->file = BufFileCreateTemp(false);
 		BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
 		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
 	}
@@ -409,7 +398,8 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	rows->mem_limit = Max((int64) maintenance_work_mem * 1024 /
 						  (int64) (sizeof(float) * rows->recfloats), 1);
 	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
-	rows->chunk_records = Max(ROWS_CHUNK_BYTES / (int64) (sizeof(float) * rows->recfloats), 1);
+	rows->chunk_records = Max(Min(ROWS_CHUNK_BYTES / (int64) (sizeof(float) * rows->recfloats),
+								  rows->mem_limit), 1);
 
 	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
 	ctl.entrysize = sizeof(FloralTenantRows);
@@ -489,11 +479,11 @@ floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float
 	{
 		const float *rec;
 
-		if (rows->file == NULL)
+		if (recnos[i] < rows->mem_limit)
 			rec = rows_record(rows, recnos[i]);
 		else
 		{
-			off_t		offset = (off_t) recnos[i] * rows->recfloats * sizeof(float);
+			off_t		offset = (off_t) (recnos[i] - rows->mem_limit) * rows->recfloats * sizeof(float);
 			size_t		nbytes = sizeof(float) * rows->recfloats;
 
 			if (BufFileSeek(rows->file, 0, offset, SEEK_SET) != 0 ||

@@ -3,10 +3,11 @@
  *	  Reading a user's source query into rows grouped by tenant.
  *
  * A source is any query returning (tenant, features real[], label).  Its
- * rows are read once, checked, and kept as fixed-size float records: in
- * memory up to maintenance_work_mem, beyond that in a temporary file, so a source of
- * any size trains in bounded memory.  Each tenant keeps the list of its
- * record numbers, so a tenant's rows can be visited in any order.
+ * rows are read once, checked, and kept as fixed-size float records: the
+ * first ones in memory up to maintenance_work_mem, the rest in a temporary
+ * file, so a source of any size trains in bounded memory.  Each tenant keeps
+ * the list of its record numbers, so a tenant's rows can be visited in any
+ * order.
  */
 #ifndef FLORAL_SOURCE_H
 #define FLORAL_SOURCE_H
@@ -37,7 +38,7 @@ typedef struct FloralRows
 	int			max_chunks;
 	int64		chunk_records;	/* records per chunk */
 	int64		mem_limit;		/* records allowed in memory */
-	BufFile    *file;			/* all records, once spilled */
+	BufFile    *file;			/* records beyond mem_limit, if any */
 	float	   *recbuf;			/* one record, for reads from the file */
 
 	struct HTAB *hash;

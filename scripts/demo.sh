@@ -101,7 +101,7 @@ COORD="host=127.0.0.1 port=${PORT[coord]} dbname=postgres user=postgres"
 MODELS=(ls_floral ls_fedavg rot_floral rot_fedavg)
 
 say "coordinator: creating the models and registering the branches"
-q coord <<-'EOF'
+q coord >/dev/null <<-'EOF'
 	CREATE EXTENSION floral;
 	SELECT floral_create_model('ls_floral',  '{784,200,10}', 'classification', 4, 0.1, '{"seed": 1}');
 	SELECT floral_create_model('ls_fedavg',  '{784,200,10}', 'classification', 0, 0.1, '{"seed": 1}');
@@ -121,7 +121,7 @@ load() {
 }
 i=0
 for n in b1 b2 b3; do
-	q $n <<-'EOF'
+	q $n >/dev/null <<-'EOF'
 		CREATE EXTENSION floral;
 		CREATE EXTENSION dblink;
 		CREATE TABLE ls_train  (id int PRIMARY KEY, tenant text, features real[] COMPRESSION lz4, label int);
@@ -139,10 +139,10 @@ for n in b1 b2 b3; do
 	# step is larger: a tenant's mixture is only 4 numbers, and router_lr 1.0
 	# lets it lock onto its group within tens of rounds instead of hundreds
 	for task in ls rot; do
-		q $n -c "SELECT floral_branch_join('${task}_floral', '$n', '$COORD',
+		q $n -o /dev/null -c "SELECT floral_branch_join('${task}_floral', '$n', '$COORD',
 			'SELECT tenant, features, label FROM ${task}_train ORDER BY id',
 			'{\"lr\": 0.1, \"batch_size\": 32, \"router_lr\": 1.0}')"
-		q $n -c "SELECT floral_branch_join('${task}_fedavg', '$n', '$COORD',
+		q $n -o /dev/null -c "SELECT floral_branch_join('${task}_fedavg', '$n', '$COORD',
 			'SELECT tenant, features, label FROM ${task}_train ORDER BY id',
 			'{\"lr\": 0.1, \"batch_size\": 32}')"
 	done

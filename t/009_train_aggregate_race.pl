@@ -29,55 +29,59 @@ $node->safe_psql('postgres', q{
 	SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t0''');
 });
 
-sub session
+# A: an interactive session, so that its transaction can stay open
+my %a = (in => '', out => '', err => '');
+$a{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-f', '-' ],
+	'<', \$a{in}, '>', \$a{out}, '2>', \$a{err}, timer($PostgreSQL::Test::Utils::timeout_default));
+
+sub a_sql
 {
-	my %s = (in => '', out => '', err => '');
-	$s{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-f', '-' ],
-		'<', \$s{in}, '>', \$s{out}, '2>', \$s{err}, timer($PostgreSQL::Test::Utils::timeout_default));
-	return \%s;
+	my ($sql, $marker) = @_;
+	$a{in} .= "$sql\n\\echo $marker\n";
+	pump $a{h} until $a{out} =~ /\Q$marker\E/;
 }
 
-sub send_sql
+# B and C: one statement each, in the background
+sub start_call
 {
-	my ($s, $sql, $wait_for) = @_;
-	$s->{in} .= "$sql\n";
-	if (defined $wait_for)
-	{
-		pump $s->{h} until $s->{out} =~ $wait_for;
-	}
-	else
-	{
-		pump $s->{h} while length $s->{in};
-	}
+	my ($sql) = @_;
+	my %c = (out => '', err => '');
+	$c{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-c', $sql ],
+		'>', \$c{out}, '2>', \$c{err}, timer($PostgreSQL::Test::Utils::timeout_default));
+	return \%c;
 }
 
-# A: train t1 inside an open transaction
-my $a = session();
-send_sql($a, q{BEGIN;});
-send_sql($a, q{SELECT 'A trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t1''');},
-	qr/A trained 1/);
+sub lock_waiters
+{
+	my ($n) = @_;
+	return $node->poll_query_until('postgres', qq{
+		SELECT count(*) >= $n FROM pg_stat_activity
+		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral_%' AND pid <> pg_backend_pid()});
+}
 
-# B: aggregate; it waits for A
-my $b = session();
-send_sql($b, q{SELECT 'B merged round ' || floral_aggregate('m');});
-ok( $node->poll_query_until('postgres', q{
-		SELECT count(*) > 0 FROM pg_stat_activity
-		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral_aggregate%'}),
-	'the aggregation waits for the open training call');
+# A trains t1 inside an open transaction, holding the training lock
+a_sql(q{BEGIN;}, 'began');
+a_sql(q{SELECT 'A trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t1''');},
+	'trained');
+like($a{out}, qr/A trained 1/, 'A trained t1 and keeps its transaction open');
 
-# C: a trainer that arrives while B waits, also waits, then trains for round 1
-my $c = session();
-send_sql($c, q{SELECT 'C trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t2''');});
+# B aggregates and must wait for A
+my $b = start_call(q{SELECT 'B merged round ' || floral_aggregate('m')});
+ok(lock_waiters(1), 'the aggregation waits for the open training call');
 
-send_sql($a, q{COMMIT;});
-send_sql($a, q{SELECT 'A done';}, qr/A done/);
-send_sql($b, q{SELECT 'B done';}, qr/B done/);
-send_sql($c, q{SELECT 'C done';}, qr/C done/);
+# C arrives while B waits: it queues behind B
+my $c = start_call(q{SELECT 'C trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t2''')});
+ok(lock_waiters(2), 'a trainer arriving now waits too');
+
+a_sql(q{COMMIT;}, 'committed');
+finish($b->{h});
+finish($c->{h});
+$a{in} .= "\\q\n";
+finish($a{h});
 like($b->{out}, qr/B merged round 1/, 'the aggregation completed');
 like($c->{out}, qr/C trained 1/, 'the late trainer completed');
 is($b->{err}, '', 'the aggregation raised no error');
 is($c->{err}, '', 'the late trainer raised no error');
-$_->{in} .= "\\q\n", finish($_->{h}) for ($a, $b, $c);
 
 is( $node->safe_psql('postgres', q{SELECT tenants || ' tenants, ' || examples || ' examples' FROM floral.rounds WHERE model = 'm' AND round = 1}),
 	'2 tenants, 200 examples',

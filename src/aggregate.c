@@ -301,47 +301,64 @@ store_next_round(const FloralSpec *spec, FloralSums *sums, const float *prev)
 }
 
 /*
- * floral_aggregate(model text) returns int: merge the current round's
- * contributions, store the result as the next round, return its number.
+ * Merge a round: under the model's exclusive lock, add up the rows a query
+ * returns for (model, round), store the next round, then run a statement
+ * with (model, round, new round) to retire what was merged.
  */
-Datum
-floral_aggregate(PG_FUNCTION_ARGS)
+static int32
+merge_round(const char *model, const char *rows_query, RowFn add_row,
+			const char *retire, int retire_result)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	MemoryContext cxt;
 	MemoryContext old;
 	FloralSpec *spec;
 	float	   *prev;
 	FloralSums	sums;
+	RowSums		rs = {&sums};
 	int32		new_round;
+	Oid			types[3] = {TEXTOID, INT4OID, INT4OID};
+	Datum		args[3];
 
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral aggregate",
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral merge",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	spec = palloc(sizeof(FloralSpec));
 	SPI_connect();
 	MemoryContextSwitchTo(cxt);
 
-	/* FOR UPDATE: waits for running training calls, blocks new ones */
+	/* waits for running training calls and submissions, blocks new ones */
 	floral_load_spec(model, FLORAL_LOCK_UPDATE, spec);
 	prev = floral_load_round(spec, spec->round, cxt);
 	sums_init(&sums, spec);
-	sums_from_contributions(&sums, spec, spec->round);
+	args[0] = CStringGetTextDatum(spec->name);
+	args[1] = Int32GetDatum(spec->round);
+	for_each_row(rows_query, 2, types, args, add_row, &rs);
 	new_round = store_next_round(spec, &sums, prev);
-	{
-		Oid			t2[2] = {TEXTOID, INT4OID};
-		Datum		a[2] = {CStringGetTextDatum(spec->name), Int32GetDatum(spec->round)};
 
-		if (SPI_execute_with_args("DELETE FROM floral.contributions "
-								  "WHERE model = $1 AND round = $2",
-								  2, t2, a, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not clear floral.contributions");
-	}
+	args[2] = Int32GetDatum(new_round);
+	if (SPI_execute_with_args(retire, 3, types, args, NULL, false, 0) != retire_result)
+		elog(ERROR, "could not retire the merged rows of model \"%s\"", model);
 
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
-	PG_RETURN_INT32(new_round);
+	return new_round;
+}
+
+/*
+ * floral_aggregate(model text) returns int: merge the current round's
+ * contributions, store the result as the next round, return its number.
+ */
+Datum
+floral_aggregate(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(merge_round(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+								"SELECT tenant, examples, mixture, params, loss "
+								"FROM floral.contributions "
+								"WHERE model = $1 AND round = $2 ORDER BY tenant",
+								add_contribution_row,
+								"DELETE FROM floral.contributions WHERE model = $1 AND round = $2",
+								SPI_OK_DELETE));
 }
 
 /*
@@ -441,54 +458,14 @@ floral_branch_update(PG_FUNCTION_ARGS)
 Datum
 floral_merge_updates(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	MemoryContext cxt;
-	MemoryContext old;
-	FloralSpec *spec;
-	float	   *prev;
-	FloralSums	sums;
-	int32		new_round;
-	Oid			t2[2] = {TEXTOID, INT4OID};
-	Datum		a[2];
-
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral merge",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	spec = palloc(sizeof(FloralSpec));
-	SPI_connect();
-	MemoryContextSwitchTo(cxt);
-
-	floral_load_spec(model, FLORAL_LOCK_UPDATE, spec);
-	prev = floral_load_round(spec, spec->round, cxt);
-	sums_init(&sums, spec);
-
-	a[0] = CStringGetTextDatum(spec->name);
-	a[1] = Int32GetDatum(spec->round);
-	{
-		RowSums		rs = {&sums};
-
-		for_each_row("SELECT branch, examples, weights, sums, loss_sum, tenants "
-					 "FROM floral.updates WHERE model = $1 AND round = $2 "
-					 "AND status = 'accepted' ORDER BY branch",
-					 2, t2, a, add_update_row, &rs);
-	}
-
-	new_round = store_next_round(spec, &sums, prev);
-	{
-		Oid			t3[3] = {TEXTOID, INT4OID, INT4OID};
-		Datum		b[3] = {a[0], a[1], Int32GetDatum(new_round)};
-
-		if (SPI_execute_with_args("UPDATE floral.updates SET status = 'merged', "
-								  "merged_into = $3 WHERE model = $1 AND round = $2 "
-								  "AND status = 'accepted'",
-								  3, t3, b, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not mark floral.updates merged");
-	}
-
-	SPI_finish();
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
-	PG_RETURN_INT32(new_round);
+	PG_RETURN_INT32(merge_round(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+								"SELECT branch, examples, weights, sums, loss_sum, tenants "
+								"FROM floral.updates WHERE model = $1 AND round = $2 "
+								"AND status = 'accepted' ORDER BY branch",
+								add_update_row,
+								"UPDATE floral.updates SET status = 'merged', merged_into = $3 "
+								"WHERE model = $1 AND round = $2 AND status = 'accepted'",
+								SPI_OK_UPDATE));
 }
 
 /*

@@ -118,6 +118,26 @@ floral_router_backward(FloralNet *net, float *dz)
 
 /* ---------- forward ---------- */
 
+/* H = act(Z) over n values; shared by the batch and the one-row paths */
+static inline void
+activate(FloralActivation act, const float *Z, float *H, int64 n)
+{
+	switch (act)
+	{
+		case FLORAL_RELU:
+			for (int64 i = 0; i < n; i++)
+				H[i] = Max(Z[i], 0.0f);
+			break;
+		case FLORAL_TANH:
+			for (int64 i = 0; i < n; i++)
+				H[i] = tanhf(Z[i]);
+			break;
+		case FLORAL_IDENTITY:
+			memcpy(H, Z, sizeof(float) * n);
+			break;
+	}
+}
+
 float *
 floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 {
@@ -181,20 +201,7 @@ floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 			float	   *H = net->H[l];
 			int64		n = (int64) B * layer->out;
 
-			switch (spec->activation)
-			{
-				case FLORAL_RELU:
-					for (int64 i = 0; i < n; i++)
-						H[i] = Max(Z[i], 0.0f);
-					break;
-				case FLORAL_TANH:
-					for (int64 i = 0; i < n; i++)
-						H[i] = tanhf(Z[i]);
-					break;
-				case FLORAL_IDENTITY:
-					memcpy(H, Z, sizeof(float) * n);
-					break;
-			}
+			activate(spec->activation, Z, H, n);
 		}
 		in = net->H[l];
 	}
@@ -244,20 +251,7 @@ floral_forward_row(FloralNet *net, const float *base, const float *bank, const f
 		{
 			float	   *h = net->H[l];
 
-			switch (spec->activation)
-			{
-				case FLORAL_RELU:
-					for (int i = 0; i < layer->out; i++)
-						h[i] = Max(z[i], 0.0f);
-					break;
-				case FLORAL_TANH:
-					for (int i = 0; i < layer->out; i++)
-						h[i] = tanhf(z[i]);
-					break;
-				case FLORAL_IDENTITY:
-					memcpy(h, z, sizeof(float) * layer->out);
-					break;
-			}
+			activate(spec->activation, z, h, layer->out);
 			in = h;
 		}
 	}

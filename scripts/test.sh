@@ -24,9 +24,12 @@
 #
 # Environment knobs (all optional):
 #   KEEP_TEST_DIR=1   keep the temporary copy (results, logs) for inspection
+#   PG_BINDIR=DIR     test against another PostgreSQL 15 installation (for
+#                     example a relocated copy, so that two trees can be tested
+#                     at once without sharing one `make install`)
 set -euo pipefail
 
-PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BINDIR/pg_config
 TEST_USER=postgres
 

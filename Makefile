@@ -18,7 +18,9 @@ OBJS = \
 	src/cache.o \
 	src/parameters.o \
 	src/gradcheck.o \
-	src/progress.o
+	src/progress.o \
+	src/sums.o \
+	src/contributions.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3

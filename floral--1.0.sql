@@ -88,37 +88,45 @@ CREATE TABLE floral.tenants (
 	start_round	int,
 	start_logits real[],
 	start_adaptors floral.tensor,
+	contributed_call bigint,
 	updated_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (model, tenant)
 );
 COMMENT ON TABLE floral.tenants IS 'each tenant''s private state: mixture logits, an optional pinned mixture, private adaptors (Local Adaptor)';
 COMMENT ON COLUMN floral.tenants.start_logits IS 'logits the tenant had when it first trained in start_round: a retry in that round starts from them';
+COMMENT ON COLUMN floral.tenants.contributed_call IS 'the training call whose sums hold the tenant''s contribution to start_round; while that call is in floral.contributions the tenant is not trained again in the round';
 
--- Contributions are transient and large (a whole trained model per tenant),
--- so they are UNLOGGED: no WAL for them.  A crash empties the table; the
--- round's training is then simply run again, from the start state kept in
--- floral.tenants, and nothing half-merged can exist because aggregation is
--- one transaction.
-CREATE UNLOGGED TABLE floral.contributions (
+-- What training calls leave for aggregation: one row per call (one per
+-- chunk of 8M values for very large models) holding the call's
+-- hierarchical sums (FLORAL.md, "Aggregation"): N, M_c and the weighted
+-- sums of the trained parameters, as raw float8 values.  A round therefore
+-- stores O(model size) per call, never one model per tenant.  Logged like
+-- every other table, so a crash keeps what committed and a standby or a
+-- backup sees the same pending round.
+CREATE SEQUENCE floral.call_seq;
+COMMENT ON SEQUENCE floral.call_seq IS 'ids of training calls (floral.contributions.call, floral.tenants.contributed_call)';
+CREATE TABLE floral.contributions (
 	model		text NOT NULL REFERENCES floral.models ON DELETE CASCADE ON UPDATE CASCADE,
 	round		int NOT NULL,
-	tenant		text NOT NULL,
-	examples	bigint NOT NULL CHECK (examples > 0),
-	mixture		real[] NOT NULL,
-	params		floral.tensor NOT NULL,
-	loss		double precision,
+	call		bigint NOT NULL,
+	chunk		int NOT NULL CHECK (chunk >= 0),
+	tenants		int NOT NULL CHECK (tenants > 0),
+	examples	double precision NOT NULL CHECK (examples > 0),
+	weights		double precision[] NOT NULL,
+	max_examples double precision NOT NULL,
+	loss_sum	double precision NOT NULL,
+	sums		bytea NOT NULL,
+	trained_by	name NOT NULL DEFAULT session_user,
 	created_at	timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (model, round, tenant)
+	PRIMARY KEY (model, round, call, chunk)
 );
-COMMENT ON TABLE floral.contributions IS 'what each tenant trained in the current round, until floral_aggregate merges it';
--- Every round writes a whole model per tenant here and deletes it again:
--- vacuum it as soon as a few rows are dead, without the cost-based delay,
--- or a busy federation fills the disk with dead contributions.
-ALTER TABLE floral.contributions SET (
-	autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 50,
-	autovacuum_vacuum_cost_delay = 0,
-	toast.autovacuum_vacuum_scale_factor = 0, toast.autovacuum_vacuum_threshold = 500,
-	toast.autovacuum_vacuum_cost_delay = 0);
+-- doubles do not compress: store them out of line without trying
+ALTER TABLE floral.contributions ALTER COLUMN sums SET STORAGE EXTERNAL;
+COMMENT ON TABLE floral.contributions IS 'per training call: the sums (N, M_c, weighted parameters) of the tenants it trained, until floral_aggregate merges them';
+COMMENT ON COLUMN floral.contributions.examples IS 'N: the examples of the call''s tenants';
+COMMENT ON COLUMN floral.contributions.weights IS 'M_c = sum n_k pi_kc for each shared adaptor';
+COMMENT ON COLUMN floral.contributions.sums IS 'sum n_k base_k, then sum n_k pi_kc adaptor_kc, as float8 values in network byte order (float8send''s bytes, one after the other)';
+COMMENT ON COLUMN floral.contributions.max_examples IS 'the largest n_k of the call (the scale of one tenant''s influence, for differential privacy)';
 
 -- The history a dashboard reads: training loss of every tenant in every
 -- round (written by floral_train), and evaluations that were asked to be
@@ -151,6 +159,7 @@ SELECT pg_catalog.pg_extension_config_dump('floral.models', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.rounds', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.contributions', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.call_seq', '');
 
 -- Cached models in every backend are dropped when these tables change.
 CREATE FUNCTION floral._invalidate_cache() RETURNS trigger
@@ -259,7 +268,7 @@ END $$;
 CREATE FUNCTION floral_create_model(name text, layers int[],
 		task text DEFAULT 'classification', adaptors int DEFAULT 4,
 		rank real DEFAULT 0.01, options jsonb DEFAULT '{}')
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	o jsonb;
@@ -330,7 +339,7 @@ COMMENT ON FUNCTION floral_create_model(text, int[], text, int, real, jsonb) IS
 	'create a FLoRAL model: base MLP with the given widths and a bank of low-rank adaptors';
 
 CREATE FUNCTION floral_drop_model(name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	DELETE FROM floral.models m WHERE m.name = floral_drop_model.name;
@@ -370,12 +379,35 @@ BEGIN
 		coalesce((o->>'router_lr')::real, (o->>'lr')::real), (o->>'seed')::numeric::bigint);
 END $$;
 COMMENT ON FUNCTION floral_train(text, text, jsonb) IS
-	'local training of every tenant in source from the current round; records each tenant''s contribution';
+	'local training of every tenant in source from the current round; adds them into one row of sums for aggregation (a tenant that already contributed to the round is skipped)';
 
 CREATE FUNCTION floral_aggregate(model text) RETURNS int
 	AS 'MODULE_PATHNAME', 'floral_aggregate' LANGUAGE C STRICT;
 COMMENT ON FUNCTION floral_aggregate(text) IS
 	'merge the current round''s contributions by FloralAvg into the next round; returns its number';
+
+-- Drop the current round's pending contributions, so that its tenants can
+-- be trained again in the round (each from the state it had at the start of
+-- the round, so the result is as if the dropped calls had never run).
+CREATE FUNCTION floral_discard(model text) RETURNS int
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	cur int;
+	n int;
+BEGIN
+	PERFORM floral._lock_model(model);
+	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
+	END IF;
+	SELECT count(DISTINCT c.call) INTO n FROM floral.contributions c
+		WHERE c.model = floral_discard.model AND c.round = cur;
+	DELETE FROM floral.contributions c WHERE c.model = floral_discard.model;
+	RETURN n;
+END $$;
+COMMENT ON FUNCTION floral_discard(text) IS
+	'drop the current round''s pending contributions (so its tenants can be trained again); returns how many training calls were dropped';
 
 CREATE FUNCTION floral_personalize(model text, source text, options jsonb DEFAULT '{}')
 RETURNS TABLE (tenant text, examples bigint, loss double precision, mixture real[])
@@ -468,7 +500,7 @@ COMMENT ON FUNCTION floral_mixture(text, text) IS
 	'a tenant''s mixture probabilities over the adaptors (uniform for an unknown tenant)';
 
 CREATE FUNCTION floral_set_mixture(model text, tenant text, mixture real[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	c int;
@@ -533,7 +565,7 @@ END $$;
 COMMENT ON FUNCTION floral_layers(text) IS 'every parameter of a model with its shape and size';
 
 CREATE FUNCTION floral_rollback(model text, round int) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._lock_model(model);
@@ -558,7 +590,7 @@ COMMENT ON FUNCTION floral_rollback(text, int) IS
 	'make a kept earlier round current again (tenant mixtures are private state and stay as they are)';
 
 CREATE FUNCTION floral_prune(model text, keep int DEFAULT 1) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	cur int;
@@ -626,6 +658,10 @@ CREATE FUNCTION floral._branch_update(model text, round int,
 		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
 		OUT loss_sum double precision, OUT tenants int)
 	AS 'MODULE_PATHNAME', 'floral_branch_update' LANGUAGE C STRICT;
+CREATE FUNCTION floral._call_average(model text, call bigint) RETURNS floral.tensor
+	AS 'MODULE_PATHNAME', 'floral_call_average' LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION floral._call_average(text, bigint) IS
+	'the parameters one pending training call averages to (for a call over one tenant, that tenant''s trained model)';
 CREATE FUNCTION floral._merge_updates(model text) RETURNS int
 	AS 'MODULE_PATHNAME', 'floral_merge_updates' LANGUAGE C STRICT;
 CREATE FUNCTION floral._update_norm(model text, examples double precision,
@@ -1111,7 +1147,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
 	l floral.branch_links;
 	r record;
-	local_round int;
 	local_id text;
 	p text;
 BEGIN
@@ -1123,29 +1158,67 @@ BEGIN
 	round := r.round;
 	selected := r.selected;
 	have_update := r.have_update;
-	PERFORM floral._lock_model(model);
-	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
 	SELECT x.created_at::text INTO local_id FROM floral.rounds x
 		WHERE x.model = model AND x.round = r.round;
 	IF local_id IS DISTINCT FROM r.round_id THEN
 		SELECT t.p INTO p FROM floral._remote(l.coordinator,
 			format('SELECT floral.fed_params(%L, %L, %s)', model, l.branch, r.round), 'p text') AS t(p text);
-		DELETE FROM floral.rounds x WHERE x.model = model AND x.round >= r.round;
-		INSERT INTO floral.rounds (model, round, params, created_at)
-			VALUES (model, r.round, floral.tensor_from_bytea(decode(p, 'base64')), r.round_id::timestamptz);
-		-- an update trained on other parameters for this round is void
-		DELETE FROM floral.outbox o WHERE o.model = model AND o.round >= r.round;
 	END IF;
-	-- rounds the coordinator does not have (it rolled back) are forgotten
-	DELETE FROM floral.rounds x WHERE x.model = model AND x.round > r.round;
-	DELETE FROM floral.outbox o WHERE o.model = model AND o.round > r.round;
-	IF local_round <> r.round THEN
-		UPDATE floral.models m SET round = r.round WHERE m.name = model;
-	END IF;
-	-- contributions to other rounds can never be sent any more
-	DELETE FROM floral.contributions c WHERE c.model = model AND c.round <> r.round;
+	PERFORM floral._branch_sync(model, r.round, r.round_id, decode(p, 'base64'));
 	UPDATE floral.branch_links x SET last_contact = now(), last_error = NULL, last_error_at = NULL
 		WHERE x.model = model;
+END $$;
+
+-- The local half of a pull: make the coordinator's round r the current one
+-- here, with its parameters when they are new (params NULL: the local copy
+-- is already that round).  Runs as floral's owner, since only floral writes
+-- rounds; it never touches the network.
+CREATE FUNCTION floral._branch_sync(model text, round int, round_id text, params bytea)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	local_round int;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_sync.model) THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM floral._lock_model(model);
+	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
+	IF params IS NOT NULL THEN
+		DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round >= _branch_sync.round;
+		INSERT INTO floral.rounds (model, round, params, created_at)
+			VALUES (model, round, floral.tensor_from_bytea(params), round_id::timestamptz);
+		-- an update trained on other parameters for this round is void
+		DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round >= _branch_sync.round;
+	END IF;
+	-- rounds the coordinator does not have (it rolled back) are forgotten
+	DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round > _branch_sync.round;
+	DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round > _branch_sync.round;
+	IF local_round <> round THEN
+		UPDATE floral.models m SET round = _branch_sync.round WHERE m.name = _branch_sync.model;
+	END IF;
+	-- contributions to other rounds can never be sent any more
+	DELETE FROM floral.contributions c WHERE c.model = _branch_sync.model AND c.round <> _branch_sync.round;
+END $$;
+
+-- Sum this branch's contributions to a round into an update in the outbox
+-- and retire them (floral's owner: only floral deletes contributions).
+CREATE FUNCTION floral._branch_collect(model text, round int,
+		OUT examples double precision, OUT tenants int)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	u record;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_collect.model) THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
+	END IF;
+	SELECT * INTO u FROM floral._branch_update(model, round);
+	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
+		VALUES (model, round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);
+	DELETE FROM floral.contributions c WHERE c.model = _branch_collect.model;
+	examples := u.examples;
+	tenants := u.tenants;
 END $$;
 
 -- Send every unsent update, oldest first; stop at the first failure.
@@ -1226,10 +1299,7 @@ BEGIN
 	DELETE FROM floral.outbox x WHERE x.model = floral_branch_step.model AND x.round = pulled.round;
 
 	PERFORM floral_train(model, l.source, l.train_options);
-	SELECT * INTO u FROM floral._branch_update(model, pulled.round);
-	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
-		VALUES (model, pulled.round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);
-	DELETE FROM floral.contributions c WHERE c.model = floral_branch_step.model;
+	u := floral._branch_collect(model, pulled.round);
 	msg := msg || format('round %s: trained %s tenants on %s rows', pulled.round, u.tenants, u.examples);
 
 	BEGIN
@@ -1258,18 +1328,23 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 -- PUBLIC gets nothing but the tensor type.  Four roles (cluster-wide, so
 -- they are created only if missing, and stay when the extension is dropped):
 --   floral_reader   predict, evaluate, read models, mixtures and history
---   floral_trainer  + train and personalise tenants (their contributions,
---                   logits and history), never the shared parameters
---   floral_admin    + create, drop, aggregate, roll back, pin mixtures,
---                   run a coordinator or a branch
+--   floral_trainer  + train and personalise tenants, read the pending
+--                   contributions
+--   floral_admin    + create, drop, aggregate, discard, roll back, prune,
+--                   pin mixtures, run a coordinator or a branch
 --   floral_branch   at a coordinator: the remote API only; grant it to one
 --                   role per branch and name that role in
 --                   floral_coordinator_add_branch()
--- Functions run as their caller, so a source query can never read what
--- its caller cannot, and every write needs the caller's own privilege on
--- the table.  The exceptions are floral.fed_*: they run as the extension's
--- owner, with a fixed search_path, because a branch must be able to submit
--- a validated update without any right on the tables themselves.
+-- Nobody but the extension's owner writes the tables that make up a model
+-- (models, rounds, contributions, tenants, history, and a coordinator's
+-- updates): every role writes them only through floral's functions.  Those
+-- that write run their own fixed statements as the owner: in C, after the
+-- caller's source query has run with the caller's own rights
+-- (floral_become_owner in src/catalog.c); in PL/pgSQL, as SECURITY DEFINER
+-- with a fixed search_path, granted to floral_admin only.  A source query
+-- therefore still reads only what its caller may read.  floral_admin writes
+-- directly only the configuration it owns: tenant groups, and the
+-- federation's branches, links and outbox.
 ------------------------------------------------------------------------
 DO $$
 DECLARE
@@ -1317,14 +1392,9 @@ GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, fl
 GRANT EXECUTE ON FUNCTION floral_train(text, text, jsonb), floral._train(text, text, int, int, real, real, bigint),
 	floral_personalize(text, text, jsonb),
 	floral._personalize(text, text, int, int, real, real, bigint, boolean),
-	floral._branch_update(text, int)
+	floral._branch_update(text, int), floral._call_average(text, bigint)
 	TO floral_trainer;
-GRANT SELECT, INSERT, UPDATE, DELETE ON floral.contributions TO floral_trainer;
-GRANT INSERT (model, tenant, logits, adaptors, examples, last_round, start_round, start_logits,
-			  start_adaptors, updated_at),
-	  UPDATE (logits, adaptors, examples, last_round, start_round, start_logits, start_adaptors, updated_at)
-	ON floral.tenants TO floral_trainer;
-GRANT INSERT, UPDATE ON floral.history TO floral_trainer;
+GRANT SELECT ON floral.contributions TO floral_trainer;
 
 -- admins: everything
 DO $$
@@ -1338,7 +1408,9 @@ BEGIN
 		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO floral_admin', f);
 	END LOOP;
 END $$;
-GRANT ALL ON ALL TABLES IN SCHEMA floral TO floral_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA floral TO floral_admin;
+GRANT INSERT, UPDATE, DELETE ON floral.tenant_groups, floral.federations, floral.branches,
+	floral.branch_links, floral.outbox TO floral_admin;
 
 -- branches, at the coordinator: the remote API and nothing else
 GRANT EXECUTE ON FUNCTION floral.fed_spec(text, text), floral.fed_round(text, text),

@@ -3,6 +3,20 @@ CREATE EXTENSION IF NOT EXISTS floral;
 
 -- layers {1,1}, 2 adaptors of rank 1: parameters are
 -- [W, b | U1, U2, V1, V2, beta1, beta2]
+--
+-- A training call leaves the hierarchical sums of its tenants
+-- (N = sum n, M_c = sum n pi_c, sum n base, sum n pi_c adaptor_c).  This
+-- makes the row a call over one tenant with n examples, mixture pi and the
+-- trained parameters p would leave, so that FloralAvg can be checked by hand.
+CREATE FUNCTION pg_temp.contribution(model text, call bigint, n float8, pi float8[], p float8[])
+RETURNS void LANGUAGE sql AS $$
+	INSERT INTO floral.contributions (model, round, call, chunk, tenants, examples, weights,
+	                                  max_examples, loss_sum, sums)
+	SELECT model, 0, call, 0, 1, n, ARRAY[n * pi[1], n * pi[2]], n, 0,
+	       string_agg(float8send(CASE WHEN i <= 2 THEN n ELSE n * pi[1 + (i - 3) % 2] END * p[i]),
+	                  ''::bytea ORDER BY i)
+	FROM generate_subscripts(p, 1) i
+$$;
 SELECT floral_create_model('h', '{1,1}', 'regression', 2, 1, '{"seed": 1}');
 SELECT floral.tensor_shape(params) FROM floral.rounds WHERE model = 'h';
 
@@ -11,9 +25,8 @@ SELECT floral.tensor_shape(params) FROM floral.rounds WHERE model = 'h';
 -- p(A) = 0.25, p(B) = 0.75              base      = 0.25*1 + 0.75*5 = 4
 -- p(A|1) = 0.1875/0.375 = 0.5           adaptor 1 = 0.5*1 + 0.5*5   = 3
 -- p(A|2) = 0.0625/0.625 = 0.1           adaptor 2 = 0.1*1 + 0.9*5   = 4.6
-INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params) VALUES
-	('h', 0, 'A', 1, '{0.75,0.25}', '[1,1,1,1,1,1,1,1]'),
-	('h', 0, 'B', 3, '{0.25,0.75}', '[5,5,5,5,5,5,5,5]');
+SELECT pg_temp.contribution('h', 1, 1, '{0.75,0.25}', '{1,1,1,1,1,1,1,1}'),
+       pg_temp.contribution('h', 2, 3, '{0.25,0.75}', '{5,5,5,5,5,5,5,5}');
 SELECT floral_aggregate('h');
 SELECT params FROM floral.rounds WHERE model = 'h' AND round = 1;
 SELECT floral_parameter('h', 'W', 1) AS w, floral_parameter('h', 'U', 1, 1) AS u1,
@@ -28,21 +41,19 @@ SELECT round FROM floral.models WHERE name = 'h';
 -- an adaptor nobody used keeps its value; server_lr = 0.5 moves half way
 SELECT floral_create_model('s', '{1,1}', 'regression', 2, 1, '{"seed": 1, "server_lr": 0.5}');
 UPDATE floral.rounds SET params = '[2,2,2,2,2,2,2,2]' WHERE model = 's';
-INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params) VALUES
-	('s', 0, 'A', 4, '{1,0}', '[4,4,4,4,4,4,4,4]');
+SELECT pg_temp.contribution('s', 1, 4, '{1,0}', '{4,4,4,4,4,4,4,4}');
 SELECT floral_aggregate('s');
 -- base and adaptor 1: 2 - 0.5*(2 - 4) = 3; adaptor 2 unused: stays 2
 SELECT params FROM floral.rounds WHERE model = 's' AND round = 1;
 
--- hierarchical sums: two batches of contributions merged in one go equal
--- the flat formula (order of tenants does not matter)
+-- hierarchical sums: the same calls added in another order give the same
+-- round (the sums are double precision)
 SELECT floral_create_model('o1', '{1,1}', 'regression', 2, 1);
 SELECT floral_create_model('o2', '{1,1}', 'regression', 2, 1);
-INSERT INTO floral.contributions (model, round, tenant, examples, mixture, params)
-SELECT m, 0, t, n, ARRAY[p, 1 - p]::real[], ARRAY[v, v+1, v+2, v+3, v+4, v+5, v+6, v+7]::real[]::floral.tensor
+SELECT pg_temp.contribution(m, CASE WHEN m = 'o2' THEN 10 - k ELSE k END, n, ARRAY[p, 1 - p],
+                            ARRAY[v, v+1, v+2, v+3, v+4, v+5, v+6, v+7])
 FROM (VALUES ('o1'), ('o2')) mm(m),
-     (VALUES ('x', 2, 0.3::real, 1.5::real), ('y', 5, 0.9, -2), ('z', 1, 0.5, 7)) c(t, n, p, v);
-UPDATE floral.contributions SET tenant = 'a' || tenant WHERE model = 'o2' AND tenant = 'z';
+     (VALUES (1, 2, 0.3, 1.5), (2, 5, 0.9, -2), (3, 1, 0.5, 7)) c(k, n, p, v);
 SELECT floral_aggregate('o1'), floral_aggregate('o2');
 SELECT (SELECT params::text FROM floral.rounds WHERE model = 'o1' AND round = 1) =
        (SELECT params::text FROM floral.rounds WHERE model = 'o2' AND round = 1) AS order_independent;

@@ -8,22 +8,27 @@ CREATE TABLE dp_rows AS
 SELECT 'shop' || (i % 3) AS tenant, ARRAY[sin(i), cos(i), 1]::real[] AS features, i % 3 AS label
 FROM generate_series(1, 300) i;
 
--- distance of each contribution from the round it started from
+-- distance of each tenant's trained model from the round it started from:
+-- every tenant is trained in a call of its own, so the call's sums average
+-- to exactly that tenant's model
 CREATE FUNCTION update_norms(m text) RETURNS TABLE (tenant text, norm double precision)
 LANGUAGE sql AS $$
-	SELECT c.tenant, sqrt(sum((a - b)::float8 ^ 2))
-	FROM floral.contributions c
-	JOIN floral.rounds r ON r.model = c.model AND r.round = c.round,
-	LATERAL unnest(c.params::real[], r.params::real[]) AS u(a, b)
-	WHERE c.model = m GROUP BY c.tenant ORDER BY c.tenant $$;
+	SELECT t.tenant, sqrt(sum((a - b)::float8 ^ 2))
+	FROM floral.tenants t
+	JOIN floral.rounds r ON r.model = t.model AND r.round = t.start_round,
+	LATERAL unnest(floral._call_average(m, t.contributed_call)::real[], r.params::real[]) AS u(a, b)
+	WHERE t.model = m GROUP BY t.tenant ORDER BY t.tenant $$;
 
 SELECT floral_create_model('plain', '{3,16,3}', 'classification', 2, 2, '{"seed": 1}');
 SELECT floral_create_model('clipped', '{3,16,3}', 'classification', 2, 2, '{"seed": 1, "dp_clip": 0.05}');
 SELECT floral_create_model('noisy', '{3,16,3}', 'classification', 2, 2,
                            '{"seed": 1, "dp_clip": 0.05, "dp_noise": 1.0}');
 SELECT m, count(*) FROM unnest('{plain,clipped,noisy}'::text[]) m,
-	LATERAL floral_train(m, 'SELECT tenant, features, label FROM dp_rows', '{"lr": 0.5, "epochs": 3}')
+	unnest('{shop0,shop1,shop2}'::text[]) t,
+	LATERAL floral_train(m, format('SELECT tenant, features, label FROM dp_rows WHERE tenant = %L', t),
+	                     '{"lr": 0.5, "epochs": 3}')
 GROUP BY m ORDER BY m;
+SELECT model, count(*) AS calls FROM floral.contributions GROUP BY model ORDER BY model;
 
 -- without a clip the updates are larger than 0.05; with it, none is
 SELECT 'plain' AS model, min(norm) > 0.05 AS all_above_clip FROM update_norms('plain');

@@ -1,6 +1,8 @@
 -- Privileges: PUBLIC gets nothing; readers predict; trainers train their
--- tenants but never touch the shared parameters; admins do everything; a
--- branch role at a coordinator can only submit for itself.
+-- tenants but never touch the shared parameters; admins do everything
+-- through floral's functions; nobody but floral writes a model's tables
+-- (contributions, rounds, tenants, history) directly; a branch role at a
+-- coordinator can only submit for itself.
 CREATE EXTENSION IF NOT EXISTS floral;
 SET max_parallel_workers_per_gather = 0;
 
@@ -28,7 +30,7 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 GRANT EXECUTE ON FUNCTION try(text) TO PUBLIC;
 
-CREATE TABLE cases (n int, who text, stmt text);
+CREATE TABLE cases (n int, who text, stmt text, ord numeric);
 INSERT INTO cases VALUES
  (1, 'regress_nobody', $q$SELECT floral_predict('pm', 'shop0', '{1,2,3}')$q$),
  (2, 'regress_nobody', $q$SELECT * FROM floral.models$q$),
@@ -59,7 +61,21 @@ INSERT INTO cases VALUES
  (27, 'regress_branch_a', $q$SELECT * FROM floral.rounds$q$),
  (28, 'regress_branch_a', $q$UPDATE floral.models SET round = 0$q$),
  (29, 'regress_branch_a', $q$SELECT floral_aggregate('pm')$q$),
- (30, 'regress_branch_a', $q$SELECT floral_coordinator_step('pm')$q$);
+ (30, 'regress_branch_a', $q$SELECT floral_coordinator_step('pm')$q$),
+ -- forging the pending round (between case 10's training and case 20's merge)
+ (31, 'regress_trainer', $q$UPDATE floral.contributions SET examples = 1000000000 WHERE model = 'pm'$q$),
+ (32, 'regress_trainer', $q$INSERT INTO floral.contributions (model, round, call, chunk, tenants, examples, weights, max_examples, loss_sum, sums) VALUES ('pm', 0, -1, 0, 1, 1e9, '{1,1}', 1, 0, '\x00')$q$),
+ (33, 'regress_trainer', $q$DELETE FROM floral.contributions$q$),
+ (34, 'regress_trainer', $q$UPDATE floral.tenants SET logits = '{9,9}', contributed_call = NULL$q$),
+ (35, 'regress_trainer', $q$INSERT INTO floral.history (model, round, split, tenant, examples) VALUES ('pm', 0, 'x', 'y', 1)$q$),
+ (36, 'regress_trainer', $q$SELECT count(*) FROM floral.contributions$q$),
+ (37, 'regress_admin', $q$UPDATE floral.contributions SET examples = 1000000000 WHERE model = 'pm'$q$),
+ (38, 'regress_admin', $q$UPDATE floral.rounds SET params = '[0]'$q$),
+ (39, 'regress_admin', $q$DELETE FROM floral.tenants$q$),
+ (40, 'regress_trainer', $q$SELECT floral_discard('pm')$q$),
+ (41, 'regress_admin', $q$SELECT floral_discard('pm')$q$),
+ (42, 'regress_admin', $q$SELECT floral_prune('pm', 1)$q$);
+UPDATE cases SET ord = CASE WHEN n BETWEEN 31 AND 40 THEN 10 + (n - 30) / 100.0 ELSE n END;
 
 SELECT floral_coordinator_setup('pm');
 SELECT floral_coordinator_add_branch('pm', 'a', 'regress_branch_a');
@@ -70,7 +86,7 @@ CREATE FUNCTION run_cases() RETURNS TABLE (n int, who text, result text) LANGUAG
 DECLARE
 	c record;
 BEGIN
-	FOR c IN SELECT * FROM cases ORDER BY cases.n LOOP
+	FOR c IN SELECT * FROM cases ORDER BY cases.ord LOOP
 		EXECUTE format('SET ROLE %I', c.who);
 		n := c.n;
 		who := c.who;
@@ -81,12 +97,16 @@ BEGIN
 END $$;
 SELECT * FROM run_cases();
 
+-- nothing forged reached the round: it holds exactly the 60 rows of case 10
+SELECT round, tenants, examples FROM floral.rounds WHERE model = 'pm' ORDER BY round;
+
 -- what the branch could do left exactly one record, its own, rejected
 SELECT round, branch, status, reason LIKE 'sums:%' AS bad_sums FROM floral.updates;
 SELECT round FROM floral.models WHERE name = 'pm';
 
--- every floral function runs as its caller, except the remote API, which
--- runs as its owner with a fixed search_path
+-- every floral function runs as its caller, except the remote API and the
+-- admin functions that write a model's tables, which run as the owner with
+-- a fixed search_path
 SELECT p.proname, p.prosecdef, p.proconfig
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'

@@ -1,4 +1,4 @@
--- Local training: contributions, retries, determinism, Local Adaptor.
+-- Local training: per-call sums, retries, determinism, Local Adaptor.
 CREATE EXTENSION IF NOT EXISTS floral;
 SET max_parallel_workers_per_gather = 0;
 
@@ -15,22 +15,37 @@ SELECT floral_create_model('m', '{4,16,3}', 'classification', 2, 2, '{"seed": 5}
 SELECT tenant, examples, loss > 0 AND loss < 2 AS loss_sane
 FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows');
 
--- contributions are recorded for round 0; the shared parameters did not move
-SELECT round, tenant, examples, cardinality(mixture) AS c
-FROM floral.contributions WHERE model = 'm' ORDER BY tenant;
+-- the call left one row of sums for round 0: all three tenants, 300 rows,
+-- one weight per adaptor; the shared parameters did not move
+SELECT round, tenants, examples, cardinality(weights) AS c,
+       octet_length(sums) = 8 * (SELECT base_parameters + adaptor_parameters
+                                 FROM floral.model_summary WHERE name = 'm') AS sums_sized_as_model
+FROM floral.contributions WHERE model = 'm';
 SELECT round FROM floral.models WHERE name = 'm';
 SELECT count(*) AS rounds FROM floral.rounds WHERE model = 'm';
+SELECT tenant, contributed_call = (SELECT call FROM floral.contributions WHERE model = 'm') AS in_the_call
+FROM floral.tenants WHERE model = 'm' ORDER BY tenant;
 
--- a retry in the same round replaces the contribution and gives the same result
+-- a tenant contributes once per round: the same call again (a cron job
+-- that runs twice) trains nobody and changes nothing
 CREATE TEMP TABLE first_try AS
-SELECT c.tenant, c.params::text AS params, t.logits
-FROM floral.contributions c JOIN floral.tenants t USING (model, tenant) WHERE model = 'm';
+SELECT c.sums, c.examples, (SELECT array_agg(logits ORDER BY tenant) FROM floral.tenants WHERE model = 'm') AS logits
+FROM floral.contributions c WHERE model = 'm';
 SELECT tenant, examples FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows');
-SELECT count(*) AS contributions,
-       bool_and(f.params = c.params::text) AS same_params,
-       bool_and(f.logits = t.logits) AS same_logits
-FROM floral.contributions c JOIN floral.tenants t USING (model, tenant)
-JOIN first_try f USING (tenant) WHERE c.model = 'm';
+SELECT count(*) AS contributions, bool_and(c.sums = f.sums) AS unchanged
+FROM floral.contributions c, first_try f WHERE c.model = 'm';
+-- a tenant that did not contribute yet is trained; the others are skipped
+SELECT tenant, examples FROM floral_train('m',
+	'SELECT tenant, features, label FROM train_rows UNION ALL SELECT ''late'', ARRAY[1,2,3,4]::real[], 1');
+SELECT tenants, examples FROM floral.contributions WHERE model = 'm' ORDER BY call;
+-- discarding the round's contributions lets its tenants train again, from
+-- the state they had at the start of the round: the result is bit-identical
+SELECT floral_discard('m') AS discarded_calls;
+SELECT count(*) AS pending FROM floral.contributions WHERE model = 'm';
+SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows');
+SELECT c.sums = f.sums AS same_sums, c.examples = f.examples AS same_examples,
+       (SELECT array_agg(logits ORDER BY tenant) FROM floral.tenants WHERE model = 'm' AND tenant <> 'late') = f.logits AS same_logits
+FROM floral.contributions c, first_try f WHERE c.model = 'm';
 
 -- integer tenants, float8 features and numeric labels are accepted
 SELECT tenant, examples
@@ -68,7 +83,7 @@ SELECT (SELECT params::text FROM floral.rounds WHERE model = 'd1' AND round = 3)
        (SELECT params::text FROM floral.rounds WHERE model = 'd2' AND round = 3) AS bit_identical,
        (SELECT array_agg(logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd1') =
        (SELECT array_agg(start_logits ORDER BY tenant) FROM floral.tenants WHERE model = 'd2') AS same_mixtures,
-       (SELECT count(*) FROM floral.contributions WHERE model = 'd2') AS d2_pending;
+       (SELECT tenants FROM floral.contributions WHERE model = 'd2') AS d2_pending_tenants;
 
 -- rows beyond maintenance_work_mem go to a temporary file: the result is the
 -- same, bit for bit, as with every row in memory
@@ -83,8 +98,8 @@ SELECT count(*) FROM floral_train('mem', 'SELECT tenant, features, label FROM wi
 SET maintenance_work_mem = '1MB';	-- about 4000 of the 6000 rows in memory
 SELECT count(*) FROM floral_train('spill', 'SELECT tenant, features, label FROM wide_rows ORDER BY i', '{"epochs": 2}');
 RESET maintenance_work_mem;
-SELECT (SELECT array_agg(params::text ORDER BY tenant) FROM floral.contributions WHERE model = 'mem') =
-       (SELECT array_agg(params::text ORDER BY tenant) FROM floral.contributions WHERE model = 'spill')
+SELECT (SELECT sums FROM floral.contributions WHERE model = 'mem') =
+       (SELECT sums FROM floral.contributions WHERE model = 'spill')
        AS spilled_equals_in_memory;
 SELECT floral_drop_model('mem'), floral_drop_model('spill');
 DROP TABLE wide_rows;
@@ -102,7 +117,8 @@ SELECT floral.tensor_norm(floral_parameter('local', 'V', 1, 1)) AS shared_v_unto
 -- pinned mixtures (the oracle router) are used as given and not trained
 SELECT floral_set_mixture('m', 'shop0', '{1,0}');
 SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM train_rows WHERE tenant = ''shop0''');
-SELECT mixture FROM floral.contributions WHERE model = 'm' AND tenant = 'shop0';
+-- the call's weights are n * pi: all of shop0's 100 rows on adaptor 1
+SELECT weights FROM floral.contributions WHERE model = 'm';
 SELECT floral_mixture('m', 'shop0') AS pinned;
 SELECT floral_set_mixture('m', 'shop0', NULL);
 SELECT floral_mixture('m', 'shop0') <> '{1,0}' AS unpinned;

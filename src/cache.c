@@ -175,7 +175,7 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 		return t;
 
 	SPI_connect();
-	floral_load_tenant(&m->spec, key, m->cxt, &state);
+	floral_load_tenant(&m->spec, key, m->cxt, &state, false);
 	SPI_finish();
 
 	t = hash_search(m->tenants, key, HASH_ENTER, &found);

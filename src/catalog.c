@@ -10,7 +10,9 @@
 
 #include <math.h>
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/array.h"
@@ -258,10 +260,15 @@ read_bank(const FloralSpec *spec, Datum d, MemoryContext cxt, const char *tenant
 	return bank;
 }
 
-/* a tenant's logits, pinned mixture and private adaptors, if it has any */
+/*
+ * A tenant's logits, pinned mixture and private adaptors, if it has any.
+ * for_update locks the tenant's row until the end of the transaction, so
+ * that two calls training the same tenant at once are serialised on it;
+ * the second then sees what the first committed.
+ */
 void
 floral_load_tenant(const FloralSpec *spec, const char *tenant,
-				   MemoryContext cxt, FloralTenantState *state)
+				   MemoryContext cxt, FloralTenantState *state, bool for_update)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2];
@@ -274,10 +281,14 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 	state->start_round = -1;
 	args[0] = CStringGetTextDatum(spec->name);
 	args[1] = CStringGetTextDatum(tenant);
-	ret = SPI_execute_with_args("SELECT logits, pinned, adaptors, start_round, "
-								"start_logits, start_adaptors FROM floral.tenants "
+	ret = SPI_execute_with_args(for_update ?
+								"SELECT logits, pinned, adaptors, start_round, "
+								"start_logits, start_adaptors, contributed_call FROM floral.tenants "
+								"WHERE model = $1 AND tenant = $2 FOR UPDATE" :
+								"SELECT logits, pinned, adaptors, start_round, "
+								"start_logits, start_adaptors, contributed_call FROM floral.tenants "
 								"WHERE model = $1 AND tenant = $2",
-								2, argtypes, args, NULL, !spec->locked, 1);
+								2, argtypes, args, NULL, !spec->locked && !for_update, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral.tenants: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
@@ -302,6 +313,63 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 		d = get_col(6, &isnull);
 		if (!isnull && spec->private_adaptors)
 			state->start_bank = read_bank(spec, d, cxt, tenant);
+		d = get_col(7, &isnull);
+		if (!isnull)
+		{
+			state->contributed = true;
+			state->contributed_call = DatumGetInt64(d);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+void
+floral_free_tenant(FloralTenantState *state)
+{
+	if (state->bank)
+		pfree(state->bank);
+	if (state->start_bank)
+		pfree(state->start_bank);
+	state->bank = state->start_bank = NULL;
+}
+
+/*
+ * floral's catalog is written only by the extension's owner (the owner of
+ * schema floral), so that no role can forge a contribution, a round or a
+ * tenant's state by writing the tables directly.  The functions that train,
+ * aggregate or record history run their own, fixed statements as the owner,
+ * after everything the caller supplied (the source query) has run with the
+ * caller's own rights.  A restricted security context keeps anything that
+ * could run inside those statements from changing session state; an error
+ * restores the caller's identity through transaction abort.
+ */
+static Oid
+floral_owner(void)
+{
+	HeapTuple	tup = SearchSysCache1(NAMESPACENAME, CStringGetDatum(FLORAL_SCHEMA));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_SCHEMA),
+				 errmsg("schema \"%s\" does not exist", FLORAL_SCHEMA),
+				 errhint("Install the extension with CREATE EXTENSION floral.")));
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+void
+floral_become_owner(FloralSavedUser *saved)
+{
+	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
+	SetUserIdAndSecContext(floral_owner(),
+						   saved->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+void
+floral_restore_user(const FloralSavedUser *saved)
+{
+	SetUserIdAndSecContext(saved->userid, saved->sec_context);
 }

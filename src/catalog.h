@@ -35,13 +35,28 @@ typedef struct FloralTenantState
 	int32		start_round;	/* -1 if never trained */
 	float		start_logits[FLORAL_MAX_ADAPTORS];
 	float	   *start_bank;
+
+	/* the call whose sums hold the tenant's contribution to start_round */
+	bool		contributed;
+	int64		contributed_call;
 } FloralTenantState;
+
+/* the caller's identity while floral runs its own statements as the owner */
+typedef struct FloralSavedUser
+{
+	Oid			userid;
+	int			sec_context;
+} FloralSavedUser;
 
 extern void floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec);
 extern float *floral_load_round(const FloralSpec *spec, int32 round,
 								MemoryContext cxt);
 extern void floral_load_tenant(const FloralSpec *spec, const char *tenant,
-							   MemoryContext cxt, FloralTenantState *state);
+							   MemoryContext cxt, FloralTenantState *state,
+							   bool for_update);
+extern void floral_free_tenant(FloralTenantState *state);
+extern void floral_become_owner(FloralSavedUser *saved);
+extern void floral_restore_user(const FloralSavedUser *saved);
 extern void floral_read_real_array(Datum d, float *out, int n, const char *what);
 extern Datum floral_real_array(const float *v, int n);
 extern Datum floral_tensor_datum(const float *v, int64 n);

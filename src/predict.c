@@ -187,6 +187,8 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	FloralRows *rows;
 	FloralNet  *net;
 	float	   *Y;
+	FloralSavedUser saved;
+	MemoryContext tenant_cxt;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -205,6 +207,9 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
 	params = floral_load_round(spec, spec->round, cxt);
 	rows = floral_read_source(source, spec);
+	/* the source has run, as the caller; history is written by floral alone */
+	floral_become_owner(&saved);
+	tenant_cxt = AllocSetContextCreate(cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 	net = floral_net_create(spec, EVAL_BATCH);
 	Y = palloc(sizeof(float) * EVAL_BATCH * rows->ylen);
 	floral_progress_start("evaluate", spec->name, rows->ntenants, 1);
@@ -233,8 +238,10 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		bool		nulls[4] = {false, false, false, false};
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		MemoryContextSwitchTo(tenant_cxt);
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, cxt, &state);
+		floral_load_tenant(spec, trows->name, tenant_cxt, &state, false);
 		if (state.pinned)
 			floral_router_fixed(net, state.pinned_pi);
 		else if (state.found && C > 0)
@@ -277,12 +284,10 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			if (SPI_execute_plan(put_history, h, hn, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write floral.history");
 		}
-		if (state.bank)
-			pfree(state.bank);
-		if (state.start_bank)
-			pfree(state.start_bank);
+		MemoryContextSwitchTo(cxt);
 	}
 
+	floral_restore_user(&saved);
 	floral_progress_end();
 	floral_rows_free(rows);
 	SPI_finish();

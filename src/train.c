@@ -5,11 +5,12 @@
  *
  * Every tenant starts from the shared parameters of the model's current
  * round, so tenants are independent and the order in which they are
- * trained does not matter.  What a tenant contributes to aggregation is
- * kept in floral.contributions, keyed by (model, round, tenant): training
- * a tenant again in the same round replaces its contribution and starts
- * again from the state it had at the start of the round, so a retried call
- * never counts twice.
+ * trained does not matter.  A call adds what its tenants trained into one
+ * set of hierarchical sums (sums.h) and stores them as one row of
+ * floral.contributions (contributions.c); each tenant keeps only its
+ * private state in floral.tenants, with the state it had at the start of
+ * the round, so that training it again in the round (after a crash or
+ * floral_discard) is exact.
  */
 #include "postgres.h"
 
@@ -25,10 +26,12 @@
 #include "utils/memutils.h"
 
 #include "catalog.h"
+#include "contributions.h"
 #include "floral.h"
 #include "nn.h"
 #include "rng.h"
 #include "source.h"
+#include "sums.h"
 #include "train.h"
 #include "progress.h"
 
@@ -308,10 +311,93 @@ train_call_end(TrainCall *call)
 	MemoryContextDelete(call->cxt);
 }
 
+/* statements a training call runs for every tenant, prepared once */
+typedef struct TenantStatements
+{
+	SPIPlanPtr	insert_tenant;	/* a tenant seen for the first time */
+	SPIPlanPtr	update_tenant;	/* one whose row the call has locked */
+	SPIPlanPtr	put_history;
+} TenantStatements;
+
+#define TENANT_NARGS 9
+
+static void
+prepare_tenant_statements(TenantStatements *st)
+{
+	Oid			tensor_type = floral_tensor_type();
+	Oid			t[TENANT_NARGS] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
+	INT8OID, INT4OID, FLOAT4ARRAYOID, tensor_type, INT8OID};
+	Oid			th[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT8OID};
+
+	/*
+	 * A new tenant: if another call created it meanwhile (and so trained it
+	 * in this round), insert nothing and leave the tenant to that call.
+	 */
+	st->insert_tenant = SPI_prepare("INSERT INTO floral.tenants "
+									"(model, tenant, logits, adaptors, examples, last_round, "
+									" start_round, start_logits, start_adaptors, contributed_call, updated_at) "
+									"VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, now()) "
+									"ON CONFLICT (model, tenant) DO NOTHING",
+									TENANT_NARGS, t);
+	st->update_tenant = SPI_prepare("UPDATE floral.tenants SET "
+									"logits = $3, adaptors = $4, examples = $5, last_round = $6, "
+									"start_round = $6, start_logits = $7, start_adaptors = $8, "
+									"contributed_call = $9, updated_at = now() "
+									"WHERE model = $1 AND tenant = $2",
+									TENANT_NARGS, t);
+	st->put_history = SPI_prepare("INSERT INTO floral.history AS h "
+								  "(model, round, split, tenant, examples, loss) "
+								  "VALUES ($1, $2, 'train', $3, $4, $5) "
+								  "ON CONFLICT (model, round, split, tenant) DO UPDATE SET "
+								  "examples = excluded.examples, loss = excluded.loss, "
+								  "recorded_at = now()", 5, th);
+	if (!st->insert_tenant || !st->update_tenant || !st->put_history)
+		elog(ERROR, "could not prepare floral catalog statements: %s",
+			 SPI_result_code_string(SPI_result));
+}
+
+/*
+ * Has the tenant a contribution to this round in a committed call that
+ * aggregation has not taken yet?  Its row is locked (floral_load_tenant
+ * with for_update), so a call that trained it concurrently has committed or
+ * rolled back by now, and the query below takes a fresh snapshot that sees
+ * which.
+ */
+static bool
+already_contributed(const FloralSpec *spec, const FloralTenantState *state)
+{
+	return state->found && state->start_round == spec->round &&
+		state->contributed &&
+		floral_call_pending(spec, spec->round, state->contributed_call);
+}
+
+static void
+skipped_notice(const FloralSpec *spec, int skipped, const char *first)
+{
+	if (skipped == 0)
+		return;
+	ereport(NOTICE,
+			(errmsg("skipped %d tenant(s) that already contributed to round %d of model \"%s\"",
+					skipped, spec->round, spec->name),
+			 errdetail("The first one is \"%s\". A tenant contributes once per round; its earlier contribution stands.",
+					   first),
+			 errhint("To train them again in this round, first drop the round's pending contributions with floral_discard().")));
+}
+
 /*
  * floral._train(model, source, epochs, batch_size, lr, router_lr, seed)
  * returns setof (tenant, examples, loss); floral_train() validates the
  * options and calls this.
+ *
+ * Every tenant is trained from the round's shared parameters and added into
+ * the call's sums (sums.h), which are stored as one row at the end: what
+ * the call leaves for aggregation is O(model size), whatever the number of
+ * tenants.  Per tenant, only its private state and its history row are
+ * written.  A tenant contributes at most once per round (see
+ * already_contributed), so a call that runs twice, or a job retried after
+ * it committed, counts nothing twice; a call that fails stores nothing, and
+ * running it again trains from the same start state with the same seeds,
+ * bit for bit.
  */
 Datum
 floral_train_internal(PG_FUNCTION_ARGS)
@@ -322,10 +408,14 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	FloralRows *rows;
 	Trainer    *tr;
 	FloralTrainOptions opts;
-	SPIPlanPtr	put_contribution,
-				put_tenant,
-				put_history;
-	Oid			tensor_type;
+	TenantStatements st;
+	FloralSums	sums;
+	FloralSavedUser saved;
+	MemoryContext tenant_cxt;
+	int64		call_id;
+	int			skipped = 0;
+	char		first_skipped[FLORAL_MAX_TENANT_LEN + 1] = "";
+	int			C;
 
 	train_call_begin(fcinfo, &call, "train", false);
 	spec = call.spec;
@@ -333,46 +423,14 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	rows = call.rows;
 	tr = call.tr;
 	opts = call.opts;
-	tensor_type = floral_tensor_type();
+	C = spec->nadaptors;
 
-	{
-		Oid			t7[7] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT4ARRAYOID,
-		tensor_type, FLOAT8OID};
-		Oid			t8[8] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
-		INT8OID, INT4OID, FLOAT4ARRAYOID, tensor_type};
-
-		put_contribution = SPI_prepare(
-									   "INSERT INTO floral.contributions AS c "
-									   "(model, round, tenant, examples, mixture, params, loss) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7) "
-									   "ON CONFLICT (model, round, tenant) DO UPDATE SET "
-									   "examples = excluded.examples, mixture = excluded.mixture, "
-									   "params = excluded.params, loss = excluded.loss, created_at = now()",
-									   7, t7);
-		put_tenant = SPI_prepare(
-								 "INSERT INTO floral.tenants AS t "
-								 "(model, tenant, logits, adaptors, examples, last_round, "
-								 " start_round, start_logits, start_adaptors, updated_at) "
-								 "VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, now()) "
-								 "ON CONFLICT (model, tenant) DO UPDATE SET "
-								 "logits = excluded.logits, adaptors = excluded.adaptors, "
-								 "examples = excluded.examples, last_round = excluded.last_round, "
-								 "start_round = excluded.start_round, start_logits = excluded.start_logits, "
-								 "start_adaptors = excluded.start_adaptors, updated_at = now()", 8, t8);
-		{
-			Oid			t5[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT8OID};
-
-			put_history = SPI_prepare("INSERT INTO floral.history AS h "
-									  "(model, round, split, tenant, examples, loss) "
-									  "VALUES ($1, $2, 'train', $3, $4, $5) "
-									  "ON CONFLICT (model, round, split, tenant) DO UPDATE SET "
-									  "examples = excluded.examples, loss = excluded.loss, "
-									  "recorded_at = now()", 5, t5);
-		}
-		if (!put_contribution || !put_tenant || !put_history)
-			elog(ERROR, "could not prepare floral catalog statements: %s",
-				 SPI_result_code_string(SPI_result));
-	}
+	/* the source has run, as the caller; from here on floral writes its own tables */
+	floral_become_owner(&saved);
+	prepare_tenant_statements(&st);
+	call_id = floral_new_call_id();
+	floral_sums_init(&sums, spec);
+	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 
 	for (int k = 0; k < rows->ntenants; k++)
 	{
@@ -383,15 +441,25 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		float		pi[FLORAL_MAX_ADAPTORS];
 		float	   *start_bank;
 		float	   *bank = tr->params + spec->adaptor_offset;
+		const float *pinned;
 		pg_prng_state rng;
 		double		loss;
-		int			C = spec->nadaptors;
+		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		old = MemoryContextSwitchTo(tenant_cxt);
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, call.cxt, &state);
+		floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
+		if (already_contributed(spec, &state))
+		{
+			if (skipped++ == 0)
+				strlcpy(first_skipped, trows->name, sizeof(first_skipped));
+			MemoryContextSwitchTo(old);
+			continue;
+		}
 
-		/* a retry in the same round starts from the state before the round */
+		/* training again in the same round starts from the state before it */
 		if (state.start_round == spec->round)
 		{
 			memcpy(start_z, state.start_logits, sizeof(float) * C);
@@ -409,60 +477,59 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			memcpy(bank, start_bank, sizeof(float) * spec->adaptor_size);
 		memcpy(z, start_z, sizeof(float) * C);
 
+		pinned = state.pinned ? state.pinned_pi : NULL;
 		floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
-		loss = train_tenant(tr, trows, &opts, z,
-							state.pinned ? state.pinned_pi : NULL, true, &rng);
-		final_mixture(spec, tr->net, z, state.pinned ? state.pinned_pi : NULL, pi);
+		loss = train_tenant(tr, trows, &opts, z, pinned, true, &rng);
+		final_mixture(spec, tr->net, z, pinned, pi);
 		if (spec->dp_clip > 0)
 			clip_update(spec, global, tr->params);
 
-		/* record the contribution and the tenant's new private state */
+		/* the tenant's new private state, and its place in this call */
 		{
-			Datum		ca[7];
-			Datum		ta[8];
-			char		tn[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+			Datum		a[TENANT_NARGS];
+			char		n[TENANT_NARGS + 1];
 			int			ret;
 
-			ca[0] = CStringGetTextDatum(spec->name);
-			ca[1] = Int32GetDatum(spec->round);
-			ca[2] = CStringGetTextDatum(trows->name);
-			ca[3] = Int64GetDatum(trows->nrows);
-			ca[4] = floral_real_array(pi, C);
-			ca[5] = floral_tensor_datum(tr->params, spec->nparams);
-			ca[6] = Float8GetDatum(loss);
-			ret = SPI_execute_plan(put_contribution, ca, NULL, false, 0);
-			if (ret != SPI_OK_INSERT)
-				elog(ERROR, "could not write floral.contributions: %s",
-					 SPI_result_code_string(ret));
-			pfree(DatumGetPointer(ca[5]));
-
-			ta[0] = ca[0];
-			ta[1] = ca[2];
-			ta[2] = floral_real_array(z, C);
-			ta[4] = Int64GetDatum(trows->nrows);
-			ta[5] = Int32GetDatum(spec->round);
-			ta[6] = floral_real_array(start_z, C);
+			memset(n, ' ', TENANT_NARGS);
+			n[TENANT_NARGS] = '\0';
+			a[0] = CStringGetTextDatum(spec->name);
+			a[1] = CStringGetTextDatum(trows->name);
+			a[2] = floral_real_array(z, C);
+			a[4] = Int64GetDatum(trows->nrows);
+			a[5] = Int32GetDatum(spec->round);
+			a[6] = floral_real_array(start_z, C);
+			a[8] = Int64GetDatum(call_id);
+			a[3] = a[7] = (Datum) 0;
 			if (spec->private_adaptors)
 			{
-				ta[3] = floral_tensor_datum(bank, spec->adaptor_size);
+				a[3] = floral_tensor_datum(bank, spec->adaptor_size);
 				if (start_bank)
-					ta[7] = floral_tensor_datum(start_bank, spec->adaptor_size);
+					a[7] = floral_tensor_datum(start_bank, spec->adaptor_size);
 				else
-					tn[7] = 'n';
+					n[7] = 'n';
 			}
 			else
-				tn[3] = tn[7] = 'n';
-			ret = SPI_execute_plan(put_tenant, ta, tn, false, 0);
-			if (ret != SPI_OK_INSERT)
-				elog(ERROR, "could not write floral.tenants: %s",
-					 SPI_result_code_string(ret));
+				n[3] = n[7] = 'n';
+			ret = SPI_execute_plan(state.found ? st.update_tenant : st.insert_tenant,
+								   a, n, false, 0);
+			if (ret != SPI_OK_INSERT && ret != SPI_OK_UPDATE)
+				elog(ERROR, "could not write floral.tenants: %s", SPI_result_code_string(ret));
+			if (SPI_processed != 1)
 			{
-				Datum		ha[5] = {ca[0], ca[1], ca[2], ca[3], ca[6]};
+				/* created by a concurrent call, which trained it in this round */
+				if (skipped++ == 0)
+					strlcpy(first_skipped, trows->name, sizeof(first_skipped));
+				MemoryContextSwitchTo(old);
+				continue;
+			}
+			{
+				Datum		h[5] = {a[0], Int32GetDatum(spec->round), a[1], a[4], Float8GetDatum(loss)};
 
-				if (SPI_execute_plan(put_history, ha, NULL, false, 0) != SPI_OK_INSERT)
+				if (SPI_execute_plan(st.put_history, h, NULL, false, 0) != SPI_OK_INSERT)
 					elog(ERROR, "could not write floral.history");
 			}
 		}
+		floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss);
 
 		{
 			Datum		values[3];
@@ -473,12 +540,13 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			values[2] = Float8GetDatum(loss);
 			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
 		}
-		if (state.bank)
-			pfree(state.bank);
-		if (state.start_bank)
-			pfree(state.start_bank);
+		MemoryContextSwitchTo(old);
 	}
 
+	if (sums.tenants > 0)
+		floral_store_call_sums(spec, spec->round, call_id, &sums);
+	floral_restore_user(&saved);
+	skipped_notice(spec, skipped, first_skipped);
 	train_call_end(&call);
 	return (Datum) 0;
 }
@@ -500,6 +568,8 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	Trainer    *tr;
 	FloralTrainOptions opts;
 	SPIPlanPtr	put_tenant;
+	FloralSavedUser saved;
+	MemoryContext tenant_cxt;
 	int			C;
 
 	train_call_begin(fcinfo, &call, "personalize", true);
@@ -509,6 +579,8 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	tr = call.tr;
 	opts = call.opts;
 	C = spec->nadaptors;
+	floral_become_owner(&saved);
+	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 
 	{
 		Oid			t4[4] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, INT4OID};
@@ -529,10 +601,13 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 		float		z[FLORAL_MAX_ADAPTORS] = {0};
 		float		pi[FLORAL_MAX_ADAPTORS];
 		double		loss;
+		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		old = MemoryContextSwitchTo(tenant_cxt);
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, call.cxt, &state);
+		floral_load_tenant(spec, trows->name, tenant_cxt, &state, false);
 		memcpy(tr->params, global, sizeof(float) * spec->nparams);
 
 		if (one_hot)
@@ -599,8 +674,10 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 			values[3] = floral_real_array(pi, C);
 			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
 		}
+		MemoryContextSwitchTo(old);
 	}
 
+	floral_restore_user(&saved);
 	train_call_end(&call);
 	return (Datum) 0;
 }

@@ -19,6 +19,7 @@
 #include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "common/hashfn.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -162,11 +163,43 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 	return rows->nrows++;
 }
 
-static FloralTenantRows *
-tenant_entry(FloralRows *rows, const char *name, int len)
+static int	tenant_cmp(const void *a, const void *b);
+
+/* the directory's lookup entry: a 64-bit hash of the name */
+typedef struct TenantHashEntry
 {
-	char		key[FLORAL_MAX_TENANT_LEN + 1];
-	FloralTenantRows *entry;
+	uint64		hash;
+	int32		first;			/* index into rows->dir */
+} TenantHashEntry;
+
+#define NAMES_BLOCK 65536
+
+/* a copy of the name in the arena: names are small and never freed alone */
+static char *
+store_name(FloralRows *rows, const char *name, int len)
+{
+	char	   *p;
+
+	if (rows->names_free < (Size) len + 1)
+	{
+		rows->names = palloc(NAMES_BLOCK);
+		rows->names_free = NAMES_BLOCK;
+	}
+	p = rows->names;
+	memcpy(p, name, len);
+	p[len] = '\0';
+	rows->names += len + 1;
+	rows->names_free -= len + 1;
+	return p;
+}
+
+/* the index of a tenant in the directory, added on first sight */
+static int32
+tenant_index(FloralRows *rows, const char *name, int len)
+{
+	uint64		h;
+	TenantHashEntry *entry;
+	FloralTenantRows *t;
 	bool		found;
 
 	if (len > FLORAL_MAX_TENANT_LEN)
@@ -177,17 +210,66 @@ tenant_entry(FloralRows *rows, const char *name, int len)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tenant name must not be empty")));
-	memset(key, 0, sizeof(key));
-	memcpy(key, name, len);
-	entry = hash_search(rows->hash, key, HASH_ENTER, &found);
-	if (!found)
+	h = hash_bytes_extended((const unsigned char *) name, len, 0);
+	entry = hash_search(rows->hash, &h, HASH_ENTER, &found);
+	if (found)
 	{
-		entry->nrows = 0;
-		entry->capacity = 16;
-		entry->rows = palloc(sizeof(int64) * entry->capacity);
-		rows->ntenants++;
+		for (int32 i = entry->first; i >= 0; i = rows->dir[i].next)
+			if (strncmp(rows->dir[i].name, name, len) == 0 && rows->dir[i].name[len] == '\0')
+				return i;
 	}
-	return entry;
+	if (rows->ntenants == rows->dir_capacity)
+	{
+		if (rows->ntenants >= PG_INT32_MAX / 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("a source may have at most %d tenants", PG_INT32_MAX / 2)));
+		rows->dir_capacity = Max(rows->dir_capacity * 2, 64);
+		rows->dir = rows->dir ?
+			repalloc_huge(rows->dir, sizeof(FloralTenantRows) * rows->dir_capacity) :
+			palloc(sizeof(FloralTenantRows) * rows->dir_capacity);
+	}
+	t = &rows->dir[rows->ntenants];
+	t->name = store_name(rows, name, len);
+	t->nrows = 0;
+	t->rows = NULL;
+	t->next = found ? entry->first : -1;
+	entry->first = rows->ntenants;
+	return rows->ntenants++;
+}
+
+/*
+ * Once every row is read: one array of record numbers grouped by tenant (a
+ * counting sort over the rows' tenant indexes), and the tenants sorted by
+ * name, so that results and their listing are repeatable.
+ */
+static void
+finish_directory(FloralRows *rows)
+{
+	int64		off = 0;
+
+	rows->recnos = palloc_extended(sizeof(int64) * Max(rows->nrows, 1), MCXT_ALLOC_HUGE);
+	for (int i = 0; i < rows->ntenants; i++)
+	{
+		rows->dir[i].rows = rows->recnos + off;
+		off += rows->dir[i].nrows;
+		rows->dir[i].nrows = 0;
+	}
+	for (int64 r = 0; r < rows->nrows; r++)
+	{
+		FloralTenantRows *t = &rows->dir[rows->row_tenant[r]];
+
+		t->rows[t->nrows++] = r;
+	}
+	pfree(rows->row_tenant);
+	rows->row_tenant = NULL;
+	hash_destroy(rows->hash);
+	rows->hash = NULL;
+
+	rows->tenants = palloc_extended(sizeof(FloralTenantRows *) * rows->ntenants, MCXT_ALLOC_HUGE);
+	for (int i = 0; i < rows->ntenants; i++)
+		rows->tenants[i] = &rows->dir[i];
+	qsort(rows->tenants, rows->ntenants, sizeof(FloralTenantRows *), tenant_cmp);
 }
 
 static int
@@ -292,6 +374,7 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 	MemoryContext oldcxt;
 	text	   *tenant_text;
 	FloralTenantRows *tenant;
+	int32		tenant_no;
 	ArrayType  *features;
 	const float *fv;
 	int64		recno;
@@ -315,8 +398,9 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				 errmsg("source returned a NULL tenant")));
 	tenant_text = DatumGetTextPP(slot->tts_values[0]);
 	MemoryContextSwitchTo(r->target);
-	tenant = tenant_entry(rows, VARDATA_ANY(tenant_text),
-						  VARSIZE_ANY_EXHDR(tenant_text));
+	tenant_no = tenant_index(rows, VARDATA_ANY(tenant_text),
+							 VARSIZE_ANY_EXHDR(tenant_text));
+	tenant = &rows->dir[tenant_no];
 	MemoryContextSwitchTo(r->rowcxt);
 
 	if (slot->tts_isnull[1])
@@ -358,12 +442,15 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 	recno = rows_append(rows, fv, r->label);
 	if ((Pointer) features != DatumGetPointer(slot->tts_values[1]))
 		pfree(features);
-	if (tenant->nrows >= tenant->capacity)
+	if (recno >= rows->row_capacity)
 	{
-		tenant->capacity *= 2;
-		tenant->rows = repalloc_huge(tenant->rows, sizeof(int64) * tenant->capacity);
+		rows->row_capacity = Max(rows->row_capacity * 2, 1024);
+		rows->row_tenant = rows->row_tenant ?
+			repalloc_huge(rows->row_tenant, sizeof(int32) * rows->row_capacity) :
+			palloc_extended(sizeof(int32) * rows->row_capacity, MCXT_ALLOC_HUGE);
 	}
-	tenant->rows[tenant->nrows++] = recno;
+	rows->row_tenant[recno] = tenant_no;
+	tenant->nrows++;
 	MemoryContextSwitchTo(oldcxt);
 	return true;
 }
@@ -401,11 +488,11 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	rows->chunk_records = Max(Min(ROWS_CHUNK_BYTES / (int64) (sizeof(float) * rows->recfloats),
 								  rows->mem_limit), 1);
 
-	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
-	ctl.entrysize = sizeof(FloralTenantRows);
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(TenantHashEntry);
 	ctl.hcxt = target;
 	rows->hash = hash_create("floral source tenants", 256, &ctl,
-							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	memset(&receiver, 0, sizeof(receiver));
 	receiver.pub.receiveSlot = source_receive;
@@ -438,18 +525,7 @@ floral_read_source(const char *source, const FloralSpec *spec)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("source returned no rows")));
 
-	/* a fixed order of tenants makes results and their listing repeatable */
-	{
-		HASH_SEQ_STATUS seq;
-		FloralTenantRows *entry;
-		int			n = 0;
-
-		rows->tenants = palloc(sizeof(FloralTenantRows *) * rows->ntenants);
-		hash_seq_init(&seq, rows->hash);
-		while ((entry = hash_seq_search(&seq)) != NULL)
-			rows->tenants[n++] = entry;
-		qsort(rows->tenants, n, sizeof(FloralTenantRows *), tenant_cmp);
-	}
+	finish_directory(rows);
 
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);

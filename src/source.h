@@ -18,12 +18,17 @@
 
 #define FLORAL_MAX_TENANT_LEN 255
 
+/*
+ * A tenant of the source.  Per tenant the call keeps only this (and its
+ * name, once): about 80 bytes with the lookup entry, so a source of many
+ * small tenants costs what its rows cost.
+ */
 typedef struct FloralTenantRows
 {
-	char		name[FLORAL_MAX_TENANT_LEN + 1];	/* hash key */
+	char	   *name;
 	int64		nrows;
-	int64		capacity;
-	int64	   *rows;			/* record numbers */
+	int64	   *rows;			/* record numbers, in source order */
+	int32		next;			/* next tenant with the same name hash, or -1 */
 } FloralTenantRows;
 
 typedef struct FloralRows
@@ -41,9 +46,18 @@ typedef struct FloralRows
 	BufFile    *file;			/* records beyond mem_limit, if any */
 	float	   *recbuf;			/* one record, for reads from the file */
 
-	struct HTAB *hash;
+	/* the tenant directory, built while reading */
+	struct HTAB *hash;			/* name hash -> first tenant with it */
+	FloralTenantRows *dir;		/* tenants in order of first appearance */
 	int			ntenants;
+	int			dir_capacity;
+	int32	   *row_tenant;		/* while reading: each record's tenant */
+	int64		row_capacity;
+	char	   *names;			/* arena for the tenants' names */
+	Size		names_free;
+
 	FloralTenantRows **tenants; /* sorted by name after reading */
+	int64	   *recnos;			/* every record number, grouped by tenant */
 	double		read_seconds;
 } FloralRows;
 

@@ -38,32 +38,44 @@ floral_sums_reset(FloralSums *s)
 
 /*
  * One pass over the parameters: the base with weight n, each shared
- * adaptor with weight n * pi_c.  Private adaptors are never aggregated.
+ * adaptor with weight n * pi_c.  Private adaptors are never aggregated, but
+ * are checked too.
  */
-void
+bool
 floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
 					   const float *params, double loss)
 {
 	const FloralSpec *spec = s->spec;
 	double	   *v = s->v;
+	float		check = 0.0f;
 
 	s->N += n;
 	s->n_max = Max(s->n_max, n);
 	s->tenants++;
 	s->loss_sum += n * loss;
+	/* 0 * x is NaN exactly when x is infinite or NaN: checked on the way */
 	for (int64 i = 0; i < spec->base_size; i++)
-		v[i] += n * params[i];
-	if (spec->private_adaptors)
-		return;
-	for (int c = 0; c < spec->nadaptors; c++)
 	{
-		double		w = n * pi[c];
-
-		s->M[c] += w;
-		if (w != 0.0)
-			floral_adaptor_axpy(spec, c, w, params + spec->adaptor_offset,
-								v + spec->base_size);
+		v[i] += n * params[i];
+		check += 0.0f * params[i];
 	}
+	/* the adaptors, also private ones: the tenant keeps those */
+	for (int64 i = 0; i < spec->adaptor_size; i++)
+		check += 0.0f * params[spec->adaptor_offset + i];
+	if (!spec->private_adaptors)
+	{
+		const float *bank = params + spec->adaptor_offset;
+
+		for (int c = 0; c < spec->nadaptors; c++)
+		{
+			double		w = n * pi[c];
+
+			s->M[c] += w;
+			if (w != 0.0)
+				floral_adaptor_axpy(spec, c, w, bank, v + spec->base_size);
+		}
+	}
+	return check == 0.0f;
 }
 
 void

@@ -42,8 +42,11 @@ extern int64 floral_sums_length(const FloralSpec *spec);
 extern void floral_sums_init(FloralSums *s, const FloralSpec *spec);
 extern void floral_sums_reset(FloralSums *s);
 
-/* add one tenant's trained parameters */
-extern void floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
+/*
+ * Add one tenant's trained parameters.  Returns false if one of them is
+ * not finite (the sums are then unusable).
+ */
+extern bool floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
 								   const float *params, double loss);
 
 /* add sums another call or database computed over other tenants */

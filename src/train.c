@@ -168,12 +168,10 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 		}
 	}
 
-	if (train_params)
-	{
-		for (int64 i = 0; i < spec->nparams; i++)
-			if (!isfinite(tr->params[i]))
-				report_divergence(trows->name, opts->epochs - 1);
-	}
+	/*
+	 * The parameters' finiteness is checked by the caller on its one pass
+	 * over them (floral_sums_add_tenant), not by another pass here.
+	 */
 	for (int c = 0; c < C; c++)
 		if (!isfinite(z[c]))
 			report_divergence(trows->name, opts->epochs - 1);
@@ -529,7 +527,8 @@ floral_train_internal(PG_FUNCTION_ARGS)
 					elog(ERROR, "could not write floral.history");
 			}
 		}
-		floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss);
+		if (!floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss))
+			report_divergence(trows->name, opts.epochs - 1);
 
 		{
 			Datum		values[3];

@@ -161,15 +161,26 @@ SELECT pg_catalog.pg_extension_config_dump('floral.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.contributions', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.call_seq', '');
 
--- Cached models in every backend are dropped when these tables change.
+-- Cached models in every backend are checked again when these tables
+-- change (src/cache.c).  The statement triggers cover changes made here and
+-- fire always, so a TRUNCATE a logical replication apply worker replays is
+-- seen too; a logical apply worker fires no statement triggers for row
+-- changes, so the row triggers, enabled for replicas only, cover those.
 CREATE FUNCTION floral._invalidate_cache() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'floral_invalidate_cache' LANGUAGE C;
-CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON floral.models FOR EACH STATEMENT EXECUTE FUNCTION floral._invalidate_cache();
-CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON floral.rounds FOR EACH STATEMENT EXECUTE FUNCTION floral._invalidate_cache();
-CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON floral.tenants FOR EACH STATEMENT EXECUTE FUNCTION floral._invalidate_cache();
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['models', 'rounds', 'tenants'] LOOP
+		EXECUTE format('CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
+					   'ON floral.%I FOR EACH STATEMENT EXECUTE FUNCTION floral._invalidate_cache()', t);
+		EXECUTE format('ALTER TABLE floral.%I ENABLE ALWAYS TRIGGER invalidate_cache', t);
+		EXECUTE format('CREATE TRIGGER invalidate_cache_replica AFTER INSERT OR UPDATE OR DELETE '
+					   'ON floral.%I FOR EACH ROW EXECUTE FUNCTION floral._invalidate_cache()', t);
+		EXECUTE format('ALTER TABLE floral.%I ENABLE REPLICA TRIGGER invalidate_cache_replica', t);
+	END LOOP;
+END $$;
 
 ------------------------------------------------------------------------
 -- Internal helpers
@@ -235,10 +246,25 @@ BEGIN
 	END IF;
 END $$;
 
--- the lock that keeps a model's round from moving under a training call
--- (which takes it shared, in C); same key as src/catalog.c
+-- the model lock, exclusive: for whatever moves or rewrites a round (training
+-- takes it shared; see floral_lock_model in src/catalog.c)
 CREATE FUNCTION floral._lock_model(model text) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1718382450, pg_catalog.hashtext(model)) $$;
+	AS 'MODULE_PATHNAME', 'floral_lock_model_sql' LANGUAGE C STRICT;
+
+-- Functions that delete whatever a round holds read the table with the
+-- transaction's snapshot; under REPEATABLE READ or SERIALIZABLE that would
+-- miss what was committed while they waited for the model lock, so they
+-- refuse up front.
+CREATE FUNCTION floral._require_read_committed(what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION '% must run in a READ COMMITTED transaction', what
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = format('This transaction is %s.', pg_catalog.current_setting('transaction_isolation')),
+				  HINT = format('Run %s in a transaction of its own, or start it with BEGIN ISOLATION LEVEL READ COMMITTED.', what);
+	END IF;
+END $$;
 
 CREATE FUNCTION floral._check_integer(o jsonb, key text, lo bigint, hi bigint) RETURNS void
 LANGUAGE sql IMMUTABLE AS $$
@@ -396,6 +422,7 @@ DECLARE
 	cur int;
 	n int;
 BEGIN
+	PERFORM floral._require_read_committed('floral_discard');
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT FOUND THEN
@@ -568,6 +595,7 @@ CREATE FUNCTION floral_rollback(model text, round int) RETURNS int
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._require_read_committed('floral_rollback');
 	PERFORM floral._lock_model(model);
 	PERFORM 1 FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF NOT FOUND THEN
@@ -1182,6 +1210,7 @@ BEGIN
 	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_sync.model) THEN
 		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM floral._require_read_committed('floral_branch_step');
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
 	IF params IS NOT NULL THEN
@@ -1194,7 +1223,9 @@ BEGIN
 	-- rounds the coordinator does not have (it rolled back) are forgotten
 	DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round > _branch_sync.round;
 	DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round > _branch_sync.round;
-	IF local_round <> round THEN
+	-- a new round, or new parameters for the same one, moves the model's row,
+	-- so that caches and REPEATABLE READ trainers see the change
+	IF local_round <> round OR params IS NOT NULL THEN
 		UPDATE floral.models m SET round = _branch_sync.round WHERE m.name = _branch_sync.model;
 	END IF;
 	-- contributions to other rounds can never be sent any more
@@ -1381,7 +1412,7 @@ GRANT EXECUTE ON FUNCTION floral_predict(text, text, real[]), floral_predict_pro
 	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text),
 	floral_parameter(text, text, int, int, int), floral_progress(),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
-	floral._check_integer(jsonb, text, bigint, bigint),
+	floral._check_integer(jsonb, text, bigint, bigint), floral._require_read_committed(text),
 	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision)
 	TO floral_reader;
 GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,

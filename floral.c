@@ -9,6 +9,7 @@
 #include "postgres.h"
 
 #include <cblas.h>
+#include <limits.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -21,20 +22,47 @@
 PG_MODULE_MAGIC;
 
 int			floral_blas_threads = 1;
+int			floral_cache_memory = 65536;	/* kB */
 bool		floral_timing = false;
 bool		floral_progress_notices = false;
 
 void		_PG_init(void);
 
+/* the thread count OpenBLAS was last given in this process */
+static int	blas_threads_applied = 0;
+
 /*
  * OpenBLAS's worker threads do not survive fork(), and the postmaster forks
- * every backend, so BLAS may only be configured inside a backend.
+ * every backend, so the postmaster (and anything that is not a backend)
+ * keeps exactly one BLAS thread, whatever the setting says.  A backend
+ * applies the setting when it changes, and before its first floral call
+ * (floral_blas_prepare), since a backend forked from a preloaded postmaster
+ * never runs the assign hook for the value it inherited.
  */
+static void
+set_blas_threads(int n)
+{
+	if (!IsUnderPostmaster)
+		n = 1;
+	if (n != blas_threads_applied)
+	{
+		openblas_set_num_threads(n);
+		blas_threads_applied = n;
+	}
+}
+
 static void
 assign_blas_threads(int newval, void *extra)
 {
-	if (IsUnderPostmaster || !IsPostmasterEnvironment)
-		openblas_set_num_threads(newval);
+	if (IsUnderPostmaster)
+		set_blas_threads(newval);
+}
+
+void
+floral_blas_prepare(void)
+{
+	if (blas_threads_applied != floral_blas_threads || !IsUnderPostmaster)
+		set_blas_threads(floral_blas_threads);
 }
 
 void
@@ -46,8 +74,15 @@ _PG_init(void)
 							"raise it for a single long training call on an idle machine.",
 							&floral_blas_threads,
 							1, 1, 64,
-							PGC_USERSET, 0,
+							PGC_SUSET, 0,
 							NULL, assign_blas_threads, NULL);
+	DefineCustomIntVariable("floral.cache_memory",
+							"Memory a backend may use for cached models and tenants (for prediction).",
+							"Past it the least recently used models are dropped and read again when needed.",
+							&floral_cache_memory,
+							65536, 1024, MAX_KILOBYTES,
+							PGC_USERSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	DefineCustomBoolVariable("floral.timing",
 							 "Report how long training spent reading rows and computing.",
 							 NULL,
@@ -67,13 +102,8 @@ _PG_init(void)
 	/* progress slots in shared memory, when preloaded */
 	floral_progress_shmem_init();
 
-	/*
-	 * The assign hook has not run if the default was never changed.  When
-	 * preloaded, this runs in the postmaster: setting the thread count
-	 * computes nothing, and backends forked from it then start with one
-	 * BLAS thread instead of one per core.
-	 */
-	openblas_set_num_threads(floral_blas_threads);
+	/* one BLAS thread in the postmaster, the setting in a backend */
+	set_blas_threads(floral_blas_threads);
 
 	floral_cache_init();
 }

@@ -43,8 +43,8 @@ PG_FUNCTION_INFO_V1(floral_call_average);
 
 /*
  * Add the accepted branch updates of a round, through a cursor, one row at
- * a time (each row holds a parameter-sized vector).  Not read-only, for the
- * fresh snapshot after the model's lock (see floral_add_round_sums).
+ * a time (each row holds a parameter-sized vector), with the newest snapshot
+ * after the model's lock (see floral_add_round_sums).
  */
 static void
 add_round_updates(const FloralSpec *spec, int32 round, FloralSums *sums)
@@ -53,11 +53,10 @@ add_round_updates(const FloralSpec *spec, int32 round, FloralSums *sums)
 	Datum		args[2] = {CStringGetTextDatum(spec->name), Int32GetDatum(round)};
 	Portal		portal;
 
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT examples, weights, sums, loss_sum, tenants "
-									   "FROM floral.updates WHERE model = $1 AND round = $2 "
-									   "AND status = 'accepted' ORDER BY branch",
-									   2, types, args, NULL, false, 0);
+	portal = floral_cursor_latest("SELECT examples, weights, sums, loss_sum, tenants "
+								  "FROM floral.updates WHERE model = $1 AND round = $2 "
+								  "AND status = 'accepted' ORDER BY branch",
+								  2, types, args);
 	for (;;)
 	{
 		HeapTuple	tup;
@@ -193,7 +192,7 @@ merge_round(const char *model, bool updates, const char *retire, int retire_resu
 	args[0] = CStringGetTextDatum(spec->name);
 	args[1] = Int32GetDatum(spec->round);
 	args[2] = Int32GetDatum(new_round);
-	if (SPI_execute_with_args(retire, 3, types, args, NULL, false, 0) != retire_result)
+	if (floral_execute_latest(retire, 3, types, args) != retire_result)
 		elog(ERROR, "could not retire the merged rows of model \"%s\"", model);
 	floral_restore_user(&saved);
 

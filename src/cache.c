@@ -1,17 +1,27 @@
 /*
  * cache.c
- *	  Per-backend cache of models for floral_predict, and its invalidation.
+ *	  Per-backend cache of models for floral_predict, its invalidation and
+ *	  its memory bound (see cache.h).
+ *
+ * What is cached is always what is committed now: entries are read and
+ * checked under the newest snapshot, not the caller's, so that a copy read
+ * inside an old REPEATABLE READ transaction can never outlive it as if it
+ * were current.  (Like the catalog caches, prediction therefore sees the
+ * newest committed round even inside a REPEATABLE READ transaction.)
  */
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "cache.h"
 #include "catalog.h"
@@ -19,8 +29,12 @@
 
 PG_FUNCTION_INFO_V1(floral_invalidate_cache);
 
-/* bumped whenever any cached model may be stale */
 uint64		floral_cache_generation = 1;
+
+/* bumped by every invalidation: entries checked before it must be checked again */
+static uint64 cache_changes = 1;
+/* a clock for least-recently-used eviction */
+static uint64 use_clock = 0;
 
 static MemoryContext cache_cxt = NULL;
 static HTAB *cache_models = NULL;
@@ -31,23 +45,19 @@ static Oid	watched_relids[3] = {InvalidOid, InvalidOid, InvalidOid};
 /*
  * Called for every relcache invalidation.  It must not touch the catalogs
  * or free memory that a running prediction may still use, so it only marks
- * entries stale.  InvalidOid means "everything" (sinval queue overflow).
+ * every entry as to be checked.  InvalidOid means "everything" (sinval
+ * queue overflow).
  */
 static void
 floral_relcache_callback(Datum arg, Oid relid)
 {
-	HASH_SEQ_STATUS seq;
-	FloralCachedModel *m;
-
 	if (cache_models == NULL)
 		return;
 	if (OidIsValid(relid) && relid != watched_relids[0] &&
 		relid != watched_relids[1] && relid != watched_relids[2])
 		return;
+	cache_changes++;
 	floral_cache_generation++;
-	hash_seq_init(&seq, cache_models);
-	while ((m = hash_seq_search(&seq)) != NULL)
-		m->valid = false;
 }
 
 void
@@ -70,16 +80,72 @@ cache_create(void)
 							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 }
 
+/* the only text result of a one-row query, copied into out; false if no row */
+static bool
+query_version(const char *query, int nargs, Oid *types, Datum *args, char *out)
+{
+	int			ret = SPI_execute_with_args(query, nargs, types, args, NULL, true, 1);
+	bool		isnull;
+	Datum		d;
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read floral's catalog: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return false;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return false;
+	text_to_cstring_buffer(DatumGetTextPP(d), out, FLORAL_VERSION_LEN);
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
+/* the version of a model's row and of its current round's row */
+static bool
+model_version(const char *model, char *out)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(model)};
+
+	return query_version("SELECT m.xmin::text || ':' || m.ctid::text || '/' || "
+						 "r.xmin::text || ':' || r.ctid::text "
+						 "FROM floral.models m JOIN floral.rounds r "
+						 "ON r.model = m.name AND r.round = m.round WHERE m.name = $1",
+						 1, types, args, out);
+}
+
+static bool
+tenant_version(const char *model, const char *tenant, char *out)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		args[2] = {CStringGetTextDatum(model), CStringGetTextDatum(tenant)};
+
+	return query_version("SELECT xmin::text || ':' || ctid::text FROM floral.tenants "
+						 "WHERE model = $1 AND tenant = $2",
+						 2, types, args, out);
+}
+
+static void
+create_tenant_table(FloralCachedModel *m)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
+	ctl.entrysize = sizeof(FloralCachedTenant);
+	ctl.hcxt = m->cxt;
+	m->tenants = hash_create("floral cached tenants", 256, &ctl,
+							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/* read a model's spec and current round into a new entry */
 static void
 cache_load(FloralCachedModel *m, const char *model)
 {
-	uint64		generation = floral_cache_generation;
-	HASHCTL		ctl;
 	MemoryContext old;
+	int			C;
 
 	m->cxt = AllocSetContextCreate(cache_cxt, "floral cached model",
 								   ALLOCSET_DEFAULT_SIZES);
-	m->valid = false;
 	{
 		Oid			nsp = get_namespace_oid(FLORAL_SCHEMA, false);
 
@@ -87,98 +153,163 @@ cache_load(FloralCachedModel *m, const char *model)
 		watched_relids[1] = get_relname_relid("rounds", nsp);
 		watched_relids[2] = get_relname_relid("tenants", nsp);
 	}
-	SPI_connect();
 	floral_load_spec(model, FLORAL_LOCK_NONE, &m->spec);
 	m->params = floral_load_round(&m->spec, m->spec.round, m->cxt);
-	SPI_finish();
 
 	old = MemoryContextSwitchTo(m->cxt);
 	m->net = floral_net_create(&m->spec, 1);
-	ctl.keysize = FLORAL_MAX_TENANT_LEN + 1;
-	ctl.entrysize = sizeof(FloralCachedTenant);
-	ctl.hcxt = m->cxt;
-	m->tenants = hash_create("floral cached tenants", 256, &ctl,
-							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	MemoryContextSwitchTo(old);
+	create_tenant_table(m);
+	C = m->spec.nadaptors;
+	memset(&m->uniform, 0, sizeof(m->uniform));
+	for (int c = 0; c < C; c++)
+		m->uniform.pi[c] = 1.0f / C;
+}
 
-	/* if something changed while we read, use this copy once, then reload */
-	m->valid = (generation == floral_cache_generation);
+static void
+cache_remove(FloralCachedModel *m)
+{
+	char		key[NAMEDATALEN * 2];
+
+	/*
+	 * Call sites remember entries between rows; a new generation makes every
+	 * one of them look the model up again instead of using freed memory.
+	 */
+	floral_cache_generation++;
+	memcpy(key, m->name, sizeof(key));
+	if (m->cxt)
+		MemoryContextDelete(m->cxt);
+	hash_search(cache_models, key, HASH_REMOVE, NULL);
+}
+
+/*
+ * Keep the cache within floral.cache_memory: drop the least recently used
+ * models other than the one in use; if that one alone is over the bound,
+ * drop its tenants (they are read again as they are needed).
+ */
+static void
+enforce_bound(FloralCachedModel *current)
+{
+	Size		limit = (Size) floral_cache_memory * 1024;
+
+	for (;;)
+	{
+		HASH_SEQ_STATUS seq;
+		FloralCachedModel *m;
+		FloralCachedModel *oldest = NULL;
+		Size		total = 0;
+
+		hash_seq_init(&seq, cache_models);
+		while ((m = hash_seq_search(&seq)) != NULL)
+		{
+			total += MemoryContextMemAllocated(m->cxt, true);
+			if (m != current && (oldest == NULL || m->last_used < oldest->last_used))
+				oldest = m;
+		}
+		if (total <= limit)
+			return;
+		if (oldest)
+		{
+			cache_remove(oldest);
+			continue;
+		}
+		if (hash_get_num_entries(current->tenants) > 0)
+		{
+			HASH_SEQ_STATUS tseq;
+			FloralCachedTenant *t;
+
+			floral_cache_generation++;
+			hash_seq_init(&tseq, current->tenants);
+			while ((t = hash_seq_search(&tseq)) != NULL)
+				if (t->bank)
+					pfree(t->bank);
+			hash_destroy(current->tenants);
+			create_tenant_table(current);
+		}
+		return;
+	}
 }
 
 FloralCachedModel *
 floral_cache_get(const char *model)
 {
 	char		key[NAMEDATALEN * 2];
+	char		version[FLORAL_VERSION_LEN];
 	FloralCachedModel *m;
 	bool		found;
+	uint64		start;
 
 	if (strlen(model) >= sizeof(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", model)));
+	floral_blas_prepare();
 	if (cache_models == NULL)
 		cache_create();
 	memset(key, 0, sizeof(key));
 	strlcpy(key, model, sizeof(key));
-
 	m = hash_search(cache_models, key, HASH_FIND, &found);
-	if (found && m->valid)
-		return m;
-	if (found)
+	if (found && m->checked == cache_changes)
 	{
-		/*
-		 * Call sites remember entries between rows; a new generation makes
-		 * every one of them look the model up again instead of using the
-		 * memory freed here.
-		 */
-		floral_cache_generation++;
-		MemoryContextDelete(m->cxt);
-		hash_search(cache_models, key, HASH_REMOVE, NULL);
+		m->last_used = ++use_clock;
+		m->valid = true;
+		return m;
 	}
 
-	m = hash_search(cache_models, key, HASH_ENTER, &found);
-	m->cxt = NULL;
-	PG_TRY();
+	/* check, and read again only if the rows changed */
+	start = cache_changes;
+	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (!model_version(key, version))
 	{
-		cache_load(m, model);
+		if (found)
+			cache_remove(m);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model),
+				 errhint("Create it with floral_create_model().")));
 	}
-	PG_CATCH();
+	if (found && strcmp(version, m->version) != 0)
 	{
-		/* an unknown model must not leave a half-built entry behind */
-		if (m->cxt)
-			MemoryContextDelete(m->cxt);
-		hash_search(cache_models, key, HASH_REMOVE, NULL);
-		PG_RE_THROW();
+		cache_remove(m);
+		found = false;
 	}
-	PG_END_TRY();
+	if (!found)
+	{
+		m = hash_search(cache_models, key, HASH_ENTER, &found);
+		m->cxt = NULL;
+		PG_TRY();
+		{
+			cache_load(m, key);
+		}
+		PG_CATCH();
+		{
+			/* a failed read must not leave a half-built entry behind */
+			cache_remove(m);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		strlcpy(m->version, version, sizeof(m->version));
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+
+	/* if something changed while we read, use this copy once, then check again */
+	m->checked = start;
+	m->valid = (start == cache_changes);
+	m->last_used = ++use_clock;
+	enforce_bound(m);
 	return m;
 }
 
-/* a tenant's mixture; unknown tenants get the uniform mixture */
-FloralCachedTenant *
-floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
+/* fill a tenant's entry from its row */
+static void
+load_tenant(FloralCachedModel *m, FloralCachedTenant *t)
 {
-	char		key[FLORAL_MAX_TENANT_LEN + 1];
-	FloralCachedTenant *t;
 	FloralTenantState state;
-	bool		found;
 	int			C = m->spec.nadaptors;
 
-	if (len > FLORAL_MAX_TENANT_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("tenant name is longer than %d bytes", FLORAL_MAX_TENANT_LEN)));
-	memset(key, 0, sizeof(key));
-	memcpy(key, tenant, len);
-	t = hash_search(m->tenants, key, HASH_FIND, &found);
-	if (found)
-		return t;
-
-	SPI_connect();
-	floral_load_tenant(&m->spec, key, m->cxt, &state, false);
-	SPI_finish();
-
-	t = hash_search(m->tenants, key, HASH_ENTER, &found);
+	floral_load_tenant(&m->spec, t->name, m->cxt, &state, false);
 	t->bank = state.bank;
 	if (state.start_bank)
 		pfree(state.start_bank);
@@ -190,15 +321,80 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 		memcpy(t->pi, m->net->pi, sizeof(float) * C);
 	}
 	else
-		for (int c = 0; c < C; c++)
-			t->pi[c] = 1.0f / C;
-	return t;
+		memcpy(t->pi, m->uniform.pi, sizeof(float) * C);
 }
 
 /*
- * Statement-level trigger on floral's tables: tell every backend (this one
- * at the end of the command, the others at commit) to drop cached models.
- * It also catches changes made by hand or by replication.
+ * A tenant's mixture (and private adaptors).  A tenant without a row gets
+ * the model's shared uniform entry and takes no memory of its own.
+ */
+FloralCachedTenant *
+floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
+{
+	char		key[FLORAL_MAX_TENANT_LEN + 1];
+	char		version[FLORAL_VERSION_LEN];
+	FloralCachedTenant *t;
+	bool		found;
+	bool		exists;
+	uint64		start;
+
+	if (len > FLORAL_MAX_TENANT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("tenant name is longer than %d bytes", FLORAL_MAX_TENANT_LEN)));
+	memset(key, 0, sizeof(key));
+	memcpy(key, tenant, len);
+	t = hash_search(m->tenants, key, HASH_FIND, &found);
+	if (found && t->checked == cache_changes)
+		return t;
+
+	start = cache_changes;
+	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
+	exists = tenant_version(m->spec.name, key, version);
+	if (found && (!exists || strcmp(version, t->version) != 0))
+	{
+		/* changed or gone: call sites must not keep the old entry */
+		floral_cache_generation++;
+		if (t->bank)
+			pfree(t->bank);
+		hash_search(m->tenants, key, HASH_REMOVE, NULL);
+		found = false;
+	}
+	if (exists && !found)
+	{
+		t = hash_search(m->tenants, key, HASH_ENTER, &found);
+		t->bank = NULL;
+		PG_TRY();
+		{
+			load_tenant(m, t);
+		}
+		PG_CATCH();
+		{
+			hash_search(m->tenants, key, HASH_REMOVE, NULL);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		strlcpy(t->version, version, sizeof(t->version));
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	if (!exists)
+		return &m->uniform;
+	t->checked = start;
+	if (!found)
+		enforce_bound(m);
+	/* the bound may have dropped the tenants: look this one up again */
+	t = hash_search(m->tenants, key, HASH_FIND, &found);
+	return found ? t : &m->uniform;
+}
+
+/*
+ * Trigger on floral's tables (statement level for local changes; row level
+ * and ENABLE REPLICA for changes a logical replication apply worker makes,
+ * since it fires no statement triggers): tell every backend (this one at the
+ * end of the command, the others at commit) that cached models may be
+ * stale.
  */
 Datum
 floral_invalidate_cache(PG_FUNCTION_ARGS)

@@ -13,9 +13,13 @@
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "storage/lock.h"
 #include "utils/array.h"
+#include "utils/snapmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -25,6 +29,7 @@
 #include "miscadmin.h"
 
 PG_FUNCTION_INFO_V1(floral_caller);
+PG_FUNCTION_INFO_V1(floral_lock_model_sql);
 
 /*
  * floral._caller() returns the role that is current outside any SECURITY
@@ -118,16 +123,75 @@ read_int_array(Datum d, int *out, int n, const char *what)
 }
 
 /*
- * Load a model's specification.  Training (share) and aggregation (update)
- * exclude each other with a transaction-level advisory lock on the model's
- * name, taken before the round is read: row locks would need UPDATE on
- * floral.models, which trainers must not have.  Aggregation also locks the
- * row it is about to change.
+ * floral's model lock: a transaction-level advisory lock on the model's
+ * name (the key pg_advisory_xact_lock(1718382450, hashtext(name)) takes, so
+ * it shows in pg_locks as such).  Training takes it shared: the round must
+ * not move under it.  Whatever moves or rewrites the round (aggregation,
+ * discard, rollback, prune, a branch's pull) takes it exclusive, and so
+ * waits for the training calls running and holds off new ones.
+ *
+ * A transaction that trained a model and then aggregates it would need to
+ * upgrade its shared lock; two of them at once would deadlock.  Such an
+ * upgrade therefore never waits: it succeeds if nobody else holds the lock
+ * and fails at once otherwise.
+ */
+#define FLORAL_LOCK_KEY 1718382450
+
+void
+floral_lock_model(const char *model, FloralLock lock)
+{
+	LOCKTAG		tag;
+	int32		key;
+
+	if (lock == FLORAL_LOCK_NONE)
+		return;
+	key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
+												CStringGetTextDatum(model)));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) FLORAL_LOCK_KEY, (uint32) key, 2);
+	if (lock == FLORAL_LOCK_UPDATE && LockHeldByMe(&tag, ShareLock) &&
+		!LockHeldByMe(&tag, ExclusiveLock))
+	{
+		if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("cannot change the round of model \"%s\" in a transaction that trained it while other training calls run",
+							model),
+					 errdetail("Waiting for them could deadlock with another transaction that trained and aggregates the model too."),
+					 errhint("Commit the training first, then aggregate in a transaction of its own.")));
+		return;
+	}
+	(void) LockAcquire(&tag, lock == FLORAL_LOCK_SHARE ? ShareLock : ExclusiveLock,
+					   false, false);
+}
+
+/*
+ * floral._lock_model(model text) returns void: the exclusive model lock,
+ * for floral's PL/pgSQL functions that move or rewrite a round.
+ */
+Datum
+floral_lock_model_sql(PG_FUNCTION_ARGS)
+{
+	floral_lock_model(text_to_cstring(PG_GETARG_TEXT_PP(0)), FLORAL_LOCK_UPDATE);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Load a model's specification, under the model lock when asked.
+ *
+ * Everything read after the lock must be what is committed now, not what
+ * the transaction's snapshot saw before it waited.  Under READ COMMITTED
+ * every statement takes a fresh snapshot, so that holds by itself.  Under
+ * REPEATABLE READ or SERIALIZABLE the snapshot is the transaction's: the
+ * model's row is then locked too, which raises a serialization failure
+ * (40001) when the round moved after the snapshot was taken, so a training
+ * call never trains on a round that was merged meanwhile.  (Aggregation
+ * locks the row in every isolation level, since it is about to update it.)
+ * The row lock is taken as the owner: only it may lock rows of the catalog.
  */
 void
 floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 {
-	static const char *const lock_clause[] = {"", "", " FOR UPDATE"};
+	static const char *const lock_clause[] = {"", " FOR SHARE", " FOR UPDATE"};
 	char		query[1024];
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
@@ -135,22 +199,17 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	int			ranks[FLORAL_MAX_LAYERS];
 	ArrayType  *layers;
 	int			ret;
+	FloralLock	row_lock = lock;
+	FloralSavedUser saved;
 
 	if (strlen(model) >= sizeof(spec->name))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", model),
 				 errdetail("Model names have at most %d bytes.", (int) sizeof(spec->name) - 1)));
-	if (lock != FLORAL_LOCK_NONE)
-	{
-		args[0] = CStringGetTextDatum(model);
-		ret = SPI_execute_with_args(lock == FLORAL_LOCK_SHARE ?
-									"SELECT pg_catalog.pg_advisory_xact_lock_shared(1718382450, pg_catalog.hashtext($1))" :
-									"SELECT pg_catalog.pg_advisory_xact_lock(1718382450, pg_catalog.hashtext($1))",
-									1, argtypes, args, NULL, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not lock model: %s", SPI_result_code_string(ret));
-	}
+	floral_lock_model(model, lock);
+	if (lock == FLORAL_LOCK_SHARE && !IsolationUsesXactSnapshot())
+		row_lock = FLORAL_LOCK_NONE;
 
 	snprintf(query, sizeof(query),
 			 "SELECT task, layers, adaptors, ranks, round, "
@@ -161,10 +220,14 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
 			 "(options->>'private_adaptors')::boolean, "
 			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0) "
-			 "FROM floral.models WHERE name = $1%s", lock_clause[lock]);
+			 "FROM floral.models WHERE name = $1%s", lock_clause[row_lock]);
 	args[0] = CStringGetTextDatum(model);
+	if (row_lock != FLORAL_LOCK_NONE)
+		floral_become_owner(&saved);
 	ret = SPI_execute_with_args(query, 1, argtypes, args, NULL,
 								lock == FLORAL_LOCK_NONE, 1);
+	if (row_lock != FLORAL_LOCK_NONE)
+		floral_restore_user(&saved);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral.models: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
@@ -372,4 +435,40 @@ void
 floral_restore_user(const FloralSavedUser *saved)
 {
 	SetUserIdAndSecContext(saved->userid, saved->sec_context);
+}
+
+/*
+ * Statements that must see what is committed now, whatever the isolation
+ * level: the reads and deletes that follow the exclusive model lock (what
+ * aggregation merges and what it retires must be the same rows, and every
+ * row committed while it waited for the lock).  Under READ COMMITTED that
+ * is what a fresh statement snapshot gives; under REPEATABLE READ the
+ * transaction's snapshot would miss the rows committed after it was taken,
+ * and they would then be neither merged nor retired.  Like the checks of
+ * foreign keys, these run with the newest snapshot instead.
+ */
+Portal
+floral_cursor_latest(const char *query, int nargs, Oid *types, Datum *args)
+{
+	Portal		portal;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	portal = SPI_cursor_open_with_args(NULL, query, nargs, types, args, NULL, true, 0);
+	PopActiveSnapshot();
+	return portal;
+}
+
+int
+floral_execute_latest(const char *query, int nargs, Oid *types, Datum *args)
+{
+	SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+	int			ret;
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare a floral statement: %s", SPI_result_code_string(SPI_result));
+	CommandCounterIncrement();
+	ret = SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							   false, false, 0);
+	SPI_freeplan(plan);
+	return ret;
 }

@@ -9,6 +9,8 @@
 #ifndef FLORAL_CATALOG_H
 #define FLORAL_CATALOG_H
 
+#include "executor/spi.h"
+
 #include "model.h"
 #include "tensor.h"
 
@@ -48,6 +50,7 @@ typedef struct FloralSavedUser
 	int			sec_context;
 } FloralSavedUser;
 
+extern void floral_lock_model(const char *model, FloralLock lock);
 extern void floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec);
 extern float *floral_load_round(const FloralSpec *spec, int32 round,
 								MemoryContext cxt);
@@ -61,5 +64,7 @@ extern void floral_read_real_array(Datum d, float *out, int n, const char *what)
 extern Datum floral_real_array(const float *v, int n);
 extern Datum floral_tensor_datum(const float *v, int64 n);
 extern Oid	floral_tensor_type(void);
+extern Portal floral_cursor_latest(const char *query, int nargs, Oid *types, Datum *args);
+extern int	floral_execute_latest(const char *query, int nargs, Oid *types, Datum *args);
 
 #endif

@@ -138,9 +138,10 @@ report_corrupt(const FloralSpec *spec, int32 round, const char *what)
  * reading the rows through a cursor one at a time, so that memory holds one
  * chunk however many calls there are.  Returns the number of calls.
  *
- * Not read-only: a fresh snapshot, taken after the model's lock, sees every
- * call the lock waited for; the DELETE that retires the merged calls uses
- * one as well, so nothing is deleted that was not added.
+ * With the newest snapshot (floral_cursor_latest): taken after the model's
+ * lock, it sees every call the lock waited for, in every isolation level;
+ * the DELETE that retires the merged calls uses one as well, so nothing is
+ * deleted that was not added.
  */
 static int
 add_sums(const FloralSpec *spec, int32 round, int64 call, FloralSums *sums)
@@ -151,14 +152,14 @@ add_sums(const FloralSpec *spec, int32 round, int64 call, FloralSums *sums)
 	int			calls = 0;
 	Portal		portal;
 
-	portal = SPI_cursor_open_with_args(NULL, call < 0 ?
+	portal = floral_cursor_latest(call < 0 ?
 									   "SELECT call, chunk, tenants, examples, weights, max_examples, "
 									   "loss_sum, sums FROM floral.contributions "
 									   "WHERE model = $1 AND round = $2 ORDER BY call, chunk" :
 									   "SELECT call, chunk, tenants, examples, weights, max_examples, "
 									   "loss_sum, sums FROM floral.contributions "
 									   "WHERE model = $1 AND round = $2 AND call = $3 ORDER BY chunk",
-									   call < 0 ? 2 : 3, types, args, NULL, false, 0);
+									   call < 0 ? 2 : 3, types, args);
 	for (;;)
 	{
 		HeapTuple	tup;

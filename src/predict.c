@@ -197,6 +197,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	source = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
+	floral_blas_prepare();
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral evaluate",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);

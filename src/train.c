@@ -278,6 +278,7 @@ train_call_begin(FunctionCallInfo fcinfo, TrainCall *call, const char *what,
 	options_from_args(fcinfo, 2, &call->opts);
 	InitMaterializedSRF(fcinfo, 0);
 	INSTR_TIME_SET_CURRENT(call->start);
+	floral_blas_prepare();
 
 	call->cxt = AllocSetContextCreate(CurrentMemoryContext, "floral training call",
 									  ALLOCSET_DEFAULT_SIZES);

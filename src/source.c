@@ -2,8 +2,9 @@
  * source.c
  *	  Run a source query with the caller's privileges and keep its rows.
  *
- * The query runs read-only through SPI as a subquery, so it can read only
- * what the caller may read and cannot modify anything.  Every value is
+ * The query runs through SPI as a subquery, with the caller's privileges
+ * and as in a READ ONLY transaction (floral_run_read_only_begin), so it can
+ * read only what the caller may read and cannot modify anything.  Every value is
  * checked at this boundary: NULLs, feature lengths, non-finite values and
  * label ranges all end in an error naming the tenant at fault.
  */
@@ -11,6 +12,7 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -456,6 +458,35 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 }
 
 /*
+ * A source query runs as if the transaction were READ ONLY: SPI's read-only
+ * mode alone refuses only a top-level statement that writes, while a
+ * function the query calls could still write (an INSERT in a VOLATILE
+ * PL/pgSQL function, nextval(), ...).  With transaction_read_only in force
+ * the executor and every utility command refuse those with 25006, exactly
+ * as in a READ ONLY transaction (writes to temporary tables stay allowed,
+ * as there).  The setting cannot be turned off again through the GUC once
+ * the transaction has run a query, so the variable itself is saved and
+ * restored, also on error.
+ */
+static bool saved_read_only;
+static int	read_only_depth = 0;
+
+void
+floral_run_read_only_begin(void)
+{
+	if (read_only_depth++ == 0)
+		saved_read_only = XactReadOnly;
+	XactReadOnly = true;
+}
+
+void
+floral_run_read_only_end(void)
+{
+	if (--read_only_depth == 0)
+		XactReadOnly = saved_read_only;
+}
+
+/*
  * Read the source.  Must be called inside SPI_connect; the rows live in the
  * memory context that is current at the time of the call.
  */
@@ -507,11 +538,20 @@ floral_read_source(const char *source, const FloralSpec *spec)
 											ALLOCSET_DEFAULT_SIZES);
 	receiver.label = palloc(sizeof(float) * rows->ylen);
 
-	query = build_reader_query(source, spec, &receiver.label_is_array);
 	memset(&options, 0, sizeof(options));
 	options.read_only = true;
 	options.dest = (DestReceiver *) &receiver;
-	ret = SPI_execute_extended(query, &options);
+	floral_run_read_only_begin();
+	PG_TRY();
+	{
+		query = build_reader_query(source, spec, &receiver.label_is_array);
+		ret = SPI_execute_extended(query, &options);
+	}
+	PG_FINALLY();
+	{
+		floral_run_read_only_end();
+	}
+	PG_END_TRY();
 	/* with a receiver of ours and DestNone, SPI reports SPI_OK_UTILITY */
 	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
 		ereport(ERROR,

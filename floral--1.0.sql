@@ -918,6 +918,13 @@ BEGIN
 	ELSIF NOT floral._selected(model, cur, branch) THEN
 		st := 'rejected';
 		why := format('branch %s was not selected for round %s', branch, cur);
+	ELSIF octet_length(sums) > 4 * ((SELECT sum(x.parameters) FROM @extschema@.floral_layers(model) x) * 4 + 64) / 3 + 8 THEN
+		-- refused before decoding: a huge payload costs nothing more here
+		st := 'rejected';
+		why := format('sums: %s bytes of base64 is more than the model''s parameters can take', octet_length(sums));
+	ELSIF tenants IS NULL OR tenants < 1 THEN
+		st := 'rejected';
+		why := 'tenants must be at least 1';
 	ELSE
 		BEGIN
 			t := floral.tensor_from_bytea(decode(sums, 'base64'));
@@ -964,7 +971,7 @@ BEGIN
 				CASE WHEN st = 'accepted' THEN weights END,
 				CASE WHEN st = 'accepted' THEN t END,
 				CASE WHEN st = 'accepted' THEN loss_sum END,
-				tenants, length(sums))
+				tenants, octet_length(sums))
 		ON CONFLICT ON CONSTRAINT updates_pkey DO NOTHING;
 	IF NOT FOUND THEN
 		RETURN 'duplicate';
@@ -1061,19 +1068,36 @@ FROM floral.branches b;
 COMMENT ON VIEW floral.federation_branches IS 'coordinator: each branch and its last contact';
 
 -- branch side ----------------------------------------------------------
+--
+-- A branch's link to a coordinator records who joined.  Every step runs as
+-- that role, never as whoever runs the job: the stored source query is read
+-- with that role's rights, and dblink connects as that role (a role that is
+-- not a superuser must then authenticate with a password, or use a client
+-- certificate through dblink_connect_u, which a superuser grants it).  The
+-- link and the outbox are written only through floral's functions, so no
+-- other role can change the SQL or the connection a step uses.
 CREATE TABLE floral.branch_links (
 	model		text PRIMARY KEY,
 	branch		text NOT NULL,
 	coordinator	text NOT NULL,
 	source		text NOT NULL,
 	train_options jsonb NOT NULL DEFAULT '{}',
+	owner		name NOT NULL,
+	auth		text NOT NULL DEFAULT 'password' CHECK (auth IN ('password', 'certificate')),
+	connect_timeout int NOT NULL DEFAULT 10 CHECK (connect_timeout BETWEEN 1 AND 3600),
+	statement_timeout int NOT NULL DEFAULT 60000 CHECK (statement_timeout BETWEEN 100 AND 86400000),
 	joined_at	timestamptz NOT NULL DEFAULT now(),
 	last_contact timestamptz,
 	last_error	text,
-	last_error_at timestamptz
+	last_error_at timestamptz,
+	last_step	text,
+	last_step_at timestamptz
 );
-COMMENT ON TABLE floral.branch_links IS 'branch: the models this database trains for a coordinator, and how to reach it';
-COMMENT ON COLUMN floral.branch_links.coordinator IS 'libpq conninfo of the coordinator (TLS and passwords as libpq does them)';
+COMMENT ON TABLE floral.branch_links IS 'branch: the models this database trains for a coordinator, how to reach it, and the role that joined (every step runs as it)';
+COMMENT ON COLUMN floral.branch_links.coordinator IS 'libpq conninfo of the coordinator, or the name of a foreign server of dblink_fdw whose user mapping holds the credentials';
+COMMENT ON COLUMN floral.branch_links.owner IS 'the role that joined: the step runs the source and connects as this role';
+COMMENT ON COLUMN floral.branch_links.auth IS 'password: dblink_connect (a role that is not a superuser must send a password); certificate: dblink_connect_u (a superuser must grant it)';
+COMMENT ON COLUMN floral.branch_links.statement_timeout IS 'milliseconds a call on the coordinator may take (SET statement_timeout there)';
 
 CREATE TABLE floral.outbox (
 	model		text NOT NULL REFERENCES floral.branch_links ON DELETE CASCADE,
@@ -1093,114 +1117,194 @@ COMMENT ON TABLE floral.outbox IS 'branch: the update of each round; kept until 
 SELECT pg_catalog.pg_extension_config_dump('floral.branch_links', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.outbox', '');
 
--- run a query on the coordinator through dblink, wherever dblink is installed
-CREATE FUNCTION floral._remote(conninfo text, query text, coldef text) RETURNS SETOF record
+-- a branch step at a time per model (a session-level lock: it spans the
+-- step's transactions)
+CREATE FUNCTION floral._branch_step_lock(model text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'floral_branch_step_lock' LANGUAGE C STRICT;
+CREATE FUNCTION floral._branch_step_unlock(model text) RETURNS void
+	AS 'MODULE_PATHNAME', 'floral_branch_step_unlock' LANGUAGE C STRICT;
+
+-- The link of a model, checked: it exists, the role that joined still
+-- exists and is a floral_admin, and the session may act as it.
+CREATE FUNCTION floral._branch_link(model text) RETURNS floral.branch_links
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _branch_link.model;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model
+			USING ERRCODE = 'undefined_object', HINT = 'Call floral_branch_join() first.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = l.owner) THEN
+		RAISE EXCEPTION 'role "%", which joined model "%", no longer exists', l.owner, model
+			USING ERRCODE = 'undefined_object', HINT = 'Join again with floral_branch_join().';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(l.owner, 'floral_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'role "%", which joined model "%", is no longer a member of floral_admin', l.owner, model
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(session_user, l.owner, 'MEMBER') THEN
+		RAISE EXCEPTION 'role "%" may not run the branch of model "%"', session_user, model
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('A branch step runs as the role that joined, "%s".', l.owner),
+				  HINT = format('Run it as "%s" (own the pg_cron job by it), or grant that role to "%s".', l.owner, session_user);
+	END IF;
+	RETURN l;
+END $$;
+
+-- Act as the role that joined, until the end of the transaction (the step's
+-- phases commit right after) or until _branch_act_as(model, prev) puts the
+-- previous role back.  Returns the role setting it replaced.
+CREATE FUNCTION floral._branch_act_as(model text) RETURNS text
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-	nsp name;
+	l floral.branch_links := floral._branch_link(model);
+	prev text := pg_catalog.current_setting('role');
 BEGIN
+	PERFORM pg_catalog.set_config('role', l.owner, true);
+	RETURN prev;
+END $$;
+
+-- Local writes of a branch, as floral's owner: links, outbox, status.
+CREATE FUNCTION floral._branch_link_put(model text, branch text, coordinator text, source text,
+		train_options jsonb, auth text, connect_timeout int, statement_timeout int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	INSERT INTO floral.branch_links AS l (model, branch, coordinator, source, train_options, owner,
+										  auth, connect_timeout, statement_timeout)
+		VALUES (model, branch, coordinator, source, train_options, floral._caller(),
+				auth, connect_timeout, statement_timeout)
+		ON CONFLICT ON CONSTRAINT branch_links_pkey DO UPDATE SET
+			branch = excluded.branch, coordinator = excluded.coordinator, source = excluded.source,
+			train_options = excluded.train_options, owner = excluded.owner, auth = excluded.auth,
+			connect_timeout = excluded.connect_timeout, statement_timeout = excluded.statement_timeout,
+			joined_at = now();
+END $$;
+
+CREATE FUNCTION floral._branch_link_drop(model text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._branch_link(model);
+	DELETE FROM floral.branch_links x WHERE x.model = _branch_link_drop.model;
+END $$;
+
+-- what the last step or contact said; error NULL clears the last error
+CREATE FUNCTION floral._branch_note(model text, contact boolean, error text, step text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE floral.branch_links x SET
+		last_contact = CASE WHEN contact THEN now() ELSE x.last_contact END,
+		last_error = CASE WHEN error IS NOT NULL THEN error WHEN contact THEN NULL ELSE x.last_error END,
+		last_error_at = CASE WHEN error IS NOT NULL THEN now() WHEN contact THEN NULL ELSE x.last_error_at END,
+		last_step = coalesce(step, x.last_step),
+		last_step_at = CASE WHEN step IS NOT NULL THEN now() ELSE x.last_step_at END
+		WHERE x.model = _branch_note.model;
+END $$;
+
+CREATE FUNCTION floral._branch_mark_sent(model text, round int, answer text, bytes bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE floral.outbox x SET sent_at = now(), answer = _branch_mark_sent.answer, bytes = _branch_mark_sent.bytes
+		WHERE x.model = _branch_mark_sent.model AND x.round = _branch_mark_sent.round;
+END $$;
+
+-- a sent update the coordinator does not have (it rolled back) is void
+CREATE FUNCTION floral._branch_void_sent(model text, round int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	DELETE FROM floral.outbox x WHERE x.model = _branch_void_sent.model AND x.round = _branch_void_sent.round
+		AND x.sent_at IS NOT NULL;
+END $$;
+
+-- Run a query on the coordinator through dblink (wherever dblink is
+-- installed), as the current role, on a connection of its own that is
+-- closed again at once, with the link's connect and statement timeouts.
+CREATE FUNCTION floral._remote(model text, query text, coldef text) RETURNS SETOF record
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links;
+	nsp name;
+	conn text := 'floral_branch_' || pg_catalog.md5(model);
+	connstr text;
+BEGIN
+	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _remote.model;
 	SELECT n.nspname INTO nsp FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 		WHERE e.extname = 'dblink';
-	IF NOT FOUND THEN
+	IF nsp IS NULL THEN
 		RAISE EXCEPTION 'a branch needs the dblink extension'
 			USING ERRCODE = 'undefined_object', HINT = 'Run CREATE EXTENSION dblink;';
 	END IF;
-	RETURN QUERY EXECUTE format('SELECT * FROM %I.dblink($1, $2) AS t(%s)', nsp, coldef)
-		USING conninfo, query;
-END $$;
-
-CREATE FUNCTION floral_branch_join(model text, branch text, coordinator text,
-		source text, train_options jsonb DEFAULT '{}') RETURNS void
-LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-	s record;
-	existing floral.models;
-BEGIN
-	PERFORM floral._check(source IS NOT NULL AND coordinator IS NOT NULL AND branch IS NOT NULL,
-						  'branch, coordinator and source must not be NULL');
-	PERFORM floral._options(train_options, jsonb_build_object(
-			'epochs', 1, 'batch_size', 32, 'lr', 0.1, 'router_lr', null, 'seed', 0), 'floral_train');
-	SELECT * INTO s FROM floral._remote(coordinator,
-		format('SELECT * FROM floral.fed_spec(%L, %L)', model, branch),
-		'task text, layers int[], adaptors int, rank real, options jsonb')
-		AS t(task text, layers int[], adaptors int, rank real, options jsonb);
-	SELECT * INTO existing FROM floral.models m WHERE m.name = model;
-	IF FOUND THEN
-		IF (existing.task, existing.layers, existing.adaptors, existing.rank, existing.options)
-		   IS DISTINCT FROM (s.task, s.layers, s.adaptors, s.rank, s.options) THEN
-			RAISE EXCEPTION 'a different model "%" exists here', model
-				USING ERRCODE = 'duplicate_object';
-		END IF;
-	ELSE
-		PERFORM floral_create_model(model, s.layers, s.task, s.adaptors, s.rank, s.options);
+	connstr := l.coordinator;
+	-- a conninfo (not a foreign server's name) gets the timeouts and
+	-- keepalives, so that a stalled or vanished coordinator is noticed;
+	-- later keywords override earlier ones in libpq
+	IF pg_catalog.strpos(connstr, '=') > 0 THEN
+		connstr := connstr || format(' connect_timeout=%s keepalives=1 keepalives_idle=30 keepalives_interval=10 keepalives_count=3',
+									 l.connect_timeout);
 	END IF;
-	INSERT INTO floral.branch_links AS l (model, branch, coordinator, source, train_options)
-		VALUES (model, branch, coordinator, source, coalesce(train_options, '{}'))
-		ON CONFLICT ON CONSTRAINT branch_links_pkey DO UPDATE SET
-			branch = excluded.branch, coordinator = excluded.coordinator,
-			source = excluded.source, train_options = excluded.train_options;
-	-- start from the coordinator's current round
-	PERFORM floral._branch_pull(model);
-END $$;
-COMMENT ON FUNCTION floral_branch_join(text, text, text, text, jsonb) IS
-	'branch: take part in a coordinator''s model, training the tenants of source';
-
-CREATE FUNCTION floral_branch_leave(model text) RETURNS void
-LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-	l floral.branch_links;
-BEGIN
-	SELECT * INTO l FROM floral.branch_links x WHERE x.model = floral_branch_leave.model;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
+	EXECUTE format('SELECT coalesce($1 = ANY (%I.dblink_get_connections()), false)', nsp) USING conn INTO STRICT l.auth;
+	IF l.auth::boolean THEN
+		EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
 	END IF;
-	PERFORM * FROM floral._remote(l.coordinator,
-		format('SELECT floral.fed_goodbye(%L, %L)::text', model, l.branch), 'x text') AS t(x text);
-	DELETE FROM floral.branch_links x WHERE x.model = floral_branch_leave.model;
+	SELECT x.auth INTO l.auth FROM floral.branch_links x WHERE x.model = _remote.model;
+	EXECUTE format('SELECT %I.%I($1, $2)', nsp,
+				   CASE WHEN l.auth = 'certificate' THEN 'dblink_connect_u' ELSE 'dblink_connect' END)
+		USING conn, connstr;
+	BEGIN
+		EXECUTE format('SELECT %I.dblink_exec($1, $2)', nsp)
+			USING conn, format('SET statement_timeout = %s', l.statement_timeout);
+		RETURN QUERY EXECUTE format('SELECT * FROM %I.dblink($1, $2) AS t(%s)', nsp, coldef)
+			USING conn, query;
+	EXCEPTION WHEN OTHERS THEN
+		EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
+		RAISE;
+	END;
+	EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
 END $$;
-COMMENT ON FUNCTION floral_branch_leave(text) IS
-	'branch: stop taking part (the local model and tenants stay)';
 
--- Bring the coordinator's newest round here.  Returns the round, whether
--- this branch trains in it and whether the coordinator already has its
--- update.  Copes with a coordinator that rolled back: rounds and updates
--- the coordinator no longer has are forgotten here too.
-CREATE FUNCTION floral._branch_pull(model text, OUT round int, OUT selected boolean,
-		OUT have_update boolean)
+-- Ask the coordinator for its newest round (network only: no lock, nothing
+-- written).  params is set only when the local copy is not that round.
+CREATE FUNCTION floral._branch_fetch(model text, OUT round int, OUT selected boolean,
+		OUT have_update boolean, OUT round_id text, OUT params bytea)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-	l floral.branch_links;
+	l floral.branch_links := floral._branch_link(model);
 	r record;
 	local_id text;
 	p text;
 BEGIN
-	SELECT * INTO l FROM floral.branch_links x WHERE x.model = model;
-	SELECT * INTO r FROM floral._remote(l.coordinator,
+	SELECT * INTO r FROM floral._remote(model,
 		format('SELECT * FROM floral.fed_round(%L, %L)', model, l.branch),
 		'round int, selected boolean, round_id text, have_update boolean')
 		AS t(round int, selected boolean, round_id text, have_update boolean);
 	round := r.round;
 	selected := r.selected;
 	have_update := r.have_update;
+	round_id := r.round_id;
 	SELECT x.created_at::text INTO local_id FROM floral.rounds x
-		WHERE x.model = model AND x.round = r.round;
+		WHERE x.model = _branch_fetch.model AND x.round = r.round;
 	IF local_id IS DISTINCT FROM r.round_id THEN
-		SELECT t.p INTO p FROM floral._remote(l.coordinator,
+		SELECT t.p INTO p FROM floral._remote(model,
 			format('SELECT floral.fed_params(%L, %L, %s)', model, l.branch, r.round), 'p text') AS t(p text);
+		params := decode(p, 'base64');
 	END IF;
-	PERFORM floral._branch_sync(model, r.round, r.round_id, decode(p, 'base64'));
-	UPDATE floral.branch_links x SET last_contact = now(), last_error = NULL, last_error_at = NULL
-		WHERE x.model = model;
 END $$;
 
 -- The local half of a pull: make the coordinator's round r the current one
 -- here, with its parameters when they are new (params NULL: the local copy
 -- is already that round).  Runs as floral's owner, since only floral writes
--- rounds; it never touches the network.
+-- rounds; it never touches the network, and holds the model lock only for
+-- its own short transaction.
 CREATE FUNCTION floral._branch_sync(model text, round int, round_id text, params bytea)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -1252,106 +1356,232 @@ BEGIN
 	tenants := u.tenants;
 END $$;
 
--- Send every unsent update, oldest first; stop at the first failure.
+-- Send every unsent update, oldest first; stop at the first failure.  Each
+-- update is one network call and then one short local write; a resend after
+-- a failure in between is answered "duplicate" by the coordinator.
 CREATE FUNCTION floral._branch_flush(model text) RETURNS int
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-	l floral.branch_links;
+	l floral.branch_links := floral._branch_link(model);
 	o floral.outbox;
 	payload text;
 	q text;
 	answer text;
 	sent int := 0;
 BEGIN
-	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _branch_flush.model;
 	FOR o IN SELECT * FROM floral.outbox x WHERE x.model = _branch_flush.model AND x.sent_at IS NULL
 			 ORDER BY x.round LOOP
 		payload := encode(floral.tensor_send(o.sums), 'base64');
 		q := format('SELECT floral.fed_submit(%L, %L, %s, %s, %L, %L, %s, %s)',
 					model, l.branch, o.round, o.examples, o.weights, payload, o.loss_sum, o.tenants);
-		SELECT t.a INTO answer FROM floral._remote(l.coordinator, q, 'a text') AS t(a text);
-		UPDATE floral.outbox x SET sent_at = now(), answer = answer, bytes = length(q)
-			WHERE x.model = o.model AND x.round = o.round;
+		SELECT t.a INTO answer FROM floral._remote(model, q, 'a text') AS t(a text);
+		PERFORM floral._branch_mark_sent(model, o.round, answer, length(q));
 		sent := sent + 1;
 	END LOOP;
-	UPDATE floral.branch_links x SET last_contact = now() WHERE x.model = _branch_flush.model;
+	PERFORM floral._branch_note(model, true, NULL, NULL);
 	RETURN sent;
+END $$;
+
+CREATE FUNCTION floral_branch_join(model text, branch text, coordinator text,
+		source text, train_options jsonb DEFAULT '{}', options jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	s record;
+	existing floral.models;
+	o jsonb;
+	f record;
+BEGIN
+	PERFORM floral._check(source IS NOT NULL AND coordinator IS NOT NULL AND branch IS NOT NULL,
+						  'branch, coordinator and source must not be NULL');
+	PERFORM floral._options(train_options, jsonb_build_object(
+			'epochs', 1, 'batch_size', 32, 'lr', 0.1, 'router_lr', null, 'seed', 0), 'floral_train');
+	o := floral._options(options, jsonb_build_object(
+			'auth', 'password', 'connect_timeout', 10, 'statement_timeout', 60000), 'floral_branch_join');
+	PERFORM floral._check(o->>'auth' IN ('password', 'certificate'),
+						  'option "auth" must be "password" or "certificate"');
+	PERFORM floral._check_integer(o, 'connect_timeout', 1, 3600);
+	PERFORM floral._check_integer(o, 'statement_timeout', 100, 86400000);
+	-- the link records the caller: every later step runs as this role
+	PERFORM floral._branch_link_put(model, branch, coordinator, source, coalesce(train_options, '{}'),
+									o->>'auth', (o->>'connect_timeout')::numeric::int,
+									(o->>'statement_timeout')::numeric::int);
+	SELECT * INTO s FROM floral._remote(model,
+		format('SELECT * FROM floral.fed_spec(%L, %L)', model, branch),
+		'task text, layers int[], adaptors int, rank real, options jsonb')
+		AS t(task text, layers int[], adaptors int, rank real, options jsonb);
+	SELECT * INTO existing FROM floral.models m WHERE m.name = model;
+	IF FOUND THEN
+		IF (existing.task, existing.layers, existing.adaptors, existing.rank, existing.options)
+		   IS DISTINCT FROM (s.task, s.layers, s.adaptors, s.rank, s.options) THEN
+			RAISE EXCEPTION 'a different model "%" exists here', model
+				USING ERRCODE = 'duplicate_object';
+		END IF;
+	ELSE
+		PERFORM floral_create_model(model, s.layers, s.task, s.adaptors, s.rank, s.options);
+	END IF;
+	-- start from the coordinator's current round
+	f := floral._branch_fetch(model);
+	PERFORM floral._branch_sync(model, f.round, f.round_id, f.params);
+	PERFORM floral._branch_note(model, true, NULL, NULL);
+END $$;
+COMMENT ON FUNCTION floral_branch_join(text, text, text, text, jsonb, jsonb) IS
+	'branch: take part in a coordinator''s model, training the tenants of source; every step runs as the role that joined (options auth, connect_timeout, statement_timeout)';
+
+CREATE FUNCTION floral_branch_leave(model text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links := floral._branch_link(model);
+	prev text := floral._branch_act_as(model);
+BEGIN
+	PERFORM * FROM floral._remote(model,
+		format('SELECT floral.fed_goodbye(%L, %L)::text', model, l.branch), 'x text') AS t(x text);
+	PERFORM pg_catalog.set_config('role', prev, true);
+	PERFORM floral._branch_link_drop(model);
+END $$;
+COMMENT ON FUNCTION floral_branch_leave(text) IS
+	'branch: stop taking part (the local model and tenants stay)';
+
+-- The phases of a step.  Each runs as the role that joined and catches its
+-- own errors, so that the step always reaches its end and releases its
+-- lock; what went wrong is returned and kept in floral.branch_links.
+CREATE FUNCTION floral._branch_phase_pull(model text, OUT round int, OUT selected boolean,
+		OUT have_update boolean, OUT error text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	f record;
+BEGIN
+	PERFORM floral._branch_act_as(model);
+	f := floral._branch_fetch(model);
+	round := f.round;
+	selected := f.selected;
+	have_update := f.have_update;
+	-- back from the network: install the round in a short local transaction
+	PERFORM floral._branch_sync(model, f.round, f.round_id, f.params);
+	PERFORM floral._branch_note(model, true, NULL, NULL);
+EXCEPTION WHEN OTHERS THEN
+	error := SQLERRM;
+END $$;
+
+CREATE FUNCTION floral._branch_phase_send(model text, OUT sent int, OUT error text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._branch_act_as(model);
+	sent := floral._branch_flush(model);
+EXCEPTION WHEN OTHERS THEN
+	error := SQLERRM;
+END $$;
+
+CREATE FUNCTION floral._branch_phase_train(model text, round int,
+		OUT tenants int, OUT examples double precision, OUT error text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links := floral._branch_link(model);
+	u record;
+BEGIN
+	PERFORM floral._branch_act_as(model);
+	PERFORM floral._branch_void_sent(model, round);
+	PERFORM floral_train(model, l.source, l.train_options);
+	u := floral._branch_collect(model, round);
+	tenants := u.tenants;
+	examples := u.examples;
+EXCEPTION WHEN OTHERS THEN
+	error := SQLERRM;
 END $$;
 
 -- One step of a branch: send what waits in the outbox, catch up with the
 -- coordinator's round and, if selected and not done yet, train every local
--- tenant from it and send the branch's update.  Safe to run at any time and
--- concurrently; a coordinator that cannot be reached leaves the update in
--- the outbox for the next step.
-CREATE FUNCTION floral_branch_step(model text) RETURNS text
+-- tenant from it and send the branch's update.  A procedure, so that its
+-- phases commit in between: no transaction and no lock spans a network
+-- call, and the training holds the model lock only while it trains.  Safe
+-- to run at any time and concurrently (a second step returns "busy"); a
+-- coordinator that cannot be reached, or stalls past the link's timeouts,
+-- leaves the update in the outbox for the next step.  Call it outside a
+-- transaction block: CALL floral_branch_step('m').
+CREATE PROCEDURE floral_branch_step(model text, INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-	l floral.branch_links;
 	pulled record;
-	u record;
+	s record;
+	t record;
 	msg text := '';
-	n int;
 BEGIN
-	SELECT * INTO l FROM floral.branch_links x WHERE x.model = floral_branch_step.model;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model
-			USING ERRCODE = 'undefined_object', HINT = 'Call floral_branch_join() first.';
+	PERFORM floral._branch_link(model);
+	IF NOT floral._branch_step_lock(model) THEN
+		status := 'busy: another step is running';
+		RETURN;
 	END IF;
-	IF NOT pg_try_advisory_xact_lock(hashtext('floral.branch'), hashtext(model)) THEN
-		RETURN 'busy: another step is running';
-	END IF;
+	COMMIT;
 
-	BEGIN
-		pulled := floral._branch_pull(model);
-		n := floral._branch_flush(model);
-		IF n > 0 THEN
-			msg := format('sent %s waiting update(s); ', n);
+	-- 1. catch up with the coordinator's round (an update trained on
+	-- parameters the coordinator no longer has is voided here, before
+	-- anything is sent)
+	pulled := floral._branch_phase_pull(model);
+	COMMIT;
+	IF pulled.error IS NOT NULL THEN
+		msg := 'coordinator unreachable: ' || pulled.error;
+	ELSE
+		-- 2. send what waits from earlier attempts
+		s := floral._branch_phase_send(model);
+		COMMIT;
+		IF s.error IS NOT NULL THEN
+			msg := 'coordinator unreachable: ' || s.error;
+		ELSE
+			IF s.sent > 0 THEN
+				msg := format('sent %s waiting update(s); ', s.sent);
+			END IF;
+			IF NOT pulled.selected THEN
+				msg := msg || format('round %s: not selected', pulled.round);
+			ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
+						  WHERE x.model = floral_branch_step.model AND x.round = pulled.round
+						  AND x.sent_at IS NOT NULL AND s.sent > 0) THEN
+				-- the coordinator had it already, or it went out just now
+				msg := msg || format('round %s: already trained', pulled.round);
+			ELSE
+				-- 3. train the local tenants (local only, the model lock held shared)
+				t := floral._branch_phase_train(model, pulled.round);
+				COMMIT;
+				IF t.error IS NOT NULL THEN
+					msg := msg || format('round %s: training failed: %s', pulled.round, t.error);
+				ELSE
+					msg := msg || format('round %s: trained %s tenants on %s rows', pulled.round, t.tenants, t.examples);
+					-- 4. send it
+					s := floral._branch_phase_send(model);
+					COMMIT;
+					IF s.error IS NULL THEN
+						msg := msg || ', update sent';
+					ELSE
+						msg := msg || ', update kept in the outbox: ' || s.error;
+					END IF;
+				END IF;
+			END IF;
 		END IF;
-	EXCEPTION WHEN OTHERS THEN
-		UPDATE floral.branch_links x SET last_error = SQLERRM, last_error_at = now()
-			WHERE x.model = floral_branch_step.model;
-		RETURN msg || 'coordinator unreachable: ' || SQLERRM;
-	END;
-
-	IF NOT pulled.selected THEN
-		RETURN msg || format('round %s: not selected', pulled.round);
-	ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
-				  WHERE x.model = floral_branch_step.model AND x.round = pulled.round
-				  AND x.sent_at = now()) THEN
-		-- the coordinator had it already, or it went out just now
-		RETURN msg || format('round %s: already trained', pulled.round);
-	ELSIF EXISTS (SELECT 1 FROM floral.outbox x WHERE x.model = floral_branch_step.model
-				  AND x.round = pulled.round AND x.sent_at IS NULL) THEN
-		RETURN msg || format('round %s: update waiting in the outbox', pulled.round);
 	END IF;
-	-- a sent update the coordinator does not have (it rolled back) is void
-	DELETE FROM floral.outbox x WHERE x.model = floral_branch_step.model AND x.round = pulled.round;
 
-	PERFORM floral_train(model, l.source, l.train_options);
-	u := floral._branch_collect(model, pulled.round);
-	msg := msg || format('round %s: trained %s tenants on %s rows', pulled.round, u.tenants, u.examples);
-
-	BEGIN
-		PERFORM floral._branch_flush(model);
-		msg := msg || ', update sent';
-	EXCEPTION WHEN OTHERS THEN
-		UPDATE floral.branch_links x SET last_error = SQLERRM, last_error_at = now()
-			WHERE x.model = floral_branch_step.model;
-		msg := msg || ', update kept in the outbox: ' || SQLERRM;
-	END;
-	RETURN msg;
+	status := msg;
+	PERFORM floral._branch_note(model, false,
+		CASE WHEN msg LIKE '%unreachable%' OR msg LIKE '%kept in the outbox%' OR msg LIKE '%failed%'
+			 THEN msg END, msg);
+	PERFORM floral._branch_step_unlock(model);
+	COMMIT;
 END $$;
-COMMENT ON FUNCTION floral_branch_step(text) IS
-	'branch job: send waiting updates, catch up, train the local tenants for a new round (safe to run any time, concurrently)';
+COMMENT ON PROCEDURE floral_branch_step(text, text) IS
+	'branch job: send waiting updates, catch up, train the local tenants for a new round, send (phases commit in between; runs as the role that joined; CALL it outside a transaction block)';
 
 CREATE VIEW floral.branch_status AS
-SELECT l.model, l.branch, m.round AS local_round, l.last_contact, l.last_error, l.last_error_at,
+SELECT l.model, l.branch, l.owner AS runs_as, m.round AS local_round, l.last_contact,
+	   l.last_step, l.last_step_at, l.last_error, l.last_error_at,
 	   (SELECT count(*) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NULL) AS waiting_updates,
-	   (SELECT max(o.round) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NOT NULL) AS last_sent_round
+	   (SELECT max(o.round) FROM floral.outbox o WHERE o.model = l.model AND o.sent_at IS NOT NULL) AS last_sent_round,
+	   l.connect_timeout, l.statement_timeout
 FROM floral.branch_links l LEFT JOIN floral.models m ON m.name = l.model;
-COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with each coordinator';
+COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with each coordinator, and the role its steps run as';
 
 ------------------------------------------------------------------------
 -- Privileges
@@ -1374,8 +1604,11 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 -- (floral_become_owner in src/catalog.c); in PL/pgSQL, as SECURITY DEFINER
 -- with a fixed search_path, granted to floral_admin only.  A source query
 -- therefore still reads only what its caller may read.  floral_admin writes
--- directly only the configuration it owns: tenant groups, and the
--- federation's branches, links and outbox.
+-- directly only the configuration it owns: tenant groups, and a
+-- coordinator's federations and branches.  A branch's link (its source
+-- query and connection) and outbox change only through floral_branch_join,
+-- floral_branch_leave and the step, which record and check the role that
+-- joined.
 ------------------------------------------------------------------------
 DO $$
 DECLARE
@@ -1401,7 +1634,7 @@ BEGIN
 			 WHERE e.extname = 'floral' AND d.deptype = 'e'
 			   AND p.proname NOT IN ('tensor_in', 'tensor_out', 'tensor_recv', 'tensor_send', 'tensor',
 									 'tensor_to_real', 'tensor_shape', 'tensor_norm', 'tensor_from_bytea') LOOP
-		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+		EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
 	END LOOP;
 END $$;
 REVOKE ALL ON SCHEMA floral FROM PUBLIC;
@@ -1436,12 +1669,11 @@ BEGIN
 			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
 			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
 			 WHERE e.extname = 'floral' AND d.deptype = 'e' LOOP
-		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO floral_admin', f);
+		EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO floral_admin', f);
 	END LOOP;
 END $$;
 GRANT SELECT ON ALL TABLES IN SCHEMA floral TO floral_admin;
-GRANT INSERT, UPDATE, DELETE ON floral.tenant_groups, floral.federations, floral.branches,
-	floral.branch_links, floral.outbox TO floral_admin;
+GRANT INSERT, UPDATE, DELETE ON floral.tenant_groups, floral.federations, floral.branches TO floral_admin;
 
 -- branches, at the coordinator: the remote API and nothing else
 GRANT EXECUTE ON FUNCTION floral.fed_spec(text, text), floral.fed_round(text, text),

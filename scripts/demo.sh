@@ -170,7 +170,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	t0=$(date +%s.%N)
 	# the three branches work at the same time, each on its own tenants
 	for b in b1 b2 b3; do
-		(for m in "${MODELS[@]}"; do q $b -At -c "SELECT floral_branch_step('$m')"; done >"$WORK/$b.step") &
+		(for m in "${MODELS[@]}"; do q $b -At -c "CALL floral_branch_step('$m')"; done >"$WORK/$b.step") &
 	done
 	wait
 	for m in "${MODELS[@]}"; do q coord -At -c "SELECT floral_coordinator_step('$m')" >"$WORK/coord.step"; done

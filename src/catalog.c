@@ -30,6 +30,8 @@
 
 PG_FUNCTION_INFO_V1(floral_caller);
 PG_FUNCTION_INFO_V1(floral_lock_model_sql);
+PG_FUNCTION_INFO_V1(floral_branch_step_lock);
+PG_FUNCTION_INFO_V1(floral_branch_step_unlock);
 
 /*
  * floral._caller() returns the role that is current outside any SECURITY
@@ -172,6 +174,47 @@ Datum
 floral_lock_model_sql(PG_FUNCTION_ARGS)
 {
 	floral_lock_model(text_to_cstring(PG_GETARG_TEXT_PP(0)), FLORAL_LOCK_UPDATE);
+	PG_RETURN_VOID();
+}
+
+/*
+ * floral._branch_step_lock(model) returns bool, floral._branch_step_unlock:
+ * one branch step at a time per model.  The step commits between its
+ * phases, so this is a session-level lock; a session that still holds it
+ * (a step of its own ended by an error) takes it again without counting
+ * twice, and the unlock releases it whatever the count.
+ */
+#define FLORAL_STEP_KEY 1718382451
+
+static void
+step_locktag(LOCKTAG *tag, text *model)
+{
+	int32		key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
+															PointerGetDatum(model)));
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) FLORAL_STEP_KEY, (uint32) key, 2);
+}
+
+Datum
+floral_branch_step_lock(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL);
+}
+
+Datum
+floral_branch_step_unlock(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
+	while (LockHeldByMe(&tag, ExclusiveLock))
+		if (!LockRelease(&tag, ExclusiveLock, true))
+			break;
 	PG_RETURN_VOID();
 }
 

@@ -245,7 +245,7 @@ for my $r (0 .. $ROUNDS - 1)
 	for my $k (0 .. 2)
 	{
 		my @out = split /\n/,
-		  sql($branches[$k], q{SELECT floral_branch_step('m'); SELECT floral_branch_step('fa');});
+		  sql($branches[$k], q{CALL floral_branch_step('m'); CALL floral_branch_step('fa');});
 		push @unexpected, map { "$names[$k]: $_" }
 		  grep { !/^round $r: trained $TENANTS_PER_BRANCH tenants on $BRANCH_ROWS rows, update sent$/ } @out;
 		push @unexpected, "$names[$k]: " . scalar(@out) . ' answers' if @out != 2;
@@ -264,7 +264,7 @@ is(round_of($coord, 'fa'), $ROUNDS, "coordinator's FedAvg model is at round $ROU
 # and sends round N, which part d merges).
 for my $k (0 .. 2)
 {
-	sql($branches[$k], q{SELECT floral_branch_step('m'); SELECT floral_branch_step('fa');});
+	sql($branches[$k], q{CALL floral_branch_step('m'); CALL floral_branch_step('fa');});
 }
 
 # The parameters moved to the branches are the coordinator's, bit for bit.
@@ -372,7 +372,7 @@ sql($coord, qq{SELECT floral_coordinator_setup('m',
 my $rd = $ROUNDS + 1;
 for my $k (0 .. 1)
 {
-	like(sql($branches[$k], q{SELECT floral_branch_step('m')}),
+	like(sql($branches[$k], q{CALL floral_branch_step('m')}),
 		qr/^round $rd: trained $TENANTS_PER_BRANCH tenants on $BRANCH_ROWS rows, update sent$/,
 		"round $rd: $names[$k] trained and sent");
 }
@@ -391,7 +391,7 @@ is( sql($coord, qq{SELECT branches, merged_at - started_at >= interval '$DEADLIN
 
 $branches[2]->start;
 my $rd2 = $rd + 1;
-like(sql($branches[2], q{SELECT floral_branch_step('m')}),
+like(sql($branches[2], q{CALL floral_branch_step('m')}),
 	qr/^round $rd2: trained $TENANTS_PER_BRANCH tenants on $BRANCH_ROWS rows, update sent$/,
 	'b3 is back: its next step trains the current round');
 is(round_of($branches[2], 'm'), round_of($coord, 'm'), "b3 caught up with the coordinator's round ($rd2)");
@@ -400,7 +400,7 @@ is( sql($branches[2], qq{SELECT md5(floral.tensor_send(params)) FROM floral.roun
 	"b3 holds the coordinator's round-$rd2 parameters");
 for my $k (0 .. 1)
 {
-	like(sql($branches[$k], q{SELECT floral_branch_step('m')}),
+	like(sql($branches[$k], q{CALL floral_branch_step('m')}),
 		qr/^round $rd2: trained/, "round $rd2: $names[$k] trained");
 }
 like(sql($coord, q{SELECT floral_coordinator_step('m')}),
@@ -417,7 +417,7 @@ is( sql($coord, qq{SELECT branches FROM floral.federation_rounds WHERE model = '
 my $re = $rd2 + 1;
 my $lock = start_session($coord);
 session_query($lock, 'BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
-my @bg = map { start_bg($_, q{SELECT floral_branch_step('m')}) } @branches;
+my @bg = map { start_bg($_, q{CALL floral_branch_step('m')}) } @branches;
 ok( $coord->poll_query_until('postgres', q{
 		SELECT count(*) FROM pg_stat_activity
 		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral.fed_submit(%'}, '3'),
@@ -445,7 +445,7 @@ my $outbox = q{SELECT string_agg(round || ':' || (sent_at IS NOT NULL) || ':' ||
 for my $k (0 .. 2)
 {
 	is(sql($branches[$k], $outbox), "$re:false:-", "$names[$k]: the round-$re update waits unsent in the outbox");
-	my $answer = sql($branches[$k], q{SELECT floral_branch_step('m')});
+	my $answer = sql($branches[$k], q{CALL floral_branch_step('m')});
 	like($answer, qr/^coordinator unreachable: /, "$names[$k]: a step while the coordinator is down fails softly");
 	is( sql($branches[$k], q{SELECT waiting_updates, last_error IS NOT NULL, local_round FROM floral.branch_status WHERE model = 'm'}),
 		"1|t|$re", "$names[$k]: branch_status shows 1 waiting update and the last error");
@@ -458,7 +458,7 @@ is( sql($coord, qq{SELECT count(*) FROM floral.updates WHERE model = 'm' AND rou
 	'0', "coordinator restarted: none of the round-$re updates had arrived");
 for my $k (0 .. 2)
 {
-	like(sql($branches[$k], q{SELECT floral_branch_step('m')}),
+	like(sql($branches[$k], q{CALL floral_branch_step('m')}),
 		qr/^sent 1 waiting update\(s\); round $re: already trained$/,
 		"$names[$k]: the next step sends the waiting update");
 	is(sql($branches[$k], $outbox), "$re:true:accepted", "$names[$k]: the outbox is flushed, the update accepted");
@@ -473,7 +473,7 @@ like(sql($coord, q{SELECT floral_coordinator_step('m')}),
 my $rf = $re + 1;
 for my $k (0 .. 2)
 {
-	like(sql($branches[$k], q{SELECT floral_branch_step('m')}), qr/^round $rf: trained/, "round $rf: $names[$k] trained");
+	like(sql($branches[$k], q{CALL floral_branch_step('m')}), qr/^round $rf: trained/, "round $rf: $names[$k] trained");
 }
 sql($coord, q{SELECT floral_coordinator_add_branch('m', b) FROM unnest('{evil1,evil2,evil3}'::text[]) b});
 
@@ -533,7 +533,7 @@ cmp_ok(abs($norm_after - $norm_before), '<', 0.1 * $norm_before, 'the merged par
 my $rg = $rf + 1;
 $lock = start_session($coord);
 session_query($lock, 'BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
-my $bg3 = start_bg($branches[2], q{SELECT floral_branch_step('m')});
+my $bg3 = start_bg($branches[2], q{CALL floral_branch_step('m')});
 ok( $coord->poll_query_until('postgres', q{
 		SELECT count(*) FROM pg_stat_activity
 		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral.fed_submit(''m'', ''b3''%'}, '1'),
@@ -548,7 +548,7 @@ end_session($lock);
 
 for my $k (0 .. 1)
 {
-	like(sql($branches[$k], q{SELECT floral_branch_step('m')}), qr/^round $rg: trained/, "round $rg: $names[$k] trained");
+	like(sql($branches[$k], q{CALL floral_branch_step('m')}), qr/^round $rg: trained/, "round $rg: $names[$k] trained");
 }
 ($first, $early, $last) = step_until_merged($coord, 'm');
 is($early, 't', 'the first coordinator step of the round ran before the deadline');
@@ -556,7 +556,7 @@ like($first, qr/^round $rg: waiting, 2 of 3/, "round $rg: the coordinator first 
 like($last, qr/^round $rg merged from 2 of 3/, "round $rg: after the deadline it merges without b3");
 
 my $rg2 = $rg + 1;
-like(sql($branches[2], q{SELECT floral_branch_step('m')}),
+like(sql($branches[2], q{CALL floral_branch_step('m')}),
 	qr/^sent 1 waiting update\(s\); round $rg2: trained .*, update sent$/,
 	'b3 delivers its old update, then trains the new round');
 is(sql($branches[2], qq{SELECT answer FROM floral.outbox WHERE model = 'm' AND round = $rg}),
@@ -579,15 +579,15 @@ is( sql($branches[2], qq{
 		                        encode(floral.tensor_send(o.sums), 'base64'), o.loss_sum, o.tenants)) AS t(a text)
 		 WHERE o.model = 'm' AND l.model = 'm' AND o.round = $rg}),
 	'duplicate', 'resending the stale update is answered duplicate');
-like(sql($branches[0], q{SELECT floral_branch_step('m')}), qr/^round $rg2: trained/, "round $rg2: b1 trained");
+like(sql($branches[0], q{CALL floral_branch_step('m')}), qr/^round $rg2: trained/, "round $rg2: b1 trained");
 sql($branches[0], qq{UPDATE floral.outbox SET sent_at = NULL WHERE model = 'm' AND round = $rg2});
-like(sql($branches[0], q{SELECT floral_branch_step('m')}),
+like(sql($branches[0], q{CALL floral_branch_step('m')}),
 	qr/^sent 1 waiting update\(s\); round $rg2: already trained$/, 'b1 sends its update a second time');
 is(sql($branches[0], qq{SELECT answer FROM floral.outbox WHERE model = 'm' AND round = $rg2}),
 	'duplicate', 'the second send is answered duplicate');
 is( sql($coord, qq{SELECT count(*), min(status) FROM floral.updates WHERE model = 'm' AND round = $rg2 AND branch = 'b1'}),
 	'1|accepted', 'the coordinator kept exactly one update of b1 for the round');
-like(sql($branches[1], q{SELECT floral_branch_step('m')}), qr/^round $rg2: trained/, "round $rg2: b2 trained");
+like(sql($branches[1], q{CALL floral_branch_step('m')}), qr/^round $rg2: trained/, "round $rg2: b2 trained");
 like(sql($coord, q{SELECT floral_coordinator_step('m')}),
 	qr/^round $rg2 merged from 3 of 3/, "round $rg2 merged from 3 of 3 branches");
 

@@ -80,7 +80,7 @@ is(sql($branch, q{SELECT local_round FROM floral.branch_status WHERE model = 'm'
 	'0', 'the branch joined at round 0');
 
 # The jobs: nothing else calls the steps from here on.
-sql($branch, q{SELECT cron.schedule('floral-branch', '* * * * *', $$SELECT floral_branch_step('m')$$)});
+sql($branch, q{SELECT cron.schedule('floral-branch', '* * * * *', $$CALL floral_branch_step('m')$$)});
 sql($coord, q{SELECT cron.schedule('floral-coordinator', '* * * * *', $$SELECT floral_coordinator_step('m')$$)});
 
 my $round = '0';

@@ -114,7 +114,7 @@ sub round_of
 # coordinator step runs.  The step runs in the background: a coordinator
 # that waits for the open submission is fine too.
 federate('race', '{"min_branches": 1, "deadline": "1 second"}', 'b1', 'late');
-like(sql($branch, q{SELECT floral_branch_step('race')}), qr/^round 0: trained 3 tenants on 90 rows, update sent$/,
+like(sql($branch, q{CALL floral_branch_step('race')}), qr/^round 0: trained 3 tenants on 90 rows, update sent$/,
 	'race: b1 sent round 0');
 
 my %s = (in => '', out => '', err => '');
@@ -165,9 +165,9 @@ federate('early', '{}', 'b1');
 	is(sql($coord, q{SELECT count(*) FROM floral.updates WHERE model = 'early'}), '0',
 		'premature: nothing was recorded that could take the real update\'s place');
 }
-like(sql($branch, q{SELECT floral_branch_step('early')}), qr/^round 0: trained .*update sent$/, 'premature: b1 sent round 0');
+like(sql($branch, q{CALL floral_branch_step('early')}), qr/^round 0: trained .*update sent$/, 'premature: b1 sent round 0');
 like(sql($coord, q{SELECT floral_coordinator_step('early')}), qr/^round 0 merged/, 'premature: round 0 merged');
-like(sql($branch, q{SELECT floral_branch_step('early')}), qr/^round 1: trained .*update sent$/, 'premature: b1 sent round 1');
+like(sql($branch, q{CALL floral_branch_step('early')}), qr/^round 1: trained .*update sent$/, 'premature: b1 sent round 1');
 is( sql($branch, q{SELECT answer FROM floral.outbox WHERE model = 'early' AND round = 1}),
 	'accepted', "premature: b1's genuine round-1 update is accepted");
 like(sql($coord, q{SELECT floral_coordinator_step('early')}), qr/^round 1 merged from 1 of 1/,
@@ -178,7 +178,7 @@ like(sql($coord, q{SELECT floral_coordinator_step('early')}), qr/^round 1 merged
 federate('back', '{}', 'b1');
 for my $r (0 .. 2)
 {
-	sql($branch, q{SELECT floral_branch_step('back')});
+	sql($branch, q{CALL floral_branch_step('back')});
 	sql($coord, q{SELECT floral_coordinator_step('back')});
 }
 is(round_of($coord, 'back'), '3', 'rollback: three rounds merged');
@@ -194,7 +194,7 @@ else
 	my @said;
 	for (1 .. 3)
 	{
-		push @said, 'b1: ' . sql($branch, q{SELECT floral_branch_step('back')});
+		push @said, 'b1: ' . sql($branch, q{CALL floral_branch_step('back')});
 		push @said, 'coordinator: ' . sql($coord, q{SELECT floral_coordinator_step('back')});
 	}
 	note "rollback: $_" for @said;

@@ -128,14 +128,14 @@ for my $b (sort keys %conninfo)
 # a round end to end, over TLS
 for my $b (sort keys %conninfo)
 {
-	like($branch->safe_psql($b, q{SELECT floral_branch_step('m')}),
+	like($branch->safe_psql($b, q{CALL floral_branch_step('m')}),
 		qr/^round 0: trained 3 tenants on 90 rows, update sent$/, "$b trained and sent round 0 over TLS");
 }
 like($coord->safe_psql('postgres', q{SELECT floral_coordinator_step('m')}),
 	qr/^round 0 merged from 2 of 2/, 'the coordinator merged both updates');
 for my $b (sort keys %conninfo)
 {
-	like($branch->safe_psql($b, q{SELECT floral_branch_step('m')}), qr/^round 1: trained/,
+	like($branch->safe_psql($b, q{CALL floral_branch_step('m')}), qr/^round 1: trained/,
 		"$b pulled round 1 and trained it");
 }
 

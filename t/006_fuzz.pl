@@ -1311,6 +1311,23 @@ my $fed_one = $node->safe_psql('postgres', qq{
 	SELECT fuzz.merge_verdict('fz_fed');
 	ROLLBACK;});
 $fed_one =~ s/\n/ then /g;
+# an update with a NULL part was accepted (floral._update_norm is STRICT),
+# and merging it failed (NULL sums) or crashed the server (NULL weights of a
+# model without adaptors)
+my $fed_nulls = $node->safe_psql('postgres', q{
+	BEGIN;
+	SELECT floral_create_model('fz_fed0', '{3,3,2}', 'classification', 0, 1);
+	SELECT floral_coordinator_setup('fz_fed0');
+	SELECT floral_coordinator_add_branch('fz_fed0', 'b1');
+	SELECT floral_coordinator_add_branch('fz_fed0', 'b2');
+	WITH x AS (SELECT encode(floral.tensor_send(array_fill(0.5::real,
+	               ARRAY[(SELECT sum(parameters)::int FROM floral_layers('fz_fed0'))])::floral.tensor), 'base64') AS s)
+	SELECT floral.fed_submit('fz_fed0', 'b1', 0, 10, NULL, x.s, 0, 1) || ' '
+	       || floral.fed_submit('fz_fed0', 'b2', 0, 10, '{}', x.s, 0, NULL) || ' '
+	       || floral.fed_submit('fz_fed', 'b1', 0, 10, '{5,5}', NULL, 0, 1)
+	FROM x;
+	ROLLBACK;});
+$fed_nulls =~ s/^\s+|\s+$//g;
 my ($stale_ret, $stale) = $node->psql('postgres', q{
 	DO $$
 	BEGIN
@@ -1322,6 +1339,7 @@ my ($stale_ret, $stale) = $node->psql('postgres', q{
 	END $$;}, stderr => \my $stale_err);
 
 like($fed_one, qr/^rejected/, "an update that averages to values beyond float4 is rejected (got: $fed_one)");
+is($fed_nulls, 'rejected rejected rejected', 'an update with NULL weights, NULL tenants or NULL sums is rejected');
 like($fed_bad, qr/^0 of/, 'every fuzzed update floral.fed_submit accepts can be merged (got: ' . $fed_bad . ')');
 like($create_err, qr/model name must have 1 to 127 bytes/, 'a model name of 128 bytes is refused');
 like($train_err, qr/does not exist/, 'training a 128-byte model name finds no model');

@@ -934,13 +934,22 @@ BEGIN
 		END;
 		IF st = 'accepted' THEN
 			SELECT sum(x.parameters) INTO n FROM @extschema@.floral_layers(model) x;
-			IF floral.tensor_shape(t) <> ARRAY[n] THEN
+			-- every part of an accepted update must be there: the checks
+			-- below (and floral._update_norm, which is STRICT) would let a
+			-- NULL through, and the merge cannot use it
+			IF t IS NULL THEN
+				st := 'rejected';
+				why := 'sums must not be NULL';
+			ELSIF floral.tensor_shape(t) <> ARRAY[n] THEN
 				st := 'rejected';
 				why := format('sums have shape %s, the model has %s parameters', floral.tensor_shape(t), n);
 			ELSIF examples IS NULL OR NOT (examples >= 1 AND examples < 'Infinity') THEN
 				st := 'rejected';
 				why := format('examples must be a finite count of at least 1, not %s', examples);
-			ELSIF coalesce(cardinality(weights), 0) <> m.adaptors
+			ELSIF tenants IS NULL OR tenants < 1 THEN
+				st := 'rejected';
+				why := format('tenants must be a count of at least 1, not %s', tenants);
+			ELSIF weights IS NULL OR coalesce(cardinality(weights), 0) <> m.adaptors
 				  OR coalesce(array_ndims(weights), 1) <> 1
 				  OR EXISTS (SELECT 1 FROM unnest(weights) w
 							 WHERE w IS NULL OR NOT (w >= 0 AND w <= examples * 1.0001)) THEN

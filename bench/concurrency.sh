@@ -8,7 +8,8 @@
 # 100 + 4t rows, so every tenant has a different number of examples).  After
 # one warm-up round, pgbench runs CLIENTS clients for DURATION seconds,
 # mixing (by weight) bench/pgbench/train.sql (train one random tenant, log
-# what floral_train returned and the round it trained in), predict.sql
+# what floral_train returned and the round it trained in, or that it skipped
+# the tenant, which had contributed to the round already), predict.sql
 # (personalised probabilities of 20 rows of a random tenant, checked) and
 # aggregate.sql (floral_aggregate; "no contributions" is caught and counted).
 #
@@ -16,12 +17,15 @@
 #   deadlocks      "deadlock" in the server log = 0, pgbench failed
 #                  transactions = 0, no pgbench client aborted
 #   lost           for every round R trained during the run: the tenants
-#                  logged as trained in R (a retrain replaces the earlier
-#                  contribution, so distinct tenants) and the sum of their
-#                  examples equal floral.rounds.tenants/examples of round R+1,
-#                  or, for the current round, exactly the pending
-#                  floral.contributions; every round created during the run
-#                  came from a logged training
+#                  logged as trained in R (each at most once: a tenant
+#                  contributes once per round) and the sum of their examples
+#                  equal floral.rounds.tenants/examples of round R+1, or, for
+#                  the current round, exactly the pending calls of
+#                  floral.contributions (one row per call, tenant by tenant
+#                  through floral.tenants.contributed_call); a call that
+#                  skipped its tenant did so only in a round where the log
+#                  has the tenant trained already; every round created during
+#                  the run came from a logged training
 #   torn           every kept round has the full parameter count and finite
 #                  values; every tenant's logits are finite; no prediction
 #                  was non-finite or did not sum to 1; floral_evaluate over
@@ -127,6 +131,8 @@ CREATE TABLE bench_train_log (id bigserial PRIMARY KEY, xid bigint NOT NULL, rou
                               tenant text NOT NULL, examples bigint NOT NULL, loss float8,
                               at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE INDEX ON bench_train_log (xid);
+CREATE TABLE bench_skip_log (id bigserial PRIMARY KEY, round int, tenant text NOT NULL,
+                             at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE bench_aggregate_log (id bigserial PRIMARY KEY, new_round int, ok boolean NOT NULL,
                                   at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE bench_predict_bad (id bigserial PRIMARY KEY, tenant text, n bigint, bad bigint,
@@ -195,7 +201,7 @@ done
 tee -a "$OUT" <"$WORK/per_script_final.txt"
 report "  (tps here = completed transactions / $DURATION s; pgbench's own per-script tps is above."
 report "   A transaction whose floral call raised an error, caught and recorded in bench_errors, counts as completed:"
-report "   $(q "SELECT count(*) FROM bench_train_log") training calls trained (+ $(q "SELECT count(*) FROM bench_errors WHERE script = 'train'") errors)," \
+report "   $(q "SELECT count(*) FROM bench_train_log") training calls trained, $(q "SELECT count(*) FROM bench_skip_log") skipped a tenant that had contributed (+ $(q "SELECT count(*) FROM bench_errors WHERE script = 'train'") errors)," \
        "$(q "SELECT count(*) FROM bench_aggregate_log WHERE ok") aggregations made a round, $(q "SELECT count(*) FROM bench_aggregate_log WHERE NOT ok") found no contributions" \
        "(+ $(q "SELECT count(*) FROM bench_errors WHERE script = 'aggregate'") errors))"
 report ""
@@ -225,7 +231,7 @@ report "        server log during the run: $ERRORS ERROR lines, $LOCKWAITS lock 
 tail -c +"$((LOG_MARK + 1))" "$WORK/server.log" | grep -E ' (ERROR|FATAL|PANIC): ' | sed 's/^[^]]*] //' | sort | uniq -c | sort -rn | head -5 | sed 's/^/          /' | tee -a "$OUT" || true
 
 psql_ -At -F ' ' >"$WORK/lost.txt" <<EOF
-WITH per AS (      -- a retrain in the same round replaces the contribution
+WITH per AS (      -- a tenant contributes once per round: calls must be 1
     SELECT round, tenant, max(examples) AS examples, min(examples) AS min_examples, count(*) AS calls
     FROM bench_train_log GROUP BY round, tenant),
 expect AS (SELECT round, count(*) AS tenants, sum(examples) AS examples, sum(calls) AS calls
@@ -235,22 +241,34 @@ merged AS (        -- rounds R < current: compare with round R + 1
     SELECT e.round, e.tenants, e.examples, r.tenants AS got_tenants, r.examples AS got_examples
     FROM expect e JOIN cur ON e.round < cur.round
     LEFT JOIN floral.rounds r ON r.model = 'm' AND r.round = e.round + 1),
-pending AS (       -- the current round: compare with the pending contributions, tenant by tenant
-    SELECT coalesce(p.tenant, c.tenant) AS tenant, p.examples, c.examples AS got
+pending AS (       -- the current round: compare with the pending calls (each
+                   -- trained one tenant), tenant by tenant through the tenant
+                   -- state that points at its call
+    SELECT coalesce(p.tenant, c.tenant) AS tenant, p.examples,
+           CASE WHEN c.tenants = 1 AND c.chunk = 0 THEN c.examples END AS got
     FROM (SELECT per.* FROM per, cur WHERE per.round = cur.round) p
-    FULL JOIN (SELECT c.* FROM floral.contributions c, cur WHERE c.model = 'm' AND c.round = cur.round) c
+    FULL JOIN (SELECT t.tenant, c.tenants, c.chunk, c.examples
+                 FROM floral.contributions c
+                 JOIN cur ON c.round = cur.round
+                 LEFT JOIN floral.tenants t ON t.model = c.model AND t.contributed_call = c.call
+                                           AND t.start_round = c.round
+                WHERE c.model = 'm') c
       ON c.tenant = p.tenant)
 SELECT 'trains', (SELECT count(*) FROM bench_train_log)
 UNION ALL SELECT 'trains_without_round', (SELECT count(*) FROM bench_train_log WHERE round IS NULL)
 UNION ALL SELECT 'tenants_with_varying_examples', (SELECT count(*) FROM per WHERE examples <> min_examples)
 UNION ALL SELECT 'rounds_trained', (SELECT count(*) FROM expect)
-UNION ALL SELECT 'retrains_replaced', (SELECT coalesce(sum(calls) - sum(tenants), 0) FROM expect)
+UNION ALL SELECT 'tenants_trained_twice', (SELECT count(*) FROM per WHERE calls > 1)
+UNION ALL SELECT 'skips', (SELECT count(*) FROM bench_skip_log)
+UNION ALL SELECT 'skips_without_training', (SELECT count(*) FROM bench_skip_log s
+    WHERE s.round IS NULL OR NOT EXISTS (SELECT 1 FROM bench_train_log l WHERE l.round = s.round AND l.tenant = s.tenant))
 UNION ALL SELECT 'rounds_merged_checked', (SELECT count(*) FROM merged)
 UNION ALL SELECT 'rounds_merged_mismatch', (SELECT count(*) FROM merged
     WHERE got_tenants IS DISTINCT FROM tenants OR got_examples IS DISTINCT FROM examples)
 UNION ALL SELECT 'examples_logged_merged', (SELECT coalesce(sum(examples), 0) FROM merged)
 UNION ALL SELECT 'examples_in_rounds', (SELECT coalesce(sum(got_examples), 0) FROM merged)
 UNION ALL SELECT 'pending_tenants', (SELECT count(*) FROM pending)
+UNION ALL SELECT 'pending_calls', (SELECT count(*) FROM floral.contributions c, cur WHERE c.model = 'm' AND c.round = cur.round)
 UNION ALL SELECT 'pending_mismatch', (SELECT count(*) FROM pending WHERE examples IS DISTINCT FROM got)
 UNION ALL SELECT 'rounds_created', (SELECT count(*) FROM floral.rounds WHERE model = 'm' AND round > $START_ROUND)
 UNION ALL SELECT 'rounds_created_without_training', (SELECT count(*) FROM floral.rounds r
@@ -264,14 +282,16 @@ EOF
 v() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/lost.txt"; }
 report "        $(awk '{ printf "%s%s=%s", (NR > 1 ? " " : ""), $1, $2 }' "$WORK/lost.txt" | fold -s -w 100 | sed '2,$s/^/        /')"
 LOST_OK=1
-for k in trains_without_round tenants_with_varying_examples rounds_merged_mismatch pending_mismatch rounds_created_without_training; do
+for k in trains_without_round tenants_with_varying_examples tenants_trained_twice skips_without_training \
+         rounds_merged_mismatch pending_mismatch rounds_created_without_training; do
     [ "$(v $k)" = 0 ] || LOST_OK=0
 done
 [ "$(v rounds_created)" = "$(v aggregate_ok)" ] || LOST_OK=0
+[ "$(v pending_calls)" = "$(v pending_tenants)" ] || LOST_OK=0
 [ "$(v examples_logged_merged)" = "$(v examples_in_rounds)" ] || LOST_OK=0
 [ "$(v trains)" -gt 0 ] && [ "$(v aggregate_ok)" -gt 0 ] || LOST_OK=0
 check "no lost contributions" "$LOST_OK" \
-    "$(v trains) successful training calls in $(v rounds_trained) rounds ($(v retrains_replaced) retrains of a tenant in the same round); $(v rounds_merged_checked) merged rounds compared with the log: examples merged $(v examples_in_rounds) of $(v examples_logged_merged) expected, $(v rounds_merged_mismatch) rounds differ ($(v rounds_merged_fewer) merged fewer, $(v rounds_merged_more) more); current round $(v current_round): $(v pending_tenants) pending, mismatches $(v pending_mismatch); $(v rounds_created) rounds created, $(v aggregate_ok) successful aggregations ($(v aggregate_no_contributions) found no contributions)"
+    "$(v trains) successful training calls in $(v rounds_trained) rounds ($(v tenants_trained_twice) tenants trained twice in a round; $(v skips) calls skipped a tenant that had contributed, $(v skips_without_training) of them without a logged training); $(v rounds_merged_checked) merged rounds compared with the log: examples merged $(v examples_in_rounds) of $(v examples_logged_merged) expected, $(v rounds_merged_mismatch) rounds differ ($(v rounds_merged_fewer) merged fewer, $(v rounds_merged_more) more); current round $(v current_round): $(v pending_tenants) tenants in $(v pending_calls) pending calls, mismatches $(v pending_mismatch); $(v rounds_created) rounds created, $(v aggregate_ok) successful aggregations ($(v aggregate_no_contributions) found no contributions)"
 
 TORN=$(q "SELECT count(*) FROM floral.rounds WHERE model = 'm'
             AND (floral.tensor_shape(params) <> ARRAY[$NPARAMS]

@@ -73,11 +73,17 @@ add_round_updates(const FloralSpec *spec, int32 round, FloralSums *sums)
 			break;
 		tup = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
+		/* fed_submit accepts no NULL; never read one as a value */
+		for (int col = 1; col <= 5; col++)
+		{
+			(void) SPI_getbinval(tup, desc, col, &isnull);
+			if (isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("an accepted update of model \"%s\" has a NULL %s",
+								spec->name, SPI_fname(desc, col))));
+		}
 		raw = SPI_getbinval(tup, desc, 3, &isnull);
-		if (isnull)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("an accepted update of model \"%s\" has no sums", spec->name)));
 		t = DatumGetTensorP(raw);
 		if (tensor_numel(t) != spec->nparams)
 			ereport(ERROR,

@@ -6,6 +6,11 @@
 # takes several seconds in one session, reads the view from another, checks
 # that the numbers are sane and move forward, and that the slot is released
 # when the call ends normally and when it is cancelled.
+#
+# A tenant contributes once per round, so running the first call again
+# skips its six tenants at once (a NOTICE says so); the long call that is
+# cancelled trains six other tenants, and must leave nothing behind: the
+# first call's row of sums stays the only pending contribution.
 use strict;
 use warnings;
 
@@ -86,8 +91,21 @@ is($$out, "6", 'the training call completed');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
 	'0', 'the slot is released when the call ends');
 
-# a cancelled call releases its slot too
-($h, $out, $err) = start_call($long);
+# the first call left one row of sums for its 6 tenants
+my $pending = q{SELECT string_agg(call || ':' || chunk || ':' || tenants || ':' || examples, ' ' ORDER BY call, chunk)
+	FROM floral.contributions WHERE model = 'p' AND round = 0};
+my $first_call = $node->safe_psql('postgres', $pending);
+like($first_call, qr/^\d+:0:6:6000$/, 'the first call left one row of sums: 6 tenants, 6000 examples');
+
+# the same call again: every tenant already contributed to round 0
+my ($ret, $again_out, $again_err) = $node->psql('postgres', $long);
+is($again_out, '0', 'running the first call again trains no tenant');
+like($again_err, qr/skipped 6 tenant\(s\) that already contributed to round 0 of model "p"/,
+	'a NOTICE says the 6 tenants were skipped');
+is($node->safe_psql('postgres', $pending), $first_call, 'and it stored nothing');
+
+# a cancelled call releases its slot too: six new tenants, as long as the first
+($h, $out, $err) = start_call(q{SELECT count(*) FROM floral_train('p', 'SELECT ''new_'' || tenant, features, label FROM rows', '{"epochs": 40}')});
 my $row = wait_for_progress();
 isnt($row, '', 'second call visible');
 my $pid = (split /\|/, $row)[9];
@@ -96,8 +114,10 @@ finish($h);
 like($$err, qr/canceling statement due to user request/, 'the call was cancelled');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
 	'0', 'the slot is released when the call is cancelled');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.contributions}),
-	'6', 'the cancelled call left the first call\'s contributions as they were');
+is($node->safe_psql('postgres', $pending), $first_call,
+	'the cancelled call left the first call\'s contributions as they were, and added none');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.tenants WHERE model = 'p' AND tenant LIKE 'new\\_%'}),
+	'0', 'nor any state of the tenants it was training');
 
 # evaluation reports progress as well, and NOTICEs when asked
 my $notices = $node->psql('postgres',

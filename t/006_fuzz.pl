@@ -21,8 +21,12 @@
 #            subtransaction that is rolled back after the verdict)
 #
 # Every value that is accepted is checked: tensors round-trip through text,
-# binary and real[]; training returns finite losses; predictions are
-# classes or probabilities.  Afterwards a model trained before the fuzz
+# binary and real[]; training returns finite losses, and the one row of sums
+# it stores holds exactly the tenants it returned (a call that returns none
+# skipped them all, which it may only do while the round has pending
+# contributions; half the training cases first drop the round's pending
+# contributions with floral_discard, so that most calls train); predictions
+# are classes or probabilities.  Afterwards a model trained before the fuzz
 # predicts exactly as before, rounds moved only where an aggregation
 # succeeded, every stored contribution and mixture is finite, the fuzzed
 # models still aggregate, roll back, train and predict, and the server log
@@ -127,6 +131,80 @@ BEGIN
 	END IF;
 	RETURN 'ok';
 END $$;
+
+-- what a training call returned and stored; 'ok', 'ok:all skipped' or what
+-- went wrong.  call is the floral_train(...) expression: its errors pass.
+CREATE FUNCTION fuzz.train_verdict(model text, call text) RETURNS text
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	before bigint[];
+	names text[];
+	n bigint;
+	ex numeric;
+	bad bigint;
+	cur int;
+	calls bigint[];
+	k bigint;
+	c floral.contributions;
+BEGIN
+	SELECT coalesce(array_agg(x.call), '{}') INTO before FROM floral.contributions x WHERE x.model = train_verdict.model;
+	EXECUTE 'SELECT coalesce(array_agg(tenant), ''{}''), count(*), sum(examples), '
+		 || 'count(*) FILTER (WHERE NOT (examples > 0 AND loss >= 0 AND loss < ''Infinity'')) FROM ' || call
+		INTO names, n, ex, bad;
+	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model;
+	IF bad > 0 THEN
+		RETURN 'bad: training returned ' || bad || ' rows with bad examples or losses';
+	ELSIF n = 0 THEN
+		-- every tenant was skipped: that needs contributions to the round
+		IF EXISTS (SELECT 1 FROM floral.contributions x WHERE x.model = train_verdict.model AND x.round = cur) THEN
+			RETURN 'ok:all skipped';
+		END IF;
+		RETURN 'bad: training returned 0 rows, and the round has no contributions';
+	ELSIF (SELECT count(DISTINCT v) FROM unnest(names) v) <> n THEN
+		RETURN 'bad: a tenant was returned twice';
+	END IF;
+	-- the returned tenants are those of one new call, pending for the round
+	SELECT array_agg(DISTINCT t.contributed_call), count(*) INTO calls, k FROM floral.tenants t
+		WHERE t.model = train_verdict.model AND t.tenant = ANY (names) AND t.start_round = cur;
+	IF k <> n OR cardinality(calls) <> 1 OR calls[1] IS NULL THEN
+		RETURN 'bad: the trained tenants point at calls ' || coalesce(calls::text, '{}') || ' (' || k || ' of ' || n || ')';
+	ELSIF calls[1] = ANY (before) THEN
+		RETURN 'bad: the trained tenants point at an earlier call';
+	END IF;
+	SELECT * INTO c FROM floral.contributions x
+		WHERE x.model = train_verdict.model AND x.round = cur AND x.call = calls[1] AND x.chunk = 0;
+	IF NOT FOUND THEN
+		RETURN 'bad: the call stored no sums for round ' || cur;
+	ELSIF c.tenants <> n OR c.examples <> ex THEN
+		RETURN format('bad: the call returned %s tenants with %s examples, stored %s with %s', n, ex, c.tenants, c.examples);
+	ELSIF (SELECT count(*) FROM floral.tenants t WHERE t.model = train_verdict.model AND t.contributed_call = calls[1]) <> n THEN
+		RETURN 'bad: other tenants point at the call too';
+	END IF;
+	RETURN 'ok';
+END $$;
+
+-- the pending calls that are not for the current round, not well-formed
+-- (N, M_c, the size of the sums, the loss), not finite, or not held by
+-- exactly the tenants that point at them; NULL if there are none
+CREATE FUNCTION fuzz.contribution_faults() RETURNS text
+LANGUAGE sql AS $$
+	SELECT string_agg(c.model || '/' || c.round || '/' || c.call || '/' || c.chunk, ' ' ORDER BY c.model, c.call, c.chunk)
+	FROM floral.contributions c JOIN floral.models m ON m.name = c.model,
+	LATERAL (SELECT sum(l.parameters) FILTER (WHERE l.part IN ('W', 'b')) AS base, sum(l.parameters) AS total
+	           FROM floral_layers(m.name) l) p,
+	LATERAL (SELECT CASE WHEN (m.options->>'private_adaptors')::boolean THEN 0 ELSE m.adaptors END AS shared) a
+	WHERE c.round <> m.round OR c.chunk <> 0 OR c.tenants < 1 OR NOT (c.examples >= c.tenants AND c.examples < 'Infinity')
+	   OR NOT (c.max_examples >= 1 AND c.max_examples <= c.examples)
+	   OR NOT (c.loss_sum >= 0 AND c.loss_sum < 'Infinity')
+	   OR coalesce(cardinality(c.weights), 0) <> a.shared
+	   OR EXISTS (SELECT 1 FROM unnest(c.weights) w WHERE NOT (w >= 0 AND w <= c.examples * 1.0001))
+	   OR (a.shared > 0 AND abs((SELECT sum(w) FROM unnest(c.weights) w) - c.examples) > 1e-3 * c.examples)
+	   OR octet_length(c.sums) <> 8 * CASE WHEN a.shared > 0 THEN p.total ELSE p.base END
+	   OR c.tenants <> (SELECT count(*) FROM floral.tenants t
+	                     WHERE t.model = c.model AND t.contributed_call = c.call AND t.start_round = c.round)
+	   OR CASE WHEN c.round = m.round THEN NOT (floral.tensor_norm(floral._call_average(c.model, c.call)) < 'Infinity') END
+$$;
 
 -- merge after an accepted federation update: must work
 CREATE FUNCTION fuzz.merge_verdict(model text) RETURNS text
@@ -775,7 +853,7 @@ sub random_source
 			[ q{SELECT tenant, logits, 1 FROM floral.tenants}, undef ],
 			[ q{SELECT t, f, y FROM fuzz.good_c WHERE floral_predict('sentinel', t, f) >= 0}, $gc ],
 			[ q{SELECT t, f, y FROM fuzz.good_c WHERE (SELECT count(*) FROM floral_evaluate('sentinel', 'SELECT t, f, y FROM fuzz.good_c')) > 0}, $gc ],
-			[ q{SELECT t, f, y FROM fuzz.good_c WHERE (SELECT count(*) FROM floral_train('fz_c', 'SELECT t, f, y FROM fuzz.good_c')) > 0}, $gc ],
+			[ q{SELECT t, f, y FROM fuzz.good_c WHERE (SELECT count(*) FROM floral_train('fz_c', 'SELECT t, f, y FROM fuzz.good_c')) >= 0}, $gc ],
 			[ q{VALUES ('v', ARRAY[1,2,3,4]::real[], 1), ('v', ARRAY[4,3,2,1]::real[], 0)}, $gc ],
 			[ q{TABLE fuzz.good_c}, $gc ])->@*;
 	}
@@ -841,8 +919,14 @@ sub opts_sql
 	return ', ' . lit($o) . '::jsonb';
 }
 
-my $train_verdict = q{SELECT CASE WHEN count(*) > 0 AND bool_and(examples > 0 AND loss >= 0 AND loss < 'Infinity')
-	THEN 'ok' ELSE 'bad: training returned ' || count(*) || ' rows, losses ' || coalesce(string_agg(loss::text, ','), '') END FROM };
+# the verdict on a training call (fuzz.train_verdict); with $discard, the
+# round's pending contributions are dropped first, so that its tenants train
+sub train_sql
+{
+	my ($m, $call, $discard) = @_;
+	return ($discard ? "SELECT floral_discard('$m')::text\n;;\n" : '')
+	  . "SELECT fuzz.train_verdict('$m', " . lit($call) . ')';
+}
 my $eval_verdict = q{SELECT CASE WHEN count(*) = 0 THEN 'bad: no rows'
 	WHEN bool_and(examples > 0 AND (accuracy IS NULL OR accuracy BETWEEN 0 AND 1) AND loss >= 0)
 	THEN CASE WHEN bool_or(NOT (loss < 'Infinity')) THEN 'ok:nonfinite-loss' ELSE 'ok' END
@@ -857,7 +941,8 @@ for (1 .. 450)
 {
 	my $m = pick(@train_models);
 	my ($src, $expect) = random_source($m);
-	sql_case('train', $train_verdict . "floral_train('$m', " . lit($src) . opts_sql(chance(0.2) ? '{"epochs": 2}' : undef) . ')',
+	sql_case('train', train_sql($m, "floral_train('$m', " . lit($src) . opts_sql(chance(0.2) ? '{"epochs": 2}' : undef) . ')',
+			chance(0.5)),
 		defined $expect && $expect ne 'ok' ? $expect : undef);
 }
 for (1 .. 250)
@@ -879,8 +964,9 @@ for (1 .. 80)
 for (1 .. 200)
 {
 	my $m = pick('fz_c', 'fz_p');
-	sql_case('train-options', $train_verdict . "floral_train('$m', 'SELECT t, f, y FROM fuzz.good_c'"
-		  . opts_sql(random_options(qw(epochs batch_size lr router_lr seed))) . ')', undef);
+	# always from the start of the round: the source's tenants are always the same
+	sql_case('train-options', train_sql($m, "floral_train('$m', 'SELECT t, f, y FROM fuzz.good_c'"
+		  . opts_sql(random_options(qw(epochs batch_size lr router_lr seed))) . ')', 1), undef);
 }
 for (1 .. 60)
 {
@@ -889,6 +975,9 @@ for (1 .. 60)
 	sql_case('personalize-options', $pers_verdict . "floral_personalize('fz_c', 'SELECT t, f, y FROM fuzz.good_c'"
 		  . opts_sql($o) . ')', undef);
 }
+# what the training cases left pending, before any aggregation merges it
+sql_case('contributions', q{SELECT coalesce('bad: ' || fuzz.contribution_faults(),
+	'ok:' || (SELECT count(*) FROM floral.contributions) || ' pending calls')}, 'ok');
 # aggregations now and then: each successful one moves its model on
 for (1 .. 25)
 {
@@ -1075,7 +1164,8 @@ for (1 .. 220)
 	sql_case('fed_submit', "SELECT floral.fed_submit($args)\n;;\nSELECT fuzz.merge_verdict('fz_fed')", undef, undef, 1);
 }
 # beyond maintenance_work_mem the rows spill to a temporary file; the result
-# must be the same as in memory (a retry in the same round starts afresh)
+# must be the same as in memory (training again in the round, after
+# floral_discard, starts from the same state)
 for my $what ('train', 'evaluate')
 {
 	my $call = $what eq 'train'
@@ -1085,13 +1175,14 @@ for my $what ('train', 'evaluate')
 		q{SELECT floral_create_model('fz_spill', '{4,3,1}', 'regression', 0, 1)::text},
 		qq{CREATE TEMP TABLE fz_in_memory AS SELECT tenant, examples, loss FROM $call},
 		q{SELECT set_config('maintenance_work_mem', '1MB', true)},
+		$what eq 'train' ? q{SELECT floral_discard('fz_spill')::text} : q{SELECT 'nothing to discard'},
 		qq{SELECT CASE WHEN (SELECT string_agg(tenant || ':' || examples || ':' || loss, ' ' ORDER BY tenant) FROM fz_in_memory)
 			= (SELECT string_agg(tenant || ':' || examples || ':' || loss, ' ' ORDER BY tenant) FROM $call)
 			THEN 'ok' ELSE 'bad: spilled rows give another result' END}), 'ok', undef, 1);
 }
 # an aggregation inside the source of a training call of the same model
-sql_case('reentrant', $train_verdict
-	  . q{floral_train('fz_c', 'SELECT t, f, y FROM fuzz.good_c WHERE (SELECT floral_aggregate(''fz_c'')) > 0')}, undef, undef, 1);
+sql_case('reentrant', train_sql('fz_c',
+	  q{floral_train('fz_c', 'SELECT t, f, y FROM fuzz.good_c WHERE (SELECT floral_aggregate(''fz_c'')) > 0')}), undef, undef, 1);
 
 # ---------------------------------------------------------------- load and run
 
@@ -1224,12 +1315,10 @@ is($node->safe_psql('postgres', q{
 	WHERE NOT EXISTS (SELECT 1 FROM floral.rounds r WHERE r.model = m.name AND r.round = m.round)}),
 	'0', 'every model has its current round');
 
-is($node->safe_psql('postgres', q{
-	SELECT count(*) FROM floral.contributions c JOIN floral.models m ON m.name = c.model
-	WHERE c.round <> m.round OR NOT (floral.tensor_norm(c.params) < 'Infinity') OR c.examples < 1
-	   OR cardinality(c.mixture) <> m.adaptors
-	   OR EXISTS (SELECT 1 FROM unnest(c.mixture) v WHERE NOT (v >= 0 AND v <= 1))}),
-	'0', 'every stored contribution is for the current round, finite and well-formed');
+is($node->safe_psql('postgres', q{SELECT coalesce(fuzz.contribution_faults(), '')}), '',
+	'every stored contribution is for the current round, finite and well-formed, with its tenants');
+like($node->safe_psql('postgres', q{SELECT outcome FROM fuzz.cases WHERE kind = 'contributions'}), qr/^ok:[1-9]\d* pending calls$/,
+	'and so was every pending call after the training cases');
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM floral.tenants t JOIN floral.models m ON m.name = t.model
 	WHERE cardinality(t.logits) <> m.adaptors
@@ -1311,6 +1400,23 @@ my $fed_one = $node->safe_psql('postgres', qq{
 	SELECT fuzz.merge_verdict('fz_fed');
 	ROLLBACK;});
 $fed_one =~ s/\n/ then /g;
+# an update with a NULL part was accepted (floral._update_norm is STRICT),
+# and merging it failed (NULL sums) or crashed the server (NULL weights of a
+# model without adaptors)
+my $fed_nulls = $node->safe_psql('postgres', q{
+	BEGIN;
+	SELECT floral_create_model('fz_fed0', '{3,3,2}', 'classification', 0, 1);
+	SELECT floral_coordinator_setup('fz_fed0');
+	SELECT floral_coordinator_add_branch('fz_fed0', 'b1');
+	SELECT floral_coordinator_add_branch('fz_fed0', 'b2');
+	WITH x AS (SELECT encode(floral.tensor_send(array_fill(0.5::real,
+	               ARRAY[(SELECT sum(parameters)::int FROM floral_layers('fz_fed0'))])::floral.tensor), 'base64') AS s)
+	SELECT floral.fed_submit('fz_fed0', 'b1', 0, 10, NULL, x.s, 0, 1) || ' '
+	       || floral.fed_submit('fz_fed0', 'b2', 0, 10, '{}', x.s, 0, NULL) || ' '
+	       || floral.fed_submit('fz_fed', 'b1', 0, 10, '{5,5}', NULL, 0, 1)
+	FROM x;
+	ROLLBACK;});
+$fed_nulls =~ s/^\s+|\s+$//g;
 my ($stale_ret, $stale) = $node->psql('postgres', q{
 	DO $$
 	BEGIN
@@ -1322,6 +1428,7 @@ my ($stale_ret, $stale) = $node->psql('postgres', q{
 	END $$;}, stderr => \my $stale_err);
 
 like($fed_one, qr/^rejected/, "an update that averages to values beyond float4 is rejected (got: $fed_one)");
+is($fed_nulls, 'rejected rejected rejected', 'an update with NULL weights, NULL tenants or NULL sums is rejected');
 like($fed_bad, qr/^0 of/, 'every fuzzed update floral.fed_submit accepts can be merged (got: ' . $fed_bad . ')');
 like($create_err, qr/model name must have 1 to 127 bytes/, 'a model name of 128 bytes is refused');
 like($train_err, qr/does not exist/, 'training a 128-byte model name finds no model');

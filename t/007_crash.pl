@@ -1,27 +1,35 @@
 # Crash safety: kill -9 the server during training and during aggregation.
 #
-# floral.contributions is UNLOGGED, so a crash empties it; everything else
-# (models, rounds, tenants with their start-of-round state) is logged.  After
+# A training call stores its tenants' sums as one row of floral.contributions
+# when it commits; the table is logged like the rest of the catalog (models,
+# rounds, tenants with their start-of-round state), so a crash keeps every
+# committed call and loses exactly the work that had not committed.  After
 # any crash a model must be at exactly the round it was at before (or, for a
-# committed aggregation, the next one), never in between, and re-running the
-# round must give bit-identically what the same training gives on a model
-# that never crashed.
+# committed aggregation, the next one), never in between, with the same
+# calls pending as before the crash; and finishing the round must give bit
+# for bit what the same training gives on a model that never crashed.
 #
 # The reference model "r" is trained first, with no crash in between any of
 # its calls: round by round it gets exactly the training that "m" gets in
-# the end.  "m" then goes through the crashes:
+# the end (in round 1: a call over shop0..shop2, then a call over all six
+# tenants, which skips shop0..shop2 and trains shop3..shop5; the round adds
+# the two calls' sums in call order).  "m" then goes through the crashes:
 #
-#   a. round 1: a committed training call of every tenant, then a second
-#      (retry) call of the same training, killed while it runs, with an
-#      aggregation queued behind it.  After the restart m is still at
-#      round 1, the contributions are gone, the tenants' logged state is as
-#      the first call left it, and re-running the round (train + aggregate)
-#      gives r's round 2 bit for bit: the retry starts from the start-of-round
-#      state kept in floral.tenants, so nothing is counted twice.
+#   a. round 1: a committed call trains shop0..shop2, then the call over all
+#      six tenants (shop0..shop2 skipped, shop3..shop5 training) is killed
+#      while it runs, with an aggregation queued behind it.  After the
+#      restart m is still at round 1, exactly the first call's row is
+#      pending (3 tenants, the same sums), the tenants' logged state is as
+#      the first call left it, and re-running the killed call trains
+#      shop3..shop5 (and skips the other three) from the same start state:
+#      aggregating then gives r's round 2 bit for bit, counting every
+#      tenant once.
 #   b. round 2: an aggregation that ran but is not committed when the server
-#      dies leaves m at round 2 with no row for round 3; re-running the
-#      round gives r's round 3.  An aggregation committed just before the
-#      crash survives it (round 3), and the next round works too (r's 4).
+#      dies leaves m at round 2 with no row for round 3 and the round's
+#      contribution still pending (its tenants are not trained again);
+#      aggregating then gives r's round 3.  An aggregation committed just
+#      before the crash survives it (round 4, nothing pending), and the
+#      next round works too.
 #   c. every restart logs crash recovery, so a crash cannot be skipped silently.
 #
 # The server is killed the way a crash kills it: SIGKILL to the postmaster
@@ -49,8 +57,9 @@ $node->append_conf('postgresql.conf', "restart_after_crash = off\n");
 $node->start;
 
 # 6 tenants x 1000 rows of 64 features; ORDER BY makes every run
-# bit-identical
+# bit-identical.  The first half: shop0..shop2.
 my $source = q{SELECT tenant, features, label FROM rows ORDER BY tenant, id};
+my $half = q{SELECT tenant, features, label FROM rows WHERE tenant IN ('shop0', 'shop1', 'shop2') ORDER BY tenant, id};
 $node->safe_psql(
 	'postgres', q{
 	CREATE EXTENSION floral;
@@ -70,8 +79,29 @@ my $short_opts = '{"epochs": 1, "lr": 0.05}';
 
 sub train_sql
 {
-	my ($model, $opts) = @_;
-	return "SELECT count(*) FROM floral_train('$model', \$q\$$source\$q\$, '$opts')";
+	my ($model, $opts, $src) = @_;
+	$src //= $source;
+	return "SELECT count(*) FROM floral_train('$model', \$q\$$src\$q\$, '$opts')";
+}
+
+# a training call that skips tenants: (tenants trained, the NOTICE)
+sub train_skipping
+{
+	my ($model, $opts, $src) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', train_sql($model, $opts, $src));
+	die "training $model failed: $err" if $ret != 0;
+	return ($out, $err);
+}
+
+# the pending calls of a model: call, chunk, tenants, examples and the sums
+sub pending
+{
+	my ($model) = @_;
+	return $node->safe_psql(
+		'postgres', qq{
+	SELECT coalesce(string_agg(round || ':' || call || ':' || chunk || ':' || tenants || ':' || examples || ':' || md5(sums),
+	                           ' ' ORDER BY round, call, chunk), 'none')
+	  FROM floral.contributions WHERE model = '$model'});
 }
 
 # one whole round, committed
@@ -183,8 +213,15 @@ sub crash_and_restart
 my $t_ref = time;
 is(round('r', $short_opts), '1', 'r: round 0 -> 1');
 my $t_long = time;
-is(round('r', $long_opts), '2', 'r: round 1 -> 2 (the long round)');
+is($node->safe_psql('postgres', train_sql('r', $long_opts, $half)), '3', 'r: round 1, first call: shop0..shop2 trained');
+my ($r_trained, $r_notice) = train_skipping('r', $long_opts);
+is($r_trained, '3', 'r: round 1, second call over all six tenants: 3 trained');
+like($r_notice, qr/skipped 3 tenant\(s\) that already contributed to round 1 of model "r"/,
+	'r: the second call skipped the 3 tenants of the first');
+is($node->safe_psql('postgres', q{SELECT floral_aggregate('r')}), '2', 'r: round 1 -> 2 (the long round)');
 $t_long = time - $t_long;
+is($node->safe_psql('postgres', q{SELECT tenants || ' ' || examples FROM floral.rounds WHERE model = 'r' AND round = 2}),
+	'6 6000', 'r: round 2 merged 6 tenants and 6000 examples from the two calls');
 my $r_logits_round1 = logits_of('r');
 is(round('r', $short_opts), '3', 'r: round 2 -> 3');
 is(round('r', $short_opts), '4', 'r: round 3 -> 4');
@@ -195,19 +232,19 @@ note sprintf('reference rounds took %.1f s (the long round %.1f s)', time - $t_r
 # a. kill -9 during training
 ########################################################################
 is(round('m', $short_opts), '1', 'm: round 0 -> 1');
-is($node->safe_psql('postgres', train_sql('m', $long_opts)), '6',
-	'm: round 1 trained once (committed)');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.contributions WHERE model = 'm' AND round = 1}),
-	'6', 'm: 6 contributions pending for round 1');
+is($node->safe_psql('postgres', train_sql('m', $long_opts, $half)), '3',
+	'm: round 1, first call: shop0..shop2 trained (committed)');
+my $first_call = pending('m');
+like($first_call, qr/^1:\d+:0:3:3000:[0-9a-f]{32}$/, 'm: one row of sums pending for round 1: 3 tenants, 3000 examples');
 my $before = digest('m');
 like($before, qr/^1 \| /, 'm is at round 1 before the crash');
 
-# the same training again (a retry of the round), killed while it runs
+# the call over all six tenants, killed while it trains the second half
 my ($h, $out, $err) = start_call(train_sql('m', $long_opts));
-# wait until it is half-way: tenants 1 and 2 have written their (uncommitted)
-# contributions and new tenant state
-ok(poll(q{SELECT count(*) > 0 FROM floral.progress WHERE model = 'm' AND command = 'train' AND tenant_number >= 3}, 't'),
-	'a: the retried training call shows up in floral.progress, at tenant 3 or later');
+# wait until it is half-way through the tenants it trains: shop3 has written
+# its (uncommitted) new state, shop4 is training
+ok(poll(q{SELECT count(*) > 0 FROM floral.progress WHERE model = 'm' AND command = 'train' AND tenant_number >= 5}, 't'),
+	'a: the second call shows up in floral.progress, at tenant 5 or later');
 # an aggregation queued behind it: it waits for the training's shared lock
 my ($ha, $outa, $erra) = start_call(q{SELECT floral_aggregate('m')});
 ok(poll(q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted}, '1'),
@@ -219,7 +256,7 @@ ok($progress ne '', "a: the training is still running when killed (tenant $progr
 crash_and_restart('a');
 eval { $h->finish; };
 eval { $ha->finish; };
-isnt($$out, '6', 'a: the killed training call did not complete');
+isnt($$out, '3', 'a: the killed training call did not complete');
 like($$err, qr/server closed the connection|terminat|connection to server/i,
 	'a: the training client lost its server');
 isnt($$outa, '2', 'a: the queued aggregation did not complete');
@@ -227,15 +264,18 @@ isnt($$outa, '2', 'a: the queued aggregation did not complete');
 is(digest('m'), $before, 'a: after the restart m is exactly as before the killed call (round 1, params, tenants)');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.rounds WHERE model = 'm' AND round > 1}),
 	'0', 'a: no row for round 2');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.contributions}),
-	'0', 'a: floral.contributions is empty after crash recovery (UNLOGGED)');
+is(pending('m'), $first_call,
+	'a: exactly the first call\'s row of sums is pending (logged, it survived; the killed call left nothing)');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
 	'0', 'a: no stale progress slot after the restart');
 is(digest('r'), $r_digest, 'a: the reference model is untouched by the crash');
 
-# re-run the round: same training, then aggregation
-is($node->safe_psql('postgres', train_sql('m', $long_opts)), '6', 'a: round 1 re-run: 6 tenants trained');
-is($node->safe_psql('postgres', q{SELECT floral_aggregate('m')}), '2', 'a: round 1 re-run aggregates into round 2');
+# re-run the killed call: it trains the second half and skips the first
+my ($m_trained, $m_notice) = train_skipping('m', $long_opts);
+is($m_trained, '3', 'a: the re-run of the killed call trains 3 tenants');
+like($m_notice, qr/skipped 3 tenant\(s\) that already contributed to round 1 of model "m"/,
+	'a: and skips the 3 that the first call trained');
+is($node->safe_psql('postgres', q{SELECT floral_aggregate('m')}), '2', 'a: round 1 aggregates into round 2');
 is($node->safe_psql('postgres', q{SELECT tenants || ' ' || examples FROM floral.rounds WHERE model = 'm' AND round = 2}),
 	'6 6000', 'a: round 2 merged 6 tenants and 6000 examples (nothing counted twice)');
 ok(params_of('m', 2) eq params_of('r', 2),
@@ -249,6 +289,8 @@ is(logits_of('m'), $r_logits_round1,
 # uncommitted: the aggregation has written round 3 but not committed
 is($node->safe_psql('postgres', train_sql('m', $short_opts)), '6', 'b: round 2 trained');
 $before = digest('m');
+my $round2_call = pending('m');
+like($round2_call, qr/^2:\d+:0:6:6000:[0-9a-f]{32}$/, 'b: one row of sums pending for round 2');
 my $s = $node->background_psql('postgres');
 $s->query_safe('BEGIN');
 is($s->query_safe(q{SELECT floral_aggregate('m')}), '3', 'b: the open transaction aggregated into round 3');
@@ -262,15 +304,19 @@ eval { $s->quit; };
 is(digest('m'), $before, 'b: after the restart m is exactly at round 2 (round, params, tenants)');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.rounds WHERE model = 'm' AND round = 3}),
 	'0', 'b: no row for round 3');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.contributions}),
-	'0', 'b: contributions are gone');
-my $agg_err;
-$node->psql('postgres', q{SELECT floral_aggregate('m')}, stderr => \$agg_err);
-like($agg_err, qr/has no contributions/, 'b: aggregating right after the crash reports no contributions');
+is(pending('m'), $round2_call, 'b: the round\'s contribution is pending again, as before the aggregation');
 
-# re-run the round
-is($node->safe_psql('postgres', train_sql('m', $short_opts)), '6', 'b: round 2 re-run: 6 tenants trained');
-is($node->safe_psql('postgres', q{SELECT floral_aggregate('m')}), '3', 'b: round 2 re-run aggregates into round 3');
+# the tenants are not trained twice: their contribution stands
+my ($b_trained, $b_notice) = train_skipping('m', $short_opts);
+is($b_trained, '0', 'b: training round 2 again after the crash trains no tenant');
+like($b_notice, qr/skipped 6 tenant\(s\) that already contributed to round 2 of model "m"/,
+	'b: it skips the 6 tenants whose contribution survived the crash');
+is(pending('m'), $round2_call, 'b: and stores nothing');
+
+# finish the round
+is($node->safe_psql('postgres', q{SELECT floral_aggregate('m')}), '3', 'b: aggregating again gives round 3');
+is($node->safe_psql('postgres', q{SELECT tenants || ' ' || examples FROM floral.rounds WHERE model = 'm' AND round = 3}),
+	'6 6000', 'b: round 3 merged 6 tenants and 6000 examples');
 ok(params_of('m', 3) eq params_of('r', 3), 'b: round 3 of m is bit-identical to the reference');
 
 # committed: aggregate, commit, crash at once
@@ -279,6 +325,7 @@ is($node->safe_psql('postgres', q{SELECT floral_aggregate('m')}), '4', 'b: round
 $before = digest('m');
 crash_and_restart('b (committed aggregation)');
 is(digest('m'), $before, 'b: the committed round 4 survives the crash (round, params, tenants)');
+is(pending('m'), 'none', 'b: the contributions it merged stay retired');
 ok(params_of('m', 4) eq params_of('r', 4), 'b: round 4 of m is bit-identical to the reference');
 is(digest('m'), digest('r'), 'b: m and r are in the same state, round by round');
 

@@ -86,8 +86,14 @@ is($c->{err}, '', 'the late trainer raised no error');
 is( $node->safe_psql('postgres', q{SELECT tenants || ' tenants, ' || examples || ' examples' FROM floral.rounds WHERE model = 'm' AND round = 1}),
 	'2 tenants, 200 examples',
 	'round 1 merged both t0 and t1, including the contribution committed while the merge waited');
-is( $node->safe_psql('postgres', q{SELECT string_agg(round || ':' || tenant, ',' ORDER BY tenant) FROM floral.contributions}),
-	'1:t2', 'the late trainer contributed to round 1, nothing else is pending');
+# what is pending: one row of sums, C's call over t2, for round 1
+is( $node->safe_psql('postgres', q{
+	SELECT string_agg(c.round || ':' || c.tenants || ':' || c.examples || ':' ||
+	                  (SELECT string_agg(t.tenant, ',' ORDER BY t.tenant) FROM floral.tenants t
+	                    WHERE t.model = c.model AND t.contributed_call = c.call AND t.start_round = c.round),
+	                  ' ' ORDER BY c.call, c.chunk)
+	  FROM floral.contributions c}),
+	'1:1:100:t2', 'the late trainer contributed to round 1 (one call, t2 alone), nothing else is pending');
 
 $node->stop;
 done_testing();

@@ -511,7 +511,7 @@ floral_execute_latest(const char *query, int nargs, Oid *types, Datum *args)
 		elog(ERROR, "could not prepare a floral statement: %s", SPI_result_code_string(SPI_result));
 	CommandCounterIncrement();
 	ret = SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							   false, false, 0);
+							   false, true, 0);
 	SPI_freeplan(plan);
 	return ret;
 }

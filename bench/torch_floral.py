@@ -230,7 +230,7 @@ def main():
     ap.add_argument("--tenants", type=int, default=300)
     ap.add_argument("--per-round", type=int, default=30)
     ap.add_argument("--rows-per-tenant", type=int, default=200)
-    ap.add_argument("--task", choices=["none", "rotate", "label_shift"], default="label_shift")
+    ap.add_argument("--task", choices=["none", "rotate", "label_shift"], default="rotate")
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)

@@ -31,105 +31,26 @@
 #
 # Run as root:  bash bench/memory.sh
 # Knobs: BIG_ROWS [3000000], SMALL_ROWS [1000000], AGG_COUNTS ["50 200"],
-#   BENCH_OUT [bench/results/memory-<date>.txt], SKIP_INSTALL [0], PGBIN.
+#   BENCH_OUT [bench/results/memory-<date>.txt], SKIP_INSTALL [0],
+#   PG_BINDIR (or PGBIN), BENCH_PORT.
+# The cluster scaffolding and `measure` are shared with the other benches:
+# bench/lib.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+bench_init memory
 BIG_ROWS=${BIG_ROWS:-3000000}
 SMALL_ROWS=${SMALL_ROWS:-1000000}
 AGG_COUNTS=${AGG_COUNTS:-"50 200"}
-OUT=${BENCH_OUT:-$HERE/results/memory-$(date +%Y-%m-%d).txt}
-export OPENBLAS_NUM_THREADS=1
+bench_report_file "${BENCH_OUT:-$HERE/results/memory-$(date +%Y-%m-%d).txt}"
 
-if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-log() { echo "[memory] $*" >&2; }
-mkdir -p "$(dirname "$OUT")"
-: >"$OUT"
-report() { printf '%s\n' "$*" | tee -a "$OUT"; }
+bench_install
+bench_start_cluster 128MB
 
-WORK=$(mktemp -d /tmp/floral-memory.XXXXXX)
-chown postgres: "$WORK" 2>/dev/null || true
-chmod 755 "$WORK"
-cleanup() {
-    if [ -f "$WORK/data/postmaster.pid" ]; then
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-    log "make install in $REPO"
-    make -C "$REPO" PG_CONFIG="$PGBIN/pg_config" install >"$WORK/make.log" 2>&1 \
-        || { tail -n 40 "$WORK/make.log" >&2; exit 1; }
-fi
-
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log "initdb + start on port $PORT (socket in $WORK)"
-"${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
-    || { cat "$WORK/initdb.log" >&2; exit 1; }
-cat >>"$WORK/data/postgresql.conf" <<EOF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$WORK'
-shared_buffers = 128MB
-max_wal_size = 8GB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_parallel_workers_per_gather = 0
-jit = off
-autovacuum = off
-lc_messages = 'C'
-log_line_prefix = '%m [%p] '
-log_temp_files = 0
-EOF
-"${AS_PG[@]}" env OPENBLAS_NUM_THREADS=1 "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null \
-    || { cat "$WORK/server.log" >&2; exit 1; }
-
-psql_() { "${AS_PG[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -d bench "$@"; }
-q() { psql_ -At -c "$1"; }
-"${AS_PG[@]}" "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -c 'CREATE DATABASE bench'
-psql_ -c 'CREATE EXTENSION floral'
-
-kb() { awk -v k="$1:" '$1 == k { print $2 }' "$2"; }
-mb() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.1f", v / 1024 }'; }
-
-# measure LABEL MWM SQL: run SQL in a fresh session with maintenance_work_mem
-# = MWM; sets M_HWM M_SHMEM M_ANONPK (kB), M_SECONDS, M_TEMP (bytes)
-measure() {
-    local label=$1 mwm=$2 sql=$3 pidf="$WORK/pid.$1" statf="$WORK/status.$1" outf="$WORK/out.$1"
-    : >"$pidf"; chown postgres: "$pidf" 2>/dev/null || true
-    local mark; mark=$(stat -c %s "$WORK/server.log")
-    {
-        printf '%s\n' "SET maintenance_work_mem = '$mwm';" \
-            "\\o $pidf" "SELECT pg_backend_pid();" "\\o" \
-            "SELECT pg_sleep(0.2);" \
-            "SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset" \
-            "$sql" \
-            "SELECT 'seconds', round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 2);" \
-            "SELECT 'status', pg_read_file('/proc/self/status');"
-    } | psql_ -At -F ' ' -f - >"$outf" 2>"$outf.err" &
-    local client=$!
-    local pid="" anon=0 a
-    while kill -0 "$client" 2>/dev/null; do
-        [ -z "$pid" ] && pid=$(tr -dc '0-9' <"$pidf" 2>/dev/null || true)
-        if [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; then
-            a=$(awk '$1 == "RssAnon:" { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
-            [ -n "$a" ] && [ "$a" -gt "$anon" ] && anon=$a
-        fi
-        sleep 0.02
-    done
-    wait "$client" || { cat "$outf.err" >&2; exit 1; }
-    sed -n '/^status /,$p' "$outf" | sed 's/^status //' >"$statf"
-    M_HWM=$(kb VmHWM "$statf"); M_SHMEM=$(kb RssShmem "$statf"); M_ANONPK=$anon
-    M_SECONDS=$(awk '$1 == "seconds" { print $2 }' "$outf")
-    M_TEMP=$(tail -c +"$((mark + 1))" "$WORK/server.log" \
-        | awk '/temporary file: path/ { for (i = 1; i < NF; i++) if ($i == "size") b += $(i + 1) } END { printf "%d", b }')
-}
+# measure LABEL MWM SQL (bench/lib.sh) sets M_HWM M_SHMEM M_ANONPK (kB),
+# M_SECONDS, M_TEMP (bytes)
 row() {    # row LABEL MWM: one table line from the last measure
     printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "$2" "$(mb "$M_HWM")" "$(mb "$M_SHMEM")" \
         "$(mb $((M_HWM - M_SHMEM)))" "$(mb "$M_ANONPK")" "$(awk -v b="$M_TEMP" 'BEGIN { printf "%.0f", b / 1048576 }')" "$M_SECONDS" | tee -a "$OUT"

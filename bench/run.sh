@@ -28,17 +28,19 @@
 #   BENCH_ROWS  [60000]  rows to load, smaller for a quick smoke run
 #   BENCH_OUT   [bench/results/speed-<date>-<time>.txt]  report file
 #   FLORAL_REPO [parent of bench/]  tree to build and install
-#   PGBIN       [/usr/lib/postgresql/15/bin]
+#   PG_BINDIR   [/usr/lib/postgresql/15/bin]  PostgreSQL 15 to use (PGBIN, the old name, works too)
+#   BENCH_PORT  [a free port]  port of the throw-away cluster
+# (the cluster scaffolding is shared with the other benches: bench/lib.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=${FLORAL_REPO:-$(cd "$HERE/.." && pwd)}
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-PG_CONFIG=$PGBIN/pg_config
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+bench_init bench
 REPS=${BENCH_REPS:-3}
 ROWS=${BENCH_ROWS:-60000}
 STAMP=$(date +%Y-%m-%d-%H%M%S)
-OUT=${BENCH_OUT:-$HERE/results/speed-$STAMP.txt}
+bench_report_file "${BENCH_OUT:-$HERE/results/speed-$STAMP.txt}"
 PREDICT_TENANTS=300
 LAYERS='{784,200,10}'
 TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
@@ -47,130 +49,19 @@ BATCH=32
 # rest to a temp file; 60,000 x 785 floats is ~190 MB, so 1GB keeps them all.
 TRAIN_MWM=1GB
 
-# The roofline is single-threaded, and floral runs inside one backend:
-# keep OpenBLAS from spreading a call over both cores (in sgemm_rate), and
-# from starting idle worker threads in every backend that loads floral (the
-# server is started with this variable set explicitly, and it is checked).
-export OPENBLAS_NUM_THREADS=1
-
-# PostgreSQL refuses to run as root: run the server and psql as postgres.
-if [ "$(id -u)" -eq 0 ]; then
-    AS_PG=(runuser -u postgres --)
-else
-    AS_PG=()
-fi
-
-log() { echo "[bench] $*" >&2; }
-die() { echo "bench: $*" >&2; exit 1; }
-# report lines go to stdout and to the report file
-mkdir -p "$(dirname "$OUT")"
-: > "$OUT"
-report() { printf '%s\n' "$*" | tee -a "$OUT"; }
-now() { date +%s.%N; }
-# seconds between two `now` stamps, 3 decimals
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# awk arithmetic on shell values: calc 'expr' var=value ...
-calc() { local e=$1; shift; awk "$@" "BEGIN { printf \"%s\", $e }"; }
-
-# --- temporary cluster, always stopped and removed at exit -------------------
-WORK=$(mktemp -d /tmp/floral-bench.XXXXXX)
-chown postgres: "$WORK" 2>/dev/null || true
-chmod 755 "$WORK"
-cleanup() {
-    if [ -f "$WORK/data/postmaster.pid" ]; then
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # --- build and install floral from this tree ---------------------------------
-log "make install in $REPO"
-if ! make -C "$REPO" PG_CONFIG="$PG_CONFIG" install >"$WORK/make.log" 2>&1; then
-    tail -n 40 "$WORK/make.log" >&2
-    die "building floral failed (log above)"
-fi
+bench_install
 
 # --- single-thread OpenBLAS rates (before the server starts: idle machine) ---
 log "building and running sgemm_rate"
-BLAS_CFLAGS=$(pkg-config --cflags openblas 2>/dev/null || true)
-BLAS_LIBS=$(pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
-# shellcheck disable=SC2086  # flag lists are meant to split
-cc -O2 $BLAS_CFLAGS "$HERE/sgemm_rate.c" -o "$WORK/sgemm_rate" $BLAS_LIBS
+bench_build_sgemm_rate
 "$WORK/sgemm_rate" all --batch "$BATCH" > "$WORK/sgemm.txt"
 rate() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/sgemm.txt"; }
 ROOF_TRAIN_PER_SAMPLE=$(rate roofline_seconds_per_sample)
 ROOF_PRED_PER_SAMPLE=$(rate roofline_predict_seconds_per_sample)
 
 # --- start PostgreSQL ---------------------------------------------------------
-# Any port works for a socket in our own directory; ask the kernel for an
-# unused one anyway so that nothing else listening on it could be confused.
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log "initdb + start on port $PORT (socket in $WORK)"
-"${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
-    || { cat "$WORK/initdb.log" >&2; exit 1; }
-# Bench settings: durability off (nothing here needs to survive a crash), no
-# parallel query and no JIT so that the scan floor and floral both run on one
-# core without compile-time noise, no autovacuum firing mid-measurement.
-# log_temp_files = 0 logs every temp file at its deletion: the report counts
-# them to show whether floral_train spilled its rows.
-cat >>"$WORK/data/postgresql.conf" <<EOF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$WORK'
-shared_buffers = 512MB
-max_wal_size = 16GB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_parallel_workers_per_gather = 0
-jit = off
-autovacuum = off
-log_temp_files = 0
-EOF
-"${AS_PG[@]}" env OPENBLAS_NUM_THREADS=1 "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null \
-    || { cat "$WORK/server.log" >&2; exit 1; }
-PM_PID=$(head -n 1 "$WORK/data/postmaster.pid")
-PM_BLAS_ENV=$(tr '\0' '\n' <"/proc/$PM_PID/environ" | grep '^OPENBLAS_NUM_THREADS=' || true)
-[ "$PM_BLAS_ENV" = "OPENBLAS_NUM_THREADS=1" ] \
-    || die "postmaster $PM_PID environment has '${PM_BLAS_ENV:-no OPENBLAS_NUM_THREADS}', expected OPENBLAS_NUM_THREADS=1"
-
-psql_db() {
-    local db=$1; shift
-    "${AS_PG[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -d "$db" "$@"
-}
-psql_() { psql_db bench "$@"; }
-# one value from a query
-q() { psql_ -At -c "$1"; }
-
-psql_db postgres -c 'CREATE DATABASE bench'
-psql_ -c 'CREATE EXTENSION floral'
-
-# psql prints "Time: 123.456 ms" after each statement under \timing; this
-# keeps the smallest, in seconds.
-best_time() { awk '/^Time: / { ms = $2 + 0; if (best == "" || ms < best) best = ms }
-                   END { if (best == "") exit 1; printf "%.4f", best / 1000 }' "$1"; }
-
-# time_sql FILE_PREFIX SETUP_SQL STATEMENT: run STATEMENT $REPS times in one
-# session after SETUP_SQL, result rows discarded; echoes the best seconds.
-time_sql() {
-    local f=$1 setup=$2 stmt=$3 i
-    {
-        printf '%s\n' "$setup" '\o /dev/null' '\timing on'
-        for ((i = 0; i < REPS; i++)); do printf '%s\n' "$stmt"; done
-    } | psql_ -f - >"$f.out" 2>"$f.err" || { cat "$f.err" >&2; return 1; }
-    best_time "$f.out"
-}
-
-# Server log lines written from now on (for counting temp files).
-log_mark() { stat -c %s "$WORK/server.log"; }
-# temp_files_since MARK: "<files> <bytes>" logged by log_temp_files since MARK
-temp_files_since() {
-    tail -c +"$(($1 + 1))" "$WORK/server.log" \
-        | awk '/temporary file: path/ { n++; for (i = 1; i < NF; i++) if ($i == "size") b += $(i + 1) }
-               END { printf "%d %d", n, b }'
-}
+bench_start_cluster 512MB
 
 # Does this build have the floral.timing GUC (a NOTICE splitting source read
 # from training time)?  The library must be loaded for its GUCs to show.
@@ -181,22 +72,11 @@ fi
 MWM_DEFAULT=$(q 'SHOW maintenance_work_mem')
 
 # --- facts --------------------------------------------------------------------
-CPU=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { sub(/^[ \t]+/, "", $2); print $2; exit }')
-[ -n "$CPU" ] || CPU=$(awk -F: '/^model name/ { sub(/^[ \t]+/, "", $2); print $2; exit }' /proc/cpuinfo)
-SIMD=$(grep -o -w -E 'avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')
-BLAS_PKGS=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' 'libopenblas0*' 2>/dev/null \
-            | awk '$1 == "ii" { printf "%s%s %s", sep, $2, $3; sep = "; " }' || true)
-FLORAL_SO="$("$PG_CONFIG" --pkglibdir)/floral.so"
-FLORAL_BLAS=$(ldd "$FLORAL_SO" 2>/dev/null | awk '/blas/ { print $3; exit }')
-[ -n "$FLORAL_BLAS" ] && FLORAL_BLAS=$(readlink -f "$FLORAL_BLAS")
-GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-# (bench/results is left out: this run's own report is already there)
-if [ -n "$(git -C "$REPO" status --porcelain -- . ':(exclude)bench/results' 2>/dev/null | head -n 1)" ]; then GIT_REV="$GIT_REV (+ uncommitted changes)"; fi
+bench_facts
 
 report "floral speed benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 report "tree:        $REPO @ $GIT_REV"
 report "cpu:         $CPU ($(nproc) cores online; ${SIMD:-no avx2/avx512})"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 report "kernel:      $(uname -sr); load average at start: $LOAD_START (other work on the machine skews timings)"
 report "postgresql:  $(q 'SELECT version()')"
 report "openblas:    ${BLAS_PKGS:-unknown}; core $(rate corename); floral.so -> ${FLORAL_BLAS:-?}"
@@ -211,56 +91,7 @@ report "timing:      best of $REPS for every timed statement; psql \\timing, inc
 report ""
 
 # --- a. load ------------------------------------------------------------------
-# The COPY text of each tenant count is generated once into a file, then
-# COPYed into each table: every table compresses its own datums (INSERT ...
-# SELECT from another table would keep that table's compressed datums as
-# they are).
-gen_copy() {   # gen_copy TENANTS FILE -> sets GEN_S
-    local t0
-    t0=$(now)
-    /usr/bin/python3 "$HERE/load_fashion_mnist.py" --split train --tenants "$1" --limit "$ROWS" >"$2"
-    GEN_S=$(elapsed "$t0" "$(now)")
-}
-# load_table TABLE COMPRESSION FILE -> sets COPY_S, INDEX_S
-load_table() {
-    local t=$1 comp=$2 file=$3 t0 t1 t2 n
-    psql_ -c 'SET client_min_messages = warning' -c "DROP TABLE IF EXISTS $t" \
-          -c "CREATE TABLE $t (id int PRIMARY KEY, tenant text, features real[] COMPRESSION $comp, label int)"
-    t0=$(now)
-    psql_ -c "COPY $t FROM STDIN" <"$file"
-    t1=$(now)
-    # statistics, and hint bits set so that the first timed scan does not
-    # pay for writing them
-    psql_ -c "VACUUM (ANALYZE) $t"
-    t2=$(now)
-    COPY_S=$(elapsed "$t0" "$t1")
-    INDEX_S=$(elapsed "$t1" "$t2")
-    n=$(q "SELECT count(*) FROM $t")
-    [ "$n" = "$ROWS" ] || die "$t: loaded $n rows, expected $ROWS"
-}
-# check_compression TABLE METHOD -> sets COMP_FIRST, COMP_DIST; dies unless
-# the first row's features use METHOD and no row uses another method (rows
-# too small to compress, or that did not compress, report NULL: 'none')
-check_compression() {
-    local t=$1 want=$2 other
-    COMP_FIRST=$(q "SELECT coalesce(pg_column_compression(features), 'none') FROM $t LIMIT 1")
-    COMP_DIST=$(q "SELECT string_agg(m || ' ' || n, ', ' ORDER BY n DESC)
-                     FROM (SELECT coalesce(pg_column_compression(features), 'none') AS m, count(*) AS n
-                             FROM $t GROUP BY 1) s")
-    other=$(q "SELECT count(*) FROM $t WHERE pg_column_compression(features) <> '$want'")
-    if [ "$COMP_FIRST" != "$want" ] || [ "$other" != 0 ]; then
-        die "$t: features compression is '$COMP_FIRST' on the first row ($COMP_DIST), expected $want"
-    fi
-}
-table_sizes() {
-    q "SELECT pg_size_pretty(pg_relation_size('$1')) || ' heap, ' ||
-              pg_size_pretty(pg_total_relation_size('$1') - pg_relation_size('$1')
-                             - pg_indexes_size('$1')) || ' toast, ' ||
-              pg_size_pretty(pg_indexes_size('$1')) || ' index; features avg ' ||
-              round(avg(pg_column_size(features))) || ' bytes stored'
-         FROM $1"
-}
-
+# (gen_copy, load_table, check_compression, table_sizes: bench/lib.sh)
 report "a. load by COPY ($ROWS rows, 784 real each; text generated once per tenant count, then COPYed into each table)"
 # key|table|compression|tenants
 TABLES=("lz4|fmnist|lz4|1" "pglz|fmnist_pglz|pglz|1" "t300|fmnist300|lz4|$PREDICT_TENANTS"

@@ -27,8 +27,12 @@ typedef struct FloralNet
 	float	   *dX;				/* B x widest */
 	float	   *bias;			/* effective bias, widest */
 	double	   *colsum;			/* widest */
-	double	   *gram;			/* r x r scratch for preconditioning */
-	float	   *chol;			/* its Cholesky factor */
+	/* preconditioning scratch, for the largest r of any layer */
+	float	   *ugram;			/* Gram matrices U_c U_c^T of one layer */
+	float	   *vgram;			/* V_c^T V_c, r x r */
+	float	   *inv;			/* (gram + eps I)^-1, r x r */
+	double	   *chol;			/* its Cholesky factor and that one's inverse */
+	float	   *pscratch;		/* a gradient block, r x widest */
 
 	/* the mixture used by the last forward pass */
 	float		pi[FLORAL_MAX_ADAPTORS];

@@ -10,6 +10,10 @@
  * Rows are examples (row-major), so every product is one cblas_sgemm over
  * the batch.  The C adaptors of a layer are stacked, so projecting the batch
  * on all of them is a single GEMM as well.
+ *
+ * Training takes its SGD step with floral_sgd_step, which applies each
+ * update inside the GEMM that computes its gradient; floral_backward keeps
+ * the gradients themselves for the gradient check and personalisation.
  */
 #include "postgres.h"
 
@@ -49,6 +53,8 @@ floral_net_create(const FloralSpec *spec, int max_batch)
 		max_r = Max(max_r, layer->rank);
 	}
 	net->G = palloc(sizeof(float) * max_batch * max_cr);
+	net->Gp = palloc(sizeof(float) * max_batch * max_cr);
+	net->T = palloc(sizeof(float) * max_batch * max_r);
 	net->dZ = palloc(sizeof(float) * max_batch * widest);
 	net->dX = palloc(sizeof(float) * max_batch * widest);
 	net->bias = palloc(sizeof(float) * widest);
@@ -323,6 +329,106 @@ floral_loss(FloralNet *net, const float *Y, int B, bool want_grad,
 
 /* ---------- backward ---------- */
 
+/*
+ * The backward pass of one layer is split into the parts that
+ * floral_backward and floral_sgd_step share, so that the fused step
+ * computes exactly the same G, dm and input gradient as the plain one.
+ */
+
+/* db = column sums of dZ (B x out), accumulated in double */
+static void
+bias_gradient(const float *dZ, int B, int out, double *db)
+{
+	for (int k = 0; k < out; k++)
+		db[k] = 0.0;
+	for (int i = 0; i < B; i++)
+		for (int k = 0; k < out; k++)
+			db[k] += dZ[(int64) i * out + k];
+}
+
+/*
+ * G_c = dZ V_c for every adaptor of the layer, and the mixture gradient
+ * dm_c += alpha (<G_c, A_c> + <db, beta_c>).  On return G_c carries the
+ * factor alpha m_c, which is what both dU and the input gradient need.
+ */
+static void
+adaptor_backward(FloralNet *net, const FloralLayer *layer, const float *bank,
+				 int B, const float *dZ, const double *db)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	int			out = layer->out;
+	int			r = layer->rank;
+	int			cr = C * r;
+	const float *A = net->A[layer - spec->layers];
+	float	   *G = net->G;
+
+	for (int c = 0; c < C; c++)
+	{
+		const float *V = bank + layer->V + (int64) c * out * r;
+		const float *beta = bank + layer->beta + (int64) c * out;
+		double		dm = 0.0;
+		float		scale = spec->alpha * net->m[c];
+
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+					B, r, out,
+					1.0f, dZ, out, V, r,
+					0.0f, G + c * r, cr);
+
+		for (int i = 0; i < B; i++)
+			for (int j = 0; j < r; j++)
+				dm += (double) G[(int64) i * cr + c * r + j] *
+					A[(int64) i * cr + c * r + j];
+		for (int k = 0; k < out; k++)
+			dm += db[k] * beta[k];
+		net->dm[c] += spec->alpha * dm;
+
+		for (int i = 0; i < B; i++)
+			for (int j = 0; j < r; j++)
+				G[(int64) i * cr + c * r + j] *= scale;
+	}
+}
+
+/*
+ * dX = (dZ W + G U) act'(Z_{l-1}), the output gradient of layer l - 1.  It
+ * must see W and U as they were in the forward pass, so the fused step
+ * calls this before it updates them.
+ */
+static void
+input_gradient(FloralNet *net, int l, const float *base, const float *bank,
+			   int B, const float *dZ, float *dX)
+{
+	const FloralSpec *spec = net->spec;
+	const FloralLayer *layer = &spec->layers[l];
+	int			cr = spec->nadaptors * layer->rank;
+	const float *Zprev = net->Z[l - 1];
+	const float *Hprev = net->H[l - 1];
+	int64		n = (int64) B * layer->in;
+
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+				B, layer->in, layer->out,
+				1.0f, dZ, layer->out, base + layer->W, layer->in,
+				0.0f, dX, layer->in);
+	if (cr > 0)
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+					B, layer->in, cr,
+					1.0f, net->G, cr, bank + layer->U, layer->in,
+					1.0f, dX, layer->in);
+	switch (spec->activation)
+	{
+		case FLORAL_RELU:
+			for (int64 i = 0; i < n; i++)
+				dX[i] = Zprev[i] > 0.0f ? dX[i] : 0.0f;
+			break;
+		case FLORAL_TANH:
+			for (int64 i = 0; i < n; i++)
+				dX[i] *= 1.0f - Hprev[i] * Hprev[i];
+			break;
+		case FLORAL_IDENTITY:
+			break;
+	}
+}
+
 void
 floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 				float *gbase, float *gbank)
@@ -351,32 +457,19 @@ floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 					out, layer->in, B,
 					1.0f, dZ, out, in, layer->in,
 					0.0f, gbase + layer->W, layer->in);
-		for (int k = 0; k < out; k++)
-			db[k] = 0.0;
-		for (int i = 0; i < B; i++)
-			for (int k = 0; k < out; k++)
-				db[k] += dZ[(int64) i * out + k];
+		bias_gradient(dZ, B, out, db);
 		for (int k = 0; k < out; k++)
 			gbase[layer->b + k] = (float) db[k];
 
 		if (cr > 0)
 		{
-			float	   *A = net->A[l];
-			float	   *As = net->As[l];
-			float	   *G = net->G;
+			const float *As = net->As[l];
 
+			adaptor_backward(net, layer, bank, B, dZ, db);
 			for (int c = 0; c < C; c++)
 			{
-				const float *V = bank + layer->V + (int64) c * out * r;
-				const float *beta = bank + layer->beta + (int64) c * out;
-				double		dm = 0.0;
 				float		scale = spec->alpha * net->m[c];
 
-				/* G_c = dZ V_c */
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-							B, r, out,
-							1.0f, dZ, out, V, r,
-							0.0f, G + c * r, cr);
 				/* dV_c = dZ^T (alpha m_c A_c) */
 				cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
 							out, r, B,
@@ -385,58 +478,19 @@ floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 				/* dbeta_c = alpha m_c db */
 				for (int k = 0; k < out; k++)
 					gbank[layer->beta + (int64) c * out + k] = (float) (scale * db[k]);
-
-				/* dm_c = alpha (<G_c, A_c> + <db, beta_c>) */
-				for (int i = 0; i < B; i++)
-					for (int j = 0; j < r; j++)
-						dm += (double) G[(int64) i * cr + c * r + j] *
-							A[(int64) i * cr + c * r + j];
-				for (int k = 0; k < out; k++)
-					dm += db[k] * beta[k];
-				net->dm[c] += spec->alpha * dm;
-
-				/* from here on G_c carries the factor alpha m_c */
-				for (int i = 0; i < B; i++)
-					for (int j = 0; j < r; j++)
-						G[(int64) i * cr + c * r + j] *= scale;
 			}
 			/* dU (all adaptors) = G^T H_in */
 			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
 						cr, layer->in, B,
-						1.0f, G, cr, in, layer->in,
+						1.0f, net->G, cr, in, layer->in,
 						0.0f, gbank + layer->U, layer->in);
 		}
 
 		if (l > 0)
 		{
-			const float *Zprev = net->Z[l - 1];
-			const float *Hprev = net->H[l - 1];
-			int64		n = (int64) B * layer->in;
 			float	   *tmp;
 
-			/* dH_in = dZ W + G U */
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-						B, layer->in, out,
-						1.0f, dZ, out, base + layer->W, layer->in,
-						0.0f, dX, layer->in);
-			if (cr > 0)
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-							B, layer->in, cr,
-							1.0f, net->G, cr, bank + layer->U, layer->in,
-							1.0f, dX, layer->in);
-			switch (spec->activation)
-			{
-				case FLORAL_RELU:
-					for (int64 i = 0; i < n; i++)
-						dX[i] = Zprev[i] > 0.0f ? dX[i] : 0.0f;
-					break;
-				case FLORAL_TANH:
-					for (int64 i = 0; i < n; i++)
-						dX[i] *= 1.0f - Hprev[i] * Hprev[i];
-					break;
-				case FLORAL_IDENTITY:
-					break;
-			}
+			input_gradient(net, l, base, bank, B, dZ, dX);
 			tmp = dZ;
 			dZ = dX;
 			dX = tmp;
@@ -623,6 +677,144 @@ floral_precondition(FloralNet *net, const float *bank, float *gbank)
 						out, r, r,
 						1.0f, tmp, r, net->inv, r,
 						0.0f, gV, r);
+		}
+	}
+}
+
+/* ---------- the fused SGD step ---------- */
+
+/*
+ * The adaptor part of one layer's step, after adaptor_backward (G) and
+ * input_gradient (which needed U before the step).  With
+ * dU_all = G^T H_in and dV_c = dZ^T As_c, the preconditioned gradients are
+ *
+ *	  P_V dU_c = (G_c P_V)^T H_in	and   dV_c P_U = dZ^T (As_c P_U)
+ *
+ * (P_V, P_U the symmetric inverses): multiplying the B x r factors costs
+ * B r^2 instead of r^2 in (or r^2 out), and then every update is a GEMM with
+ * beta = 1 straight into U or V.  Both inverses are taken from U and V
+ * before either moves: V_c is updated only after P_V of adaptor c is formed,
+ * and U only at the end.
+ */
+static void
+adaptor_step(FloralNet *net, const FloralLayer *layer, float *bank,
+			 const float *in, int B, float lr, const float *dZ,
+			 const double *db)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	int			out = layer->out;
+	int			r = layer->rank;
+	int			cr = C * r;
+	const float *As = net->As[layer - spec->layers];
+	const float *G = net->G;
+	float	   *Gp = spec->precondition ? net->Gp : net->G;
+
+	if (spec->precondition && r > 1)
+		u_grams(net, layer, bank);
+	for (int c = 0; c < C; c++)
+	{
+		const float *U = bank + layer->U + (int64) c * r * layer->in;
+		float	   *V = bank + layer->V + (int64) c * out * r;
+		float	   *beta = bank + layer->beta + (int64) c * out;
+		float		scale = spec->alpha * net->m[c];
+		const float *T = As + c * r;
+		int			ldt = cr;
+		float		vlr = -lr;
+
+		if (spec->precondition && r == 1)
+		{
+			double		vv,
+						uu;
+			float		s;
+
+			rank1_norms(spec, U, V, layer->in, out, &vv, &uu);
+			s = (float) (1.0 / vv);
+			for (int i = 0; i < B; i++)
+				Gp[(int64) i * cr + c] = s * G[(int64) i * cr + c];
+			vlr = -lr * (float) (1.0 / uu);
+		}
+		else if (spec->precondition)
+		{
+			v_inverse(net, V, out, r);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+						B, r, r,
+						1.0f, G + c * r, cr, net->inv, r,
+						0.0f, Gp + c * r, cr);
+			u_inverse(net, c, r);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+						B, r, r,
+						1.0f, As + c * r, cr, net->inv, r,
+						0.0f, net->T, r);
+			T = net->T;
+			ldt = r;
+		}
+
+		/*
+		 * V_c -= lr dZ^T T, T = alpha m_c A_c times P_U (for rank 1, P_U is
+		 * in vlr)
+		 */
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+					out, r, B,
+					vlr, dZ, out, T, ldt,
+					1.0f, V, r);
+		/* beta_c -= lr alpha m_c db */
+		for (int k = 0; k < out; k++)
+			beta[k] += -lr * (float) (scale * db[k]);
+	}
+	/* U_all -= lr Gp^T H_in, every adaptor at once */
+	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+				cr, layer->in, B,
+				-lr, Gp, cr, in, layer->in,
+				1.0f, bank + layer->U, layer->in);
+}
+
+void
+floral_sgd_step(FloralNet *net, float *base, float *bank, int B, float lr)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	float	   *dZ = net->dZ;
+	float	   *dX = net->dX;
+
+	for (int c = 0; c < C; c++)
+		net->dm[c] = 0.0;
+
+	for (int l = spec->nlayers - 1; l >= 0; l--)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		const float *in = (l == 0) ? net->X : net->H[l - 1];
+		int			out = layer->out;
+		int			cr = C * layer->rank;
+		double	   *db = net->colsum;
+		float	   *b = base + layer->b;
+
+		CHECK_FOR_INTERRUPTS();
+
+		bias_gradient(dZ, B, out, db);
+		if (cr > 0)
+			adaptor_backward(net, layer, bank, B, dZ, db);
+		/* before W and U move */
+		if (l > 0)
+			input_gradient(net, l, base, bank, B, dZ, dX);
+
+		/* W -= lr dZ^T H_in, b -= lr db */
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans,
+					out, layer->in, B,
+					-lr, dZ, out, in, layer->in,
+					1.0f, base + layer->W, layer->in);
+		for (int k = 0; k < out; k++)
+			b[k] += -lr * (float) db[k];
+
+		if (cr > 0)
+			adaptor_step(net, layer, bank, in, B, lr, dZ, db);
+
+		if (l > 0)
+		{
+			float	   *tmp = dZ;
+
+			dZ = dX;
+			dX = tmp;
 		}
 	}
 }

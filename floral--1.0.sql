@@ -200,6 +200,13 @@ CREATE FUNCTION floral._gradient_check(model text, features real[], labels real[
 	AS 'MODULE_PATHNAME', 'floral_gradient_check' LANGUAGE C STRICT;
 COMMENT ON FUNCTION floral._gradient_check(text, real[], real[], real[], bigint, double precision) IS
 	'test aid: compare analytic gradients with central finite differences at random parameters';
+CREATE FUNCTION floral._step_check(model text, features real[], labels real[],
+		logits real[], seed bigint, lr real)
+	RETURNS TABLE (part text, parameters int, step_norm double precision,
+				   max_abs_difference double precision, relative_difference double precision)
+	AS 'MODULE_PATHNAME', 'floral_step_check' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._step_check(text, real[], real[], real[], bigint, real) IS
+	'test aid: compare the fused SGD step with backward, preconditioning and axpy at random parameters';
 CREATE FUNCTION floral._personalize(model text, source text, epochs int, batch_size int,
 		lr real, router_lr real, seed bigint, one_hot boolean)
 	RETURNS TABLE (tenant text, examples bigint, loss double precision, mixture real[])
@@ -1655,7 +1662,8 @@ GRANT EXECUTE ON FUNCTION floral_predict(text, text, real[]), floral_predict_pro
 	floral_parameter(text, text, int, int, int), floral_progress(),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
 	floral._check_integer(jsonb, text, bigint, bigint), floral._require_read_committed(text),
-	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision)
+	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision),
+	floral._step_check(text, real[], real[], real[], bigint, real)
 	TO floral_reader;
 GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,
 	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress

@@ -1,6 +1,7 @@
 /*
  * nn.h
- *	  Forward and backward passes of a FLoRAL MLP on a batch of rows.
+ *	  Forward and backward passes of a FLoRAL MLP on a batch of rows, and
+ *	  the SGD step.
  *
  * A FloralNet is the scratch space for one model and one largest batch
  * size.  It is allocated once per call (training) or once per cached model
@@ -23,12 +24,18 @@ typedef struct FloralNet
 	float	   *A[FLORAL_MAX_LAYERS];	/* input projected on U: B x C*r */
 	float	   *As[FLORAL_MAX_LAYERS];	/* A scaled by alpha * m_c */
 	float	   *G;				/* dZ V_c, B x C*r (largest layer) */
+	float	   *Gp;				/* G preconditioned, B x C*r (SGD step) */
+	float	   *T;				/* As_c preconditioned, B x r (SGD step) */
 	float	   *dZ;				/* B x widest */
 	float	   *dX;				/* B x widest */
 	float	   *bias;			/* effective bias, widest */
 	double	   *colsum;			/* widest */
-	double	   *gram;			/* r x r scratch for preconditioning */
-	float	   *chol;			/* its Cholesky factor */
+	/* preconditioning scratch, for the largest r of any layer */
+	float	   *ugram;			/* Gram matrices U_c U_c^T of one layer */
+	float	   *vgram;			/* V_c^T V_c, r x r */
+	float	   *inv;			/* (gram + eps I)^-1, r x r */
+	double	   *chol;			/* its Cholesky factor and that one's inverse */
+	float	   *pscratch;		/* a gradient block, r x widest */
 
 	/* the mixture used by the last forward pass */
 	float		pi[FLORAL_MAX_ADAPTORS];
@@ -74,5 +81,15 @@ extern void floral_backward(FloralNet *net, const float *base,
 /* FLORAL.md preconditioning of the adaptor factors' gradients, in place */
 extern void floral_precondition(FloralNet *net, const float *bank,
 								float *gbank);
+
+/*
+ * One SGD step with learning rate lr after floral_forward and floral_loss:
+ * the same as floral_backward, floral_precondition (when the model asks for
+ * it) and params -= lr * grad, but each update is applied by the GEMM that
+ * computes its gradient, so no gradient vector is written or read back.
+ * Fills net->dm like floral_backward.
+ */
+extern void floral_sgd_step(FloralNet *net, float *base, float *bank, int B,
+							float lr);
 
 #endif

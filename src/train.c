@@ -147,7 +147,11 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 			loss = floral_loss(net, tr->Y, B, true, NULL);
 			if (!isfinite(loss))
 				report_divergence(trows->name, epoch);
-			floral_backward(net, base, bank, B, gbase, gbank);
+			/* the fused step also fills net->dm, which the router needs */
+			if (train_params)
+				floral_sgd_step(net, base, bank, B, opts->lr);
+			else
+				floral_backward(net, base, bank, B, gbase, gbank);
 
 			if (train_router)
 			{
@@ -156,12 +160,6 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 				floral_router_backward(net, dz);
 				for (int c = 0; c < C; c++)
 					z[c] -= opts->router_lr * dz[c];
-			}
-			if (train_params)
-			{
-				if (C > 0 && spec->precondition)
-					floral_precondition(net, bank, gbank);
-				cblas_saxpy(spec->nparams, -opts->lr, tr->grad, 1, tr->params, 1);
 			}
 			epoch_loss += loss * B;
 			floral_progress_batch(epoch + 1, start + B, epoch_loss / (start + B));

@@ -11,11 +11,13 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -91,13 +93,15 @@ query_version(const char *query, int nargs, Oid *types, Datum *args, char *out)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral's catalog: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
+	{
+		SPI_freetuptable(SPI_tuptable);
 		return false;
+	}
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return false;
-	text_to_cstring_buffer(DatumGetTextPP(d), out, FLORAL_VERSION_LEN);
+	if (!isnull)
+		text_to_cstring_buffer(DatumGetTextPP(d), out, FLORAL_VERSION_LEN);
 	SPI_freetuptable(SPI_tuptable);
-	return true;
+	return !isnull;
 }
 
 /* the version of a model's row and of its current round's row */
@@ -400,11 +404,47 @@ Datum
 floral_invalidate_cache(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			relid;
+
+	/*
+	 * Where the relcache invalidation of each table was last queued: once per
+	 * (sub)transaction is enough for the other backends, which act on it at
+	 * commit.  Queuing it for every statement would also make this backend
+	 * rebuild the table's relcache entry and re-plan every statement on the
+	 * table after each of them: a training call writes a tenant per
+	 * statement.  A subtransaction that aborts loses what it queued, so the
+	 * next statement elsewhere queues it again.
+	 */
+	static struct
+	{
+		Oid			relid;
+		LocalTransactionId lxid;
+		SubTransactionId subxid;
+	}			queued[4];
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("floral_invalidate_cache() must be called as a trigger")));
-	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	relid = RelationGetRelid(trigdata->tg_relation);
+
+	/* this backend's own cache notices at once */
+	cache_changes++;
+	floral_cache_generation++;
+
+	for (int i = 0; i < lengthof(queued); i++)
+	{
+		if (queued[i].relid == relid || queued[i].relid == InvalidOid || i == lengthof(queued) - 1)
+		{
+			if (queued[i].relid == relid && queued[i].lxid == MyProc->lxid &&
+				queued[i].subxid == GetCurrentSubTransactionId())
+				return PointerGetDatum(NULL);
+			CacheInvalidateRelcacheByRelid(relid);
+			queued[i].relid = relid;
+			queued[i].lxid = MyProc->lxid;
+			queued[i].subxid = GetCurrentSubTransactionId();
+			return PointerGetDatum(NULL);
+		}
+	}
 	return PointerGetDatum(NULL);
 }

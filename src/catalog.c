@@ -383,22 +383,38 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 	int			C = spec->nadaptors;
 	int			ret;
 
+	/* run once per tenant: planned once per backend (the plan cache re-plans it if the table changes) */
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+
+	if (plans[for_update] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(for_update ?
+									   "SELECT logits, pinned, adaptors, start_round, "
+									   "start_logits, start_adaptors, contributed_call FROM floral.tenants "
+									   "WHERE model = $1 AND tenant = $2 FOR UPDATE" :
+									   "SELECT logits, pinned, adaptors, start_round, "
+									   "start_logits, start_adaptors, contributed_call FROM floral.tenants "
+									   "WHERE model = $1 AND tenant = $2",
+									   2, argtypes);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the floral.tenants lookup: %s",
+				 SPI_result_code_string(SPI_result));
+		plans[for_update] = plan;
+	}
 	memset(state, 0, sizeof(*state));
 	state->start_round = -1;
 	args[0] = CStringGetTextDatum(spec->name);
 	args[1] = CStringGetTextDatum(tenant);
-	ret = SPI_execute_with_args(for_update ?
-								"SELECT logits, pinned, adaptors, start_round, "
-								"start_logits, start_adaptors, contributed_call FROM floral.tenants "
-								"WHERE model = $1 AND tenant = $2 FOR UPDATE" :
-								"SELECT logits, pinned, adaptors, start_round, "
-								"start_logits, start_adaptors, contributed_call FROM floral.tenants "
-								"WHERE model = $1 AND tenant = $2",
-								2, argtypes, args, NULL, !spec->locked && !for_update, 1);
+	ret = SPI_execute_plan(plans[for_update], args, NULL, !spec->locked && !for_update, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read floral.tenants: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
+	{
+		/* even an empty result holds a tuple table until SPI_finish */
+		SPI_freetuptable(SPI_tuptable);
 		return;
+	}
 
 	state->found = true;
 	floral_read_real_array(get_notnull(1), state->logits, C, "tenant logits");

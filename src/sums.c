@@ -41,27 +41,58 @@ floral_sums_reset(FloralSums *s)
  * adaptor with weight n * pi_c.  Private adaptors are never aggregated, but
  * are checked too.
  */
+/*
+ * Is any of n floats infinite or NaN?  On the bits (all exponent bits set),
+ * so that the compiler can vectorise it: a floating-point reduction it
+ * could not reorder.
+ */
+static bool
+any_not_finite(const float *x, int64 n)
+{
+	uint32		bad = 0;
+
+	for (int64 i = 0; i < n; i++)
+	{
+		uint32		u;
+
+		memcpy(&u, &x[i], sizeof(u));
+		bad |= ((u & 0x7f800000) == 0x7f800000);
+	}
+	return bad != 0;
+}
+
 bool
 floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
-					   const float *params, double loss)
+					   float *params, double loss, const float *reset_to)
 {
 	const FloralSpec *spec = s->spec;
 	double	   *v = s->v;
-	float		check = 0.0f;
+	uint32		bad = 0;
 
 	s->N += n;
 	s->n_max = Max(s->n_max, n);
 	s->tenants++;
 	s->loss_sum += n * loss;
-	/* 0 * x is NaN exactly when x is infinite or NaN: checked on the way */
-	for (int64 i = 0; i < spec->base_size; i++)
-	{
-		v[i] += n * params[i];
-		check += 0.0f * params[i];
-	}
-	/* the adaptors, also private ones: the tenant keeps those */
-	for (int64 i = 0; i < spec->adaptor_size; i++)
-		check += 0.0f * params[spec->adaptor_offset + i];
+	/* the base's sums and finiteness in one pass */
+	if (reset_to)
+		for (int64 i = 0; i < spec->base_size; i++)
+		{
+			uint32		u;
+
+			memcpy(&u, &params[i], sizeof(u));
+			bad |= ((u & 0x7f800000) == 0x7f800000);
+			v[i] += n * params[i];
+			params[i] = reset_to[i];
+		}
+	else
+		for (int64 i = 0; i < spec->base_size; i++)
+		{
+			uint32		u;
+
+			memcpy(&u, &params[i], sizeof(u));
+			bad |= ((u & 0x7f800000) == 0x7f800000);
+			v[i] += n * params[i];
+		}
 	if (!spec->private_adaptors)
 	{
 		const float *bank = params + spec->adaptor_offset;
@@ -75,7 +106,13 @@ floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
 				floral_adaptor_axpy(spec, c, w, bank, v + spec->base_size);
 		}
 	}
-	return check == 0.0f;
+	/* the adaptors are checked also when private: the tenant keeps those */
+	if (any_not_finite(params + spec->adaptor_offset, spec->adaptor_size))
+		bad = 1;
+	if (reset_to)
+		memcpy(params + spec->adaptor_offset, reset_to + spec->adaptor_offset,
+			   sizeof(float) * spec->adaptor_size);
+	return bad == 0;
 }
 
 void

@@ -44,10 +44,13 @@ extern void floral_sums_reset(FloralSums *s);
 
 /*
  * Add one tenant's trained parameters.  Returns false if one of them is
- * not finite (the sums are then unusable).
+ * not finite (the sums are then unusable).  With reset_to, the parameters
+ * are overwritten with it on the same pass (the next tenant starts from the
+ * round's parameters again, without a pass of its own to copy them).
  */
 extern bool floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
-								   const float *params, double loss);
+								   float *params, double loss,
+								   const float *reset_to);
 
 /* add sums another call or database computed over other tenants */
 extern void floral_sums_add_partial(FloralSums *s, double N, const double *M,

@@ -410,6 +410,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	FloralSavedUser saved;
 	MemoryContext tenant_cxt;
 	int64		call_id;
+	bool		params_are_global = false;
 	int			skipped = 0;
 	char		first_skipped[FLORAL_MAX_TENANT_LEN + 1] = "";
 	int			C;
@@ -469,7 +470,9 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			start_bank = state.bank;
 		}
 
-		memcpy(tr->params, global, sizeof(float) * spec->nparams);
+		if (!params_are_global)
+			memcpy(tr->params, global, sizeof(float) * spec->nparams);
+		params_are_global = false;
 		if (spec->private_adaptors && start_bank)
 			memcpy(bank, start_bank, sizeof(float) * spec->adaptor_size);
 		memcpy(z, start_z, sizeof(float) * C);
@@ -526,8 +529,9 @@ floral_train_internal(PG_FUNCTION_ARGS)
 					elog(ERROR, "could not write floral.history");
 			}
 		}
-		if (!floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss))
+		if (!floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss, global))
 			report_divergence(trows->name, opts.epochs - 1);
+		params_are_global = true;
 
 		{
 			Datum		values[3];

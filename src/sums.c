@@ -37,11 +37,6 @@ floral_sums_reset(FloralSums *s)
 }
 
 /*
- * One pass over the parameters: the base with weight n, each shared
- * adaptor with weight n * pi_c.  Private adaptors are never aggregated, but
- * are checked too.
- */
-/*
  * Is any of n floats infinite or NaN?  On the bits (all exponent bits set),
  * so that the compiler can vectorise it: a floating-point reduction it
  * could not reorder.
@@ -61,58 +56,87 @@ any_not_finite(const float *x, int64 n)
 	return bad != 0;
 }
 
+/*
+ * A tenant adds its base with weight n and each shared adaptor with weight
+ * n * pi_c; private adaptors are never aggregated (but are checked).
+ */
 bool
-floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
-					   float *params, double loss, const float *reset_to)
+floral_sums_defer_tenant(FloralSums *s, double n, const float *pi,
+						 float *params, double loss, const char *name)
 {
-	const FloralSpec *spec = s->spec;
-	double	   *v = s->v;
-	uint32		bad = 0;
+	int			k = s->npending;
 
+	Assert(k < FLORAL_SUMS_DEFER);
 	s->N += n;
 	s->n_max = Max(s->n_max, n);
 	s->tenants++;
 	s->loss_sum += n * loss;
-	/* the base's sums and finiteness in one pass */
-	if (reset_to)
-		for (int64 i = 0; i < spec->base_size; i++)
-		{
-			uint32		u;
+	s->pending_n[k] = n;
+	if (s->spec->nadaptors > 0)
+		memcpy(s->pending_pi[k], pi, sizeof(float) * s->spec->nadaptors);
+	s->pending_params[k] = params;
+	s->pending_name[k] = name;
+	s->npending++;
+	return s->npending == FLORAL_SUMS_DEFER;
+}
 
-			memcpy(&u, &params[i], sizeof(u));
-			bad |= ((u & 0x7f800000) == 0x7f800000);
-			v[i] += n * params[i];
-			params[i] = reset_to[i];
-		}
-	else
-		for (int64 i = 0; i < spec->base_size; i++)
-		{
-			uint32		u;
+/* values of the base summed per block, so that the block of sums stays in cache */
+#define SUMS_BLOCK 2048
 
-			memcpy(&u, &params[i], sizeof(u));
-			bad |= ((u & 0x7f800000) == 0x7f800000);
-			v[i] += n * params[i];
-		}
-	if (!spec->private_adaptors)
+const char *
+floral_sums_flush(FloralSums *s, const float *reset_to)
+{
+	const FloralSpec *spec = s->spec;
+	int			K = s->npending;
+	uint32		bad[FLORAL_SUMS_DEFER] = {0};
+	const char *first_bad = NULL;
+
+	for (int64 b0 = 0; b0 < spec->base_size; b0 += SUMS_BLOCK)
 	{
-		const float *bank = params + spec->adaptor_offset;
+		int64		b1 = Min(b0 + SUMS_BLOCK, spec->base_size);
+		double	   *v = s->v;
 
-		for (int c = 0; c < spec->nadaptors; c++)
+		for (int k = 0; k < K; k++)
 		{
-			double		w = n * pi[c];
+			float	   *p = s->pending_params[k];
+			double		n = s->pending_n[k];
+			uint32		b = 0;
 
-			s->M[c] += w;
-			if (w != 0.0)
-				floral_adaptor_axpy(spec, c, w, bank, v + spec->base_size);
+			/* the sums, the finiteness check and the reset in one pass */
+			for (int64 i = b0; i < b1; i++)
+			{
+				uint32		u;
+
+				memcpy(&u, &p[i], sizeof(u));
+				b |= ((u & 0x7f800000) == 0x7f800000);
+				v[i] += n * p[i];
+				p[i] = reset_to[i];
+			}
+			bad[k] |= b;
 		}
 	}
-	/* the adaptors are checked also when private: the tenant keeps those */
-	if (any_not_finite(params + spec->adaptor_offset, spec->adaptor_size))
-		bad = 1;
-	if (reset_to)
-		memcpy(params + spec->adaptor_offset, reset_to + spec->adaptor_offset,
-			   sizeof(float) * spec->adaptor_size);
-	return bad == 0;
+	for (int k = 0; k < K; k++)
+	{
+		float	   *bank = s->pending_params[k] + spec->adaptor_offset;
+
+		if (!spec->private_adaptors)
+			for (int c = 0; c < spec->nadaptors; c++)
+			{
+				double		w = s->pending_n[k] * s->pending_pi[k][c];
+
+				s->M[c] += w;
+				if (w != 0.0)
+					floral_adaptor_axpy(spec, c, w, bank, s->v + spec->base_size);
+			}
+		/* the adaptors are checked also when private: the tenant keeps those */
+		if (any_not_finite(bank, spec->adaptor_size))
+			bad[k] = 1;
+		memcpy(bank, reset_to + spec->adaptor_offset, sizeof(float) * spec->adaptor_size);
+		if (bad[k] && first_bad == NULL)
+			first_bad = s->pending_name[k];
+	}
+	s->npending = 0;
+	return first_bad;
 }
 
 void

@@ -23,6 +23,14 @@
 
 #include "model.h"
 
+/*
+ * Tenants trained one after another are summed a few at a time: one pass
+ * over the double-precision sums for several tenants' parameters, so that
+ * a call over many small tenants reads and writes the sums (twice the
+ * model's size) a fraction of the times it trains.
+ */
+#define FLORAL_SUMS_DEFER 8
+
 typedef struct FloralSums
 {
 	const FloralSpec *spec;
@@ -33,6 +41,13 @@ typedef struct FloralSums
 	int			tenants;
 	double		loss_sum;		/* sum n_k loss_k */
 	double		n_max;			/* largest n_k: the scale of one tenant's influence */
+
+	/* tenants added but not yet summed (floral_sums_defer_tenant) */
+	int			npending;
+	double		pending_n[FLORAL_SUMS_DEFER];
+	float		pending_pi[FLORAL_SUMS_DEFER][FLORAL_MAX_ADAPTORS];
+	float	   *pending_params[FLORAL_SUMS_DEFER];
+	const char *pending_name[FLORAL_SUMS_DEFER];
 } FloralSums;
 
 /* values of the sums vector kept in one catalog row (64 MB of doubles) */
@@ -43,14 +58,19 @@ extern void floral_sums_init(FloralSums *s, const FloralSpec *spec);
 extern void floral_sums_reset(FloralSums *s);
 
 /*
- * Add one tenant's trained parameters.  Returns false if one of them is
- * not finite (the sums are then unusable).  With reset_to, the parameters
- * are overwritten with it on the same pass (the next tenant starts from the
- * round's parameters again, without a pass of its own to copy them).
+ * Queue one tenant's trained parameters (the vector must stay untouched
+ * until the next floral_sums_flush); the counts are added at once.  Returns
+ * true when the queue is full and must be flushed.
  */
-extern bool floral_sums_add_tenant(FloralSums *s, double n, const float *pi,
-								   float *params, double loss,
-								   const float *reset_to);
+extern bool floral_sums_defer_tenant(FloralSums *s, double n, const float *pi,
+									 float *params, double loss, const char *name);
+
+/*
+ * Sum the queued tenants in one pass, resetting each queued vector to
+ * reset_to on the way.  Returns the name of the first queued tenant with a
+ * parameter that is not finite, or NULL.
+ */
+extern const char *floral_sums_flush(FloralSums *s, const float *reset_to);
 
 /* add sums another call or database computed over other tenants */
 extern void floral_sums_add_partial(FloralSums *s, double N, const double *M,

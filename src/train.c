@@ -168,7 +168,7 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 
 	/*
 	 * The parameters' finiteness is checked by the caller on its one pass
-	 * over them (floral_sums_add_tenant), not by another pass here.
+	 * over them (floral_sums_flush), not by another pass here.
 	 */
 	for (int c = 0; c < C; c++)
 		if (!isfinite(z[c]))
@@ -410,7 +410,8 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	FloralSavedUser saved;
 	MemoryContext tenant_cxt;
 	int64		call_id;
-	bool		params_are_global = false;
+	float	   *bufs[FLORAL_SUMS_DEFER];
+	int			nbufs;
 	int			skipped = 0;
 	char		first_skipped[FLORAL_MAX_TENANT_LEN + 1] = "";
 	int			C;
@@ -430,6 +431,21 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	floral_sums_init(&sums, spec);
 	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 
+	/*
+	 * Tenants are summed a few at a time (floral_sums_defer_tenant), so each
+	 * queued tenant trains in a parameter vector of its own; at rest every
+	 * one holds the round's parameters, and the sums' pass resets it.  At
+	 * most 64 MB of them, at least one.
+	 */
+	nbufs = (int) Max(1, Min(FLORAL_SUMS_DEFER,
+							 (int64) 64 * 1024 * 1024 / ((int64) sizeof(float) * spec->nparams)));
+	for (int b = 0; b < nbufs; b++)
+	{
+		bufs[b] = (b == 0) ? tr->params :
+			palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+		memcpy(bufs[b], global, sizeof(float) * spec->nparams);
+	}
+
 	for (int k = 0; k < rows->ntenants; k++)
 	{
 		FloralTenantRows *trows = rows->tenants[k];
@@ -438,7 +454,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		float		start_z[FLORAL_MAX_ADAPTORS] = {0};
 		float		pi[FLORAL_MAX_ADAPTORS];
 		float	   *start_bank;
-		float	   *bank = tr->params + spec->adaptor_offset;
+		float	   *bank;
 		const float *pinned;
 		pg_prng_state rng;
 		double		loss;
@@ -470,9 +486,9 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			start_bank = state.bank;
 		}
 
-		if (!params_are_global)
-			memcpy(tr->params, global, sizeof(float) * spec->nparams);
-		params_are_global = false;
+		/* the next free vector, which holds the round's parameters */
+		tr->params = bufs[sums.npending];
+		bank = tr->params + spec->adaptor_offset;
 		if (spec->private_adaptors && start_bank)
 			memcpy(bank, start_bank, sizeof(float) * spec->adaptor_size);
 		memcpy(z, start_z, sizeof(float) * C);
@@ -519,6 +535,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 				/* created by a concurrent call, which trained it in this round */
 				if (skipped++ == 0)
 					strlcpy(first_skipped, trows->name, sizeof(first_skipped));
+				memcpy(tr->params, global, sizeof(float) * spec->nparams);
 				MemoryContextSwitchTo(old);
 				continue;
 			}
@@ -529,9 +546,14 @@ floral_train_internal(PG_FUNCTION_ARGS)
 					elog(ERROR, "could not write floral.history");
 			}
 		}
-		if (!floral_sums_add_tenant(&sums, (double) trows->nrows, pi, tr->params, loss, global))
-			report_divergence(trows->name, opts.epochs - 1);
-		params_are_global = true;
+		if (floral_sums_defer_tenant(&sums, (double) trows->nrows, pi, tr->params, loss,
+									 trows->name) || sums.npending == nbufs)
+		{
+			const char *bad = floral_sums_flush(&sums, global);
+
+			if (bad)
+				report_divergence(bad, opts.epochs - 1);
+		}
 
 		{
 			Datum		values[3];
@@ -545,6 +567,13 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 
+	if (sums.npending > 0)
+	{
+		const char *bad = floral_sums_flush(&sums, global);
+
+		if (bad)
+			report_divergence(bad, opts.epochs - 1);
+	}
 	if (sums.tenants > 0)
 		floral_store_call_sums(spec, spec->round, call_id, &sums);
 	floral_restore_user(&saved);

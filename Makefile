@@ -27,7 +27,7 @@ PG_CFLAGS = -O3
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
-REGRESS = tensor model train aggregate predict errors gradcheck synthetic cancel privileges privacy readonly
+REGRESS = tensor model train aggregate predict errors gradcheck synthetic cancel privileges privacy readonly settings
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf
 
 TAP_TESTS = 1

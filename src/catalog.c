@@ -526,6 +526,14 @@ floral_execute_latest(const char *query, int nargs, Oid *types, Datum *args)
 	if (plan == NULL)
 		elog(ERROR, "could not prepare a floral statement: %s", SPI_result_code_string(SPI_result));
 	CommandCounterIncrement();
+
+	/*
+	 * fire_triggers: AFTER triggers (foreign keys of floral.updates, a
+	 * user's audit trigger) fire at the end of this statement, as they do
+	 * for SPI_execute; queued for an outer query instead, they would fail
+	 * when there is none (a PL/pgSQL assignment such as the coordinator's
+	 * "new_round := floral._merge_updates(model)").
+	 */
 	ret = SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							   false, true, 0);
 	SPI_freeplan(plan);

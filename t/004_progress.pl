@@ -37,7 +37,7 @@ $node->safe_psql(
 });
 
 # a call that runs for several seconds: many epochs over 6 tenants
-my $long = q{SELECT count(*) FROM floral_train('p', 'SELECT tenant, features, label FROM rows', '{"epochs": 40}')};
+my $long = q{SELECT count(*) FROM floral_train('p', 'SELECT tenant, features, label FROM rows', '{"epochs": 300}')};
 
 sub start_call
 {
@@ -72,8 +72,8 @@ is($f[0], 'train', 'command is train');
 is($f[1], 'p', 'model is named');
 is($f[3], '6', 'tenants = 6');
 ok($f[2] >= 1 && $f[2] <= 6, "tenant number $f[2] is between 1 and 6");
-is($f[5], '40', 'epochs = 40');
-ok($f[4] >= 1 && $f[4] <= 40, "epoch $f[4] is between 1 and 40");
+is($f[5], '300', 'epochs = 300');
+ok($f[4] >= 1 && $f[4] <= 300, "epoch $f[4] is between 1 and 300");
 ok($f[6] >= 0 && $f[6] <= $f[7], "examples done ($f[6]) within the tenant's examples ($f[7])");
 is($f[7], '1000', 'each tenant has 1000 examples');
 
@@ -105,7 +105,7 @@ like($again_err, qr/skipped 6 tenant\(s\) that already contributed to round 0 of
 is($node->safe_psql('postgres', $pending), $first_call, 'and it stored nothing');
 
 # a cancelled call releases its slot too: six new tenants, as long as the first
-($h, $out, $err) = start_call(q{SELECT count(*) FROM floral_train('p', 'SELECT ''new_'' || tenant, features, label FROM rows', '{"epochs": 40}')});
+($h, $out, $err) = start_call(q{SELECT count(*) FROM floral_train('p', 'SELECT ''new_'' || tenant, features, label FROM rows', '{"epochs": 300}')});
 my $row = wait_for_progress();
 isnt($row, '', 'second call visible');
 my $pid = (split /\|/, $row)[9];

@@ -615,6 +615,12 @@ BEGIN
 	END IF;
 	DELETE FROM floral.contributions c WHERE c.model = floral_rollback.model;
 	DELETE FROM floral.rounds r WHERE r.model = floral_rollback.model AND r.round > floral_rollback.round;
+	-- the tenants' start-of-round state in undone rounds is forgotten: a
+	-- round of that number later is another round, and must not restart
+	-- them from it (their mixtures themselves stay)
+	UPDATE floral.tenants t SET start_round = NULL, start_logits = NULL, start_adaptors = NULL,
+		contributed_call = NULL
+		WHERE t.model = floral_rollback.model AND t.start_round > floral_rollback.round;
 	-- at a coordinator, the undone rounds are collected again from scratch
 	DELETE FROM floral.updates u WHERE u.model = floral_rollback.model AND u.round >= floral_rollback.round;
 	UPDATE floral.federations f SET round_started_at = now() WHERE f.model = floral_rollback.model;
@@ -689,10 +695,10 @@ COMMENT ON FUNCTION floral.tensor_from_bytea(bytea) IS
 CREATE FUNCTION floral._caller() RETURNS name
 	AS 'MODULE_PATHNAME', 'floral_caller' LANGUAGE C STABLE;
 COMMENT ON FUNCTION floral._caller() IS 'the role that called, even inside a SECURITY DEFINER function';
-CREATE FUNCTION floral._branch_update(model text, round int,
+CREATE FUNCTION floral._branch_update(model text, round int, calls bigint[] DEFAULT NULL,
 		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
 		OUT loss_sum double precision, OUT tenants int)
-	AS 'MODULE_PATHNAME', 'floral_branch_update' LANGUAGE C STRICT;
+	AS 'MODULE_PATHNAME', 'floral_branch_update' LANGUAGE C;
 CREATE FUNCTION floral._call_average(model text, call bigint) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'floral_call_average' LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION floral._call_average(text, bigint) IS
@@ -909,6 +915,7 @@ BEGIN
 		RAISE EXCEPTION 'model, branch and round must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	PERFORM floral._fed_branch(model, branch);
+	PERFORM floral._require_read_committed('floral.fed_submit');
 	-- the round must not be merged while an update for it is being accepted
 	PERFORM pg_catalog.pg_advisory_xact_lock_shared(1718382450, pg_catalog.hashtext(model));
 	SELECT * INTO m FROM floral.models x WHERE x.name = model;
@@ -1184,12 +1191,36 @@ BEGIN
 	RETURN prev;
 END $$;
 
+-- The branch's SECURITY DEFINER helpers act for the role that joined only:
+-- the calling role (outside them) must be it or a member of it.
+CREATE FUNCTION floral._branch_check_caller(model text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
+DECLARE
+	owner name;
+BEGIN
+	SELECT x.owner INTO owner FROM floral.branch_links x WHERE x.model = _branch_check_caller.model;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'this database is not a branch of model "%"', model
+			USING ERRCODE = 'undefined_object', HINT = 'Call floral_branch_join() first.';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(floral._caller(), owner, 'MEMBER') THEN
+		RAISE EXCEPTION 'role "%" may not act for the branch of model "%"', floral._caller(), model
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('The branch was joined by role "%s".', owner);
+	END IF;
+END $$;
+
 -- Local writes of a branch, as floral's owner: links, outbox, status.
 CREATE FUNCTION floral._branch_link_put(model text, branch text, coordinator text, source text,
 		train_options jsonb, auth text, connect_timeout int, statement_timeout int) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	-- replacing a link takes the rights of the role that joined it
+	IF EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_link_put.model) THEN
+		PERFORM floral._branch_check_caller(model);
+	END IF;
 	INSERT INTO floral.branch_links AS l (model, branch, coordinator, source, train_options, owner,
 										  auth, connect_timeout, statement_timeout)
 		VALUES (model, branch, coordinator, source, train_options, floral._caller(),
@@ -1205,7 +1236,7 @@ CREATE FUNCTION floral._branch_link_drop(model text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
-	PERFORM floral._branch_link(model);
+	PERFORM floral._branch_check_caller(model);
 	DELETE FROM floral.branch_links x WHERE x.model = _branch_link_drop.model;
 END $$;
 
@@ -1214,6 +1245,7 @@ CREATE FUNCTION floral._branch_note(model text, contact boolean, error text, ste
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_check_caller(model);
 	UPDATE floral.branch_links x SET
 		last_contact = CASE WHEN contact THEN now() ELSE x.last_contact END,
 		last_error = CASE WHEN error IS NOT NULL THEN error WHEN contact THEN NULL ELSE x.last_error END,
@@ -1227,6 +1259,7 @@ CREATE FUNCTION floral._branch_mark_sent(model text, round int, answer text, byt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_check_caller(model);
 	UPDATE floral.outbox x SET sent_at = now(), answer = _branch_mark_sent.answer, bytes = _branch_mark_sent.bytes
 		WHERE x.model = _branch_mark_sent.model AND x.round = _branch_mark_sent.round;
 END $$;
@@ -1236,6 +1269,7 @@ CREATE FUNCTION floral._branch_void_sent(model text, round int) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_check_caller(model);
 	DELETE FROM floral.outbox x WHERE x.model = _branch_void_sent.model AND x.round = _branch_void_sent.round
 		AND x.sent_at IS NOT NULL;
 END $$;
@@ -1326,23 +1360,37 @@ RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_
 #variable_conflict use_variable
 DECLARE
 	local_round int;
+	t floral.tensor;
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_sync.model) THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM floral._branch_check_caller(model);
 	PERFORM floral._require_read_committed('floral_branch_step');
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
+	IF round IS NULL OR round < 0 THEN
+		RAISE EXCEPTION 'the coordinator sent no valid round for model "%"', model
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF params IS NOT NULL THEN
+		t := floral.tensor_from_bytea(params);
+		IF floral.tensor_shape(t) <> ARRAY[(SELECT sum(x.parameters)::int FROM @extschema@.floral_layers(model) x)] THEN
+			RAISE EXCEPTION 'the coordinator sent round % of model "%" with the wrong number of parameters', round, model
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('It has shape %s.', floral.tensor_shape(t));
+		END IF;
 		DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round >= _branch_sync.round;
 		INSERT INTO floral.rounds (model, round, params, created_at)
-			VALUES (model, round, floral.tensor_from_bytea(params), round_id::timestamptz);
+			VALUES (model, round, t, round_id::timestamptz);
 		-- an update trained on other parameters for this round is void
 		DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round >= _branch_sync.round;
 	END IF;
-	-- rounds the coordinator does not have (it rolled back) are forgotten
+	-- rounds the coordinator does not have (it rolled back) are forgotten,
+	-- and so is the start-of-round state of tenants in them: a round of
+	-- that number later is another round
 	DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round > _branch_sync.round;
 	DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round > _branch_sync.round;
+	UPDATE floral.tenants x SET start_round = NULL, start_logits = NULL, start_adaptors = NULL,
+		contributed_call = NULL
+		WHERE x.model = _branch_sync.model AND x.start_round > _branch_sync.round;
 	-- a new round, or new parameters for the same one, moves the model's row,
 	-- so that caches and REPEATABLE READ trainers see the change
 	IF local_round <> round OR params IS NOT NULL THEN
@@ -1360,14 +1408,19 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	u record;
+	calls bigint[];
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_collect.model) THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
-	END IF;
-	SELECT * INTO u FROM floral._branch_update(model, round);
+	PERFORM floral._branch_check_caller(model);
+	-- exactly the calls summed are retired: a local training call that
+	-- commits meanwhile is not deleted unsummed (it is not part of this
+	-- round's update, and is dropped when the round moves on)
+	SELECT pg_catalog.array_agg(DISTINCT c.call) INTO calls FROM floral.contributions c
+		WHERE c.model = _branch_collect.model AND c.round = _branch_collect.round;
+	SELECT * INTO u FROM floral._branch_update(model, round, coalesce(calls, '{}'));
 	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
 		VALUES (model, round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);
-	DELETE FROM floral.contributions c WHERE c.model = _branch_collect.model;
+	DELETE FROM floral.contributions c WHERE c.model = _branch_collect.model
+		AND c.round = _branch_collect.round AND c.call = ANY (calls);
 	examples := u.examples;
 	tenants := u.tenants;
 END $$;
@@ -1529,11 +1582,12 @@ DECLARE
 	msg text := '';
 BEGIN
 	PERFORM floral._branch_link(model);
+	-- inside a transaction block this fails at once, before anything is held
+	COMMIT;
 	IF NOT floral._branch_step_lock(model) THEN
 		status := 'busy: another step is running';
 		RETURN;
 	END IF;
-	COMMIT;
 
 	-- 1. catch up with the coordinator's round (an update trained on
 	-- parameters the coordinator no longer has is voided here, before
@@ -1673,7 +1727,7 @@ GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, fl
 GRANT EXECUTE ON FUNCTION floral_train(text, text, jsonb), floral._train(text, text, int, int, real, real, bigint),
 	floral_personalize(text, text, jsonb),
 	floral._personalize(text, text, int, int, real, real, bigint, boolean),
-	floral._branch_update(text, int), floral._call_average(text, bigint)
+	floral._branch_update(text, int, bigint[]), floral._call_average(text, bigint)
 	TO floral_trainer;
 GRANT SELECT ON floral.contributions TO floral_trainer;
 

@@ -117,6 +117,35 @@ FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'
 WHERE has_function_privilege('regress_nobody', p.oid, 'EXECUTE') ORDER BY 1;
 
+-- floral's own statements, run as the owner, cannot be steered by the
+-- caller's search_path: a trainer's now() and = ahead of pg_catalog would
+-- run with the owner's rights (and could make their author a superuser)
+CREATE SCHEMA regress_evil AUTHORIZATION regress_trainer;
+CREATE TABLE pwned (who name, what text);
+GRANT INSERT ON pwned TO PUBLIC;
+SET ROLE regress_trainer;
+CREATE FUNCTION regress_evil.now() RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.pwned VALUES (current_user, 'now()');
+	RETURN pg_catalog.now();
+END $$;
+CREATE FUNCTION regress_evil.texteq_evil(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.pwned VALUES (current_user, '=');
+	RETURN pg_catalog.texteq($1, $2);
+END $$;
+CREATE OPERATOR regress_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil.texteq_evil);
+SET search_path = regress_evil, pg_catalog, public;
+SELECT count(*) FROM floral_train('pm', 'SELECT ''evil_'' || tenant, features, label FROM public.priv_rows');
+SELECT count(*) FROM floral_evaluate('pm', 'SELECT tenant, features, label FROM public.priv_rows', 'test');
+RESET search_path;
+RESET ROLE;
+-- nothing of the trainer's ran as the owner
+SELECT count(*) AS ran_as_someone_else FROM pwned WHERE who <> 'regress_trainer';
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_trainer';
+DROP TABLE pwned;
+DROP SCHEMA regress_evil CASCADE;
+
 SELECT floral_drop_model('pm');
 DROP TABLE cases, priv_rows, priv_secret;
 DROP FUNCTION run_cases(), try(text);

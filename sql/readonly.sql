@@ -93,7 +93,7 @@ INSERT INTO ro_loot VALUES (3);
 SELECT count(*) AS loot_after FROM ro_loot;
 
 SELECT floral_drop_model('ro');
-DROP TABLE ro_cases, ro_rows, ro_loot;
+DROP TABLE ro_cases, ro_rows, ro_loot, ro_scratch;
 DROP SEQUENCE ro_seq;
 DROP FUNCTION run_ro_cases(text), try(text), sneaky(), sneaky_sql(), sneaky_ddl(), scratch();
 REVOKE CREATE ON SCHEMA public FROM regress_ro_trainer;

@@ -252,15 +252,16 @@ add_dp_noise(const FloralSpec *spec, FloralSums *sums)
 }
 
 /*
- * floral._branch_update(model, round) returns (examples, weights, sums,
- * loss_sum, tenants): this database's contributions to a round, summed in
- * the hierarchical form.  The weighted sums are rounded to float4 once.
+ * floral._branch_update(model, round, calls bigint[] DEFAULT NULL) returns
+ * (examples, weights, sums, loss_sum, tenants): this database's
+ * contributions to a round (or those of the given calls), summed in the
+ * hierarchical form.  The weighted sums are rounded to float4 once.
  */
 Datum
 floral_branch_update(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int32		round = PG_GETARG_INT32(1);
+	char	   *model;
+	int32		round;
 	MemoryContext cxt = CurrentMemoryContext;
 	FloralSpec *spec = palloc(sizeof(FloralSpec));
 	FloralSums	sums;
@@ -273,12 +274,22 @@ floral_branch_update(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "floral._branch_update must return a record");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model and round must not be NULL")));
+	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	round = PG_GETARG_INT32(1);
 
 	SPI_connect();
 	MemoryContextSwitchTo(cxt);
 	floral_load_spec(model, FLORAL_LOCK_SHARE, spec);
 	floral_sums_init(&sums, spec);
-	(void) floral_add_round_sums(spec, round, &sums);
+	/* with calls, only those: what the caller is about to retire */
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+		(void) floral_add_calls_sums(spec, round, PG_GETARG_DATUM(2), &sums);
+	else
+		(void) floral_add_round_sums(spec, round, &sums);
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 

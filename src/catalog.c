@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "storage/lock.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -180,9 +181,8 @@ floral_lock_model_sql(PG_FUNCTION_ARGS)
 /*
  * floral._branch_step_lock(model) returns bool, floral._branch_step_unlock:
  * one branch step at a time per model.  The step commits between its
- * phases, so this is a session-level lock; a session that still holds it
- * (a step of its own ended by an error) takes it again without counting
- * twice, and the unlock releases it whatever the count.
+ * phases, so this is a session-level lock, held by one step at a time in a
+ * session; it is released when the step ends, or when it aborts.
  */
 #define FLORAL_STEP_KEY 1718382451
 
@@ -195,26 +195,56 @@ step_locktag(LOCKTAG *tag, text *model)
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) FLORAL_STEP_KEY, (uint32) key, 2);
 }
 
+/* the step lock this session holds, if any: released if a step aborts */
+static bool step_lock_held = false;
+static LOCKTAG step_lock_tag;
+
+static void
+release_step_lock(void)
+{
+	while (step_lock_held && LockHeldByMe(&step_lock_tag, ExclusiveLock))
+		if (!LockRelease(&step_lock_tag, ExclusiveLock, true))
+			break;
+	step_lock_held = false;
+}
+
+/*
+ * A step that ends by an error its phases did not catch (a cancel, a
+ * statement_timeout) aborts its transaction: the session-level lock must
+ * not outlive it, or every later step would report "busy".
+ */
+static void
+step_lock_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		release_step_lock();
+}
+
 Datum
 floral_branch_step_lock(PG_FUNCTION_ARGS)
 {
+	static bool registered = false;
 	LOCKTAG		tag;
 
+	if (!registered)
+	{
+		RegisterXactCallback(step_lock_xact_callback, NULL);
+		registered = true;
+	}
 	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
-	if (LockHeldByMe(&tag, ExclusiveLock))
-		PG_RETURN_BOOL(true);
-	PG_RETURN_BOOL(LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL);
+	if (step_lock_held)
+		release_step_lock();
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		PG_RETURN_BOOL(false);
+	step_lock_tag = tag;
+	step_lock_held = true;
+	PG_RETURN_BOOL(true);
 }
 
 Datum
 floral_branch_step_unlock(PG_FUNCTION_ARGS)
 {
-	LOCKTAG		tag;
-
-	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
-	while (LockHeldByMe(&tag, ExclusiveLock))
-		if (!LockRelease(&tag, ExclusiveLock, true))
-			break;
+	release_step_lock();
 	PG_RETURN_VOID();
 }
 
@@ -488,11 +518,25 @@ floral_become_owner(FloralSavedUser *saved)
 	SetUserIdAndSecContext(floral_owner(),
 						   saved->sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+
+	/*
+	 * The caller's search_path must not decide what the owner's statements
+	 * call: a function or operator of the caller's own schema placed before
+	 * pg_catalog (now(), =, ->>) would otherwise run with the owner's
+	 * rights.  As a SECURITY DEFINER function's SET clause does, pin it for
+	 * as long as floral acts as the owner; the nest level undoes it, also on
+	 * error.
+	 */
+	saved->guc_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 void
 floral_restore_user(const FloralSavedUser *saved)
 {
+	AtEOXact_GUC(true, saved->guc_nestlevel);
 	SetUserIdAndSecContext(saved->userid, saved->sec_context);
 }
 

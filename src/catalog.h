@@ -48,6 +48,7 @@ typedef struct FloralSavedUser
 {
 	Oid			userid;
 	int			sec_context;
+	int			guc_nestlevel;	/* of the pinned search_path */
 } FloralSavedUser;
 
 extern void floral_lock_model(const char *model, FloralLock lock);

@@ -134,7 +134,7 @@ report_corrupt(const FloralSpec *spec, int32 round, const char *what)
 }
 
 /*
- * Add every call's sums of a round (or of one call, when call >= 0),
+ * Add every call's sums of a round (or of the calls in only_calls),
  * reading the rows through a cursor one at a time, so that memory holds one
  * chunk however many calls there are.  Returns the number of calls.
  *
@@ -144,22 +144,22 @@ report_corrupt(const FloralSpec *spec, int32 round, const char *what)
  * deleted that was not added.
  */
 static int
-add_sums(const FloralSpec *spec, int32 round, int64 call, FloralSums *sums)
+add_sums(const FloralSpec *spec, int32 round, Datum only_calls, FloralSums *sums)
 {
-	Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
-	Datum		args[3] = {CStringGetTextDatum(spec->name), Int32GetDatum(round), Int64GetDatum(call)};
+	Oid			types[3] = {TEXTOID, INT4OID, INT8ARRAYOID};
+	Datum		args[3] = {CStringGetTextDatum(spec->name), Int32GetDatum(round), only_calls};
 	int			C = spec->private_adaptors ? 0 : spec->nadaptors;
 	int			calls = 0;
 	Portal		portal;
 
-	portal = floral_cursor_latest(call < 0 ?
-									   "SELECT call, chunk, tenants, examples, weights, max_examples, "
-									   "loss_sum, sums FROM floral.contributions "
-									   "WHERE model = $1 AND round = $2 ORDER BY call, chunk" :
-									   "SELECT call, chunk, tenants, examples, weights, max_examples, "
-									   "loss_sum, sums FROM floral.contributions "
-									   "WHERE model = $1 AND round = $2 AND call = $3 ORDER BY chunk",
-									   call < 0 ? 2 : 3, types, args);
+	portal = floral_cursor_latest(only_calls == (Datum) 0 ?
+								  "SELECT call, chunk, tenants, examples, weights, max_examples, "
+								  "loss_sum, sums FROM floral.contributions "
+								  "WHERE model = $1 AND round = $2 ORDER BY call, chunk" :
+								  "SELECT call, chunk, tenants, examples, weights, max_examples, "
+								  "loss_sum, sums FROM floral.contributions "
+								  "WHERE model = $1 AND round = $2 AND call = ANY ($3) ORDER BY call, chunk",
+								  only_calls == (Datum) 0 ? 2 : 3, types, args);
 	for (;;)
 	{
 		HeapTuple	tup;
@@ -225,16 +225,28 @@ add_sums(const FloralSpec *spec, int32 round, int64 call, FloralSums *sums)
 int
 floral_add_round_sums(const FloralSpec *spec, int32 round, FloralSums *sums)
 {
-	return add_sums(spec, round, -1, sums);
+	return add_sums(spec, round, (Datum) 0, sums);
+}
+
+/* the sums of the given calls (a bigint[]) only */
+int
+floral_add_calls_sums(const FloralSpec *spec, int32 round, Datum calls, FloralSums *sums)
+{
+	return add_sums(spec, round, calls, sums);
 }
 
 /* the sums of one call; returns 0 if it has none pending */
 int
 floral_add_call_sums(const FloralSpec *spec, int32 round, int64 call, FloralSums *sums)
 {
+	Datum		one = Int64GetDatum(call);
+
 	if (call < 0)
 		return 0;
-	return add_sums(spec, round, call, sums);
+	return add_sums(spec, round,
+					PointerGetDatum(construct_array(&one, 1, INT8OID, sizeof(int64),
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+					sums);
 }
 
 /* are the sums of this call still waiting for aggregation? */

@@ -15,6 +15,8 @@ extern void floral_store_call_sums(const FloralSpec *spec, int32 round,
 								   int64 call, const FloralSums *sums);
 extern int	floral_add_round_sums(const FloralSpec *spec, int32 round,
 								  FloralSums *sums);
+extern int	floral_add_calls_sums(const FloralSpec *spec, int32 round, Datum calls,
+								  FloralSums *sums);
 extern int	floral_add_call_sums(const FloralSpec *spec, int32 round, int64 call,
 								 FloralSums *sums);
 extern bool floral_call_pending(const FloralSpec *spec, int32 round, int64 call);

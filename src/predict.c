@@ -17,6 +17,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -196,6 +197,23 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 				 errmsg("model and source must not be NULL")));
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (record)
+	{
+		Oid			trainer = get_role_oid("floral_trainer", true);
+
+		/* recording writes history: what training may do, not reading */
+		if (!OidIsValid(trainer) || !has_privs_of_role(GetUserId(), trainer))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to record evaluations"),
+					 errdetail("floral_evaluate(..., record) writes floral.history."),
+					 errhint("Only members of floral_trainer may record evaluations.")));
+		if (strcmp(record, "train") == 0 || record[0] == '\0' || strlen(record) > 63)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("record must name a split of 1 to 63 bytes other than \"train\""),
+					 errdetail("The \"train\" history is what floral_train records.")));
+	}
 	InitMaterializedSRF(fcinfo, 0);
 	floral_blas_prepare();
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral evaluate",

@@ -224,6 +224,24 @@ options_from_args(FunctionCallInfo fcinfo, int first, FloralTrainOptions *opts)
 	opts->lr = PG_GETARG_FLOAT4(first + 2);
 	opts->router_lr = PG_GETARG_FLOAT4(first + 3);
 	opts->seed = PG_GETARG_INT64(first + 4);
+
+	/*
+	 * floral_train() and floral_personalize() check their options, but the
+	 * internal functions they call can be called directly too: check again
+	 * here, at the boundary of the C code.
+	 */
+	if (opts->epochs < 1 || opts->epochs > 100000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("epochs must be between 1 and 100000")));
+	if (opts->batch_size < 1 || opts->batch_size > 65536)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and 65536")));
+	if (!(opts->lr >= 0 && opts->lr < 1e6) || !(opts->router_lr >= 0 && opts->router_lr < 1e6))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("learning rates must be finite numbers from 0 to 1e6")));
 }
 
 static void
@@ -311,7 +329,7 @@ train_call_end(TrainCall *call)
 /* statements a training call runs for every tenant, prepared once */
 typedef struct TenantStatements
 {
-	SPIPlanPtr	insert_tenant;	/* a tenant seen for the first time */
+	SPIPlanPtr	claim_tenant;	/* a tenant seen for the first time */
 	SPIPlanPtr	update_tenant;	/* one whose row the call has locked */
 	SPIPlanPtr	put_history;
 } TenantStatements;
@@ -325,17 +343,16 @@ prepare_tenant_statements(TenantStatements *st)
 	Oid			t[TENANT_NARGS] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
 	INT8OID, INT4OID, FLOAT4ARRAYOID, tensor_type, INT8OID};
 	Oid			th[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT8OID};
+	Oid			tc[3] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID};
 
 	/*
-	 * A new tenant: if another call created it meanwhile (and so trained it
-	 * in this round), insert nothing and leave the tenant to that call.
+	 * A tenant seen for the first time gets its row before it trains, so
+	 * that the call holds the row's lock like any other tenant's; if another
+	 * session created it meanwhile, nothing is inserted (claim_new_tenant).
 	 */
-	st->insert_tenant = SPI_prepare("INSERT INTO floral.tenants "
-									"(model, tenant, logits, adaptors, examples, last_round, "
-									" start_round, start_logits, start_adaptors, contributed_call, updated_at) "
-									"VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, now()) "
-									"ON CONFLICT (model, tenant) DO NOTHING",
-									TENANT_NARGS, t);
+	st->claim_tenant = SPI_prepare("INSERT INTO floral.tenants (model, tenant, logits, examples) "
+								   "VALUES ($1, $2, $3, 0) ON CONFLICT (model, tenant) DO NOTHING",
+								   3, tc);
 	st->update_tenant = SPI_prepare("UPDATE floral.tenants SET "
 									"logits = $3, adaptors = $4, examples = $5, last_round = $6, "
 									"start_round = $6, start_logits = $7, start_adaptors = $8, "
@@ -348,9 +365,30 @@ prepare_tenant_statements(TenantStatements *st)
 								  "ON CONFLICT (model, round, split, tenant) DO UPDATE SET "
 								  "examples = excluded.examples, loss = excluded.loss, "
 								  "recorded_at = now()", 5, th);
-	if (!st->insert_tenant || !st->update_tenant || !st->put_history)
+	if (!st->claim_tenant || !st->update_tenant || !st->put_history)
 		elog(ERROR, "could not prepare floral catalog statements: %s",
 			 SPI_result_code_string(SPI_result));
+}
+
+/*
+ * Insert a new tenant's row (mixture logits at zero), locked by this call
+ * until it ends.  Returns false if another session created the row first;
+ * it has committed by then, and the caller reads it again.
+ */
+static bool
+claim_new_tenant(TenantStatements *st, const FloralSpec *spec, const char *tenant)
+{
+	float		zeros[FLORAL_MAX_ADAPTORS] = {0};
+	Datum		a[3];
+	int			ret;
+
+	a[0] = CStringGetTextDatum(spec->name);
+	a[1] = CStringGetTextDatum(tenant);
+	a[2] = floral_real_array(zeros, spec->nadaptors);
+	ret = SPI_execute_plan(st->claim_tenant, a, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not write floral.tenants: %s", SPI_result_code_string(ret));
+	return SPI_processed == 1;
 }
 
 /*
@@ -465,6 +503,15 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		old = MemoryContextSwitchTo(tenant_cxt);
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
 		floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
+		if (!state.found && !claim_new_tenant(&st, spec, trows->name))
+		{
+			/*
+			 * Another session created the tenant meanwhile (training,
+			 * personalising or pinning it): now that it committed, its row
+			 * is what this call starts from, or skips.
+			 */
+			floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
+		}
 		if (already_contributed(spec, &state))
 		{
 			if (skipped++ == 0)
@@ -526,19 +573,10 @@ floral_train_internal(PG_FUNCTION_ARGS)
 			}
 			else
 				n[3] = n[7] = 'n';
-			ret = SPI_execute_plan(state.found ? st.update_tenant : st.insert_tenant,
-								   a, n, false, 0);
-			if (ret != SPI_OK_INSERT && ret != SPI_OK_UPDATE)
+			/* the row exists and this call holds its lock (see claim_new_tenant) */
+			ret = SPI_execute_plan(st.update_tenant, a, n, false, 0);
+			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
 				elog(ERROR, "could not write floral.tenants: %s", SPI_result_code_string(ret));
-			if (SPI_processed != 1)
-			{
-				/* created by a concurrent call, which trained it in this round */
-				if (skipped++ == 0)
-					strlcpy(first_skipped, trows->name, sizeof(first_skipped));
-				memcpy(tr->params, global, sizeof(float) * spec->nparams);
-				MemoryContextSwitchTo(old);
-				continue;
-			}
 			{
 				Datum		h[5] = {a[0], Int32GetDatum(spec->round), a[1], a[4], Float8GetDatum(loss)};
 
@@ -638,7 +676,8 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 		MemoryContextReset(tenant_cxt);
 		old = MemoryContextSwitchTo(tenant_cxt);
 		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, tenant_cxt, &state, false);
+		/* locked: a concurrent training of the tenant must not be overwritten */
+		floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
 		memcpy(tr->params, global, sizeof(float) * spec->nparams);
 
 		if (one_hot)

@@ -1177,7 +1177,11 @@ BEGIN
 	RETURN prev;
 END $$;
 
--- Local writes of a branch, as floral's owner: links, outbox, status.
+-- Local writes of a branch, as floral's owner: links, outbox, status.  All
+-- but _branch_link_put (which makes its caller the owner) first check with
+-- _branch_link that the session may act as the role that joined: they are
+-- granted to every floral_admin, and must not let another one mark an
+-- update sent, drop it, or rewrite the status.
 CREATE FUNCTION floral._branch_link_put(model text, branch text, coordinator text, source text,
 		train_options jsonb, auth text, connect_timeout int, statement_timeout int) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -1207,6 +1211,7 @@ CREATE FUNCTION floral._branch_note(model text, contact boolean, error text, ste
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_link(model);
 	UPDATE floral.branch_links x SET
 		last_contact = CASE WHEN contact THEN now() ELSE x.last_contact END,
 		last_error = CASE WHEN error IS NOT NULL THEN error WHEN contact THEN NULL ELSE x.last_error END,
@@ -1220,6 +1225,7 @@ CREATE FUNCTION floral._branch_mark_sent(model text, round int, answer text, byt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_link(model);
 	UPDATE floral.outbox x SET sent_at = now(), answer = _branch_mark_sent.answer, bytes = _branch_mark_sent.bytes
 		WHERE x.model = _branch_mark_sent.model AND x.round = _branch_mark_sent.round;
 END $$;
@@ -1229,6 +1235,7 @@ CREATE FUNCTION floral._branch_void_sent(model text, round int) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
+	PERFORM floral._branch_link(model);
 	DELETE FROM floral.outbox x WHERE x.model = _branch_void_sent.model AND x.round = _branch_void_sent.round
 		AND x.sent_at IS NOT NULL;
 END $$;
@@ -1337,9 +1344,7 @@ RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_
 DECLARE
 	local_round int;
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_sync.model) THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM floral._branch_link(model);
 	PERFORM floral._require_read_committed('floral_branch_step');
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO local_round FROM floral.models m WHERE m.name = model FOR UPDATE;
@@ -1371,9 +1376,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	u record;
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM floral.branch_links x WHERE x.model = _branch_collect.model) THEN
-		RAISE EXCEPTION 'this database is not a branch of model "%"', model USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM floral._branch_link(model);
 	SELECT * INTO u FROM floral._branch_update(model, round);
 	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
 		VALUES (model, round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);

@@ -22,6 +22,7 @@
 #include "utils/snapmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 
 #include "catalog.h"
@@ -180,41 +181,86 @@ floral_lock_model_sql(PG_FUNCTION_ARGS)
 /*
  * floral._branch_step_lock(model) returns bool, floral._branch_step_unlock:
  * one branch step at a time per model.  The step commits between its
- * phases, so this is a session-level lock; a session that still holds it
- * (a step of its own ended by an error) takes it again without counting
- * twice, and the unlock releases it whatever the count.
+ * phases, so this is a session-level lock.
+ *
+ * The step's phases catch their own errors, but not all: PL/pgSQL's WHEN
+ * OTHERS does not catch a cancel or a statement_timeout, and those end the
+ * CALL with its lock still held.  In a session that lives on (psql, an
+ * application's pool) every other session's step would then answer "busy"
+ * until it ends.  Such an error aborts the step's transaction at top level
+ * (the phases' own errors roll back subtransactions only), so the locks the
+ * session took are released on that abort.  A session that still holds the
+ * lock takes it again without counting twice, and the unlock releases it
+ * whatever the count.
  */
 #define FLORAL_STEP_KEY 1718382451
 
-static void
-step_locktag(LOCKTAG *tag, text *model)
-{
-	int32		key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
-															PointerGetDatum(model)));
+static List *step_locks_held = NIL;	/* hashtext keys, in TopMemoryContext */
+static bool step_callback_registered = false;
 
+static void
+step_locktag(LOCKTAG *tag, int32 key)
+{
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) FLORAL_STEP_KEY, (uint32) key, 2);
+}
+
+static int32
+step_key(text *model)
+{
+	return DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
+												 PointerGetDatum(model)));
+}
+
+static void
+step_release(int32 key)
+{
+	LOCKTAG		tag;
+
+	step_locktag(&tag, key);
+	while (LockHeldByMe(&tag, ExclusiveLock))
+		if (!LockRelease(&tag, ExclusiveLock, true))
+			break;
+	step_locks_held = list_delete_int(step_locks_held, key);
+}
+
+static void
+step_xact_callback(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_ABORT)
+		return;
+	while (step_locks_held != NIL)
+		step_release(linitial_int(step_locks_held));
 }
 
 Datum
 floral_branch_step_lock(PG_FUNCTION_ARGS)
 {
+	int32		key = step_key(PG_GETARG_TEXT_PP(0));
 	LOCKTAG		tag;
+	MemoryContext oldcxt;
 
-	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
-	if (LockHeldByMe(&tag, ExclusiveLock))
-		PG_RETURN_BOOL(true);
-	PG_RETURN_BOOL(LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL);
+	step_locktag(&tag, key);
+	if (!LockHeldByMe(&tag, ExclusiveLock) &&
+		LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		PG_RETURN_BOOL(false);
+	if (!step_callback_registered)
+	{
+		RegisterXactCallback(step_xact_callback, NULL);
+		step_callback_registered = true;
+	}
+	if (!list_member_int(step_locks_held, key))
+	{
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		step_locks_held = lappend_int(step_locks_held, key);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	PG_RETURN_BOOL(true);
 }
 
 Datum
 floral_branch_step_unlock(PG_FUNCTION_ARGS)
 {
-	LOCKTAG		tag;
-
-	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
-	while (LockHeldByMe(&tag, ExclusiveLock))
-		if (!LockRelease(&tag, ExclusiveLock, true))
-			break;
+	step_release(step_key(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 

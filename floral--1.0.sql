@@ -1285,6 +1285,9 @@ DECLARE
 	nsp name;
 	conn text := 'floral_branch_' || pg_catalog.md5(model);
 	connstr text;
+	err_state text;
+	err_text text;
+	err_context text;
 BEGIN
 	SELECT * INTO l FROM floral.branch_links x WHERE x.model = _remote.model;
 	SELECT n.nspname INTO nsp FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
@@ -1314,8 +1317,22 @@ BEGIN
 			USING conn, format('SET statement_timeout = %s', l.statement_timeout);
 		RETURN QUERY EXECUTE format('SELECT * FROM %I.dblink($1, $2) AS t(%s)', nsp, coldef)
 			USING conn, query;
-	EXCEPTION WHEN OTHERS THEN
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_text = MESSAGE_TEXT,
+								err_context = PG_EXCEPTION_CONTEXT;
 		EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
+		-- dblink raises the coordinator's errors with their own SQLSTATE: a
+		-- call the coordinator cancelled (past the statement_timeout set
+		-- above) comes back as 57014, which no WHEN OTHERS catches, so the
+		-- step could not keep its update and report.  It is the
+		-- coordinator's failure, not a cancel of this session (that one is
+		-- raised again as it is).
+		IF err_state = '57014'
+		   AND pg_catalog.strpos(err_context, format('on dblink connection named "%s"', conn)) > 0 THEN
+			RAISE EXCEPTION USING MESSAGE = err_text, ERRCODE = 'connection_exception',
+				DETAIL = format('The coordinator cancelled the call (the link''s statement_timeout is %s ms).',
+								l.statement_timeout);
+		END IF;
 		RAISE;
 	END;
 	EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;

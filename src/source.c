@@ -2,9 +2,10 @@
  * source.c
  *	  Run a source query with the caller's privileges and keep its rows.
  *
- * The query runs through SPI as a subquery, with the caller's privileges
- * and as in a READ ONLY transaction (floral_run_read_only_begin), so it can
- * read only what the caller may read and cannot modify anything.  Every value is
+ * The query runs through SPI as a subquery, with the caller's privileges,
+ * as in a READ ONLY transaction (floral_run_read_only_begin) and as a
+ * security-restricted operation, so it can read only what the caller may
+ * read, cannot modify anything and cannot change its role.  Every value is
  * checked at this boundary: NULLs, feature lengths, non-finite values and
  * label ranges all end in an error naming the tenant at fault.
  */
@@ -502,6 +503,8 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	instr_time	start,
 				elapsed;
 	int			ret;
+	Oid			save_userid;
+	int			save_sec_context;
 
 	INSTR_TIME_SET_CURRENT(start);
 
@@ -541,7 +544,18 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	memset(&options, 0, sizeof(options));
 	options.read_only = true;
 	options.dest = (DestReceiver *) &receiver;
+
+	/*
+	 * As a security-restricted operation (as REFRESH MATERIALIZED VIEW runs
+	 * its query), the role the query starts with is the role it runs as.  A
+	 * branch step runs the source that the role which joined stored, under
+	 * SET ROLE to that role; without this a function the source calls could
+	 * SET ROLE NONE (or set_config('role', ...)) back to the session's own
+	 * user, a superuser running the step, and act as it.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	floral_run_read_only_begin();
+	SetUserIdAndSecContext(save_userid, save_sec_context | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
 		query = build_reader_query(source, spec, &receiver.label_is_array);
@@ -549,6 +563,7 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	}
 	PG_FINALLY();
 	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
 		floral_run_read_only_end();
 	}
 	PG_END_TRY();

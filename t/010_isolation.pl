@@ -390,7 +390,7 @@ for my $level ('READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE')
 	val(q{CREATE TABLE retired (round int);
 	      CREATE FUNCTION note_retired() RETURNS trigger LANGUAGE plpgsql AS $$
 	      BEGIN
-	          INSERT INTO retired VALUES (OLD.round);
+	          INSERT INTO public.retired VALUES (OLD.round);
 	          RETURN NULL;
 	      END $$;
 	      CREATE TRIGGER note_retired AFTER DELETE ON floral.contributions

@@ -304,7 +304,7 @@ for my $call (q{floral._branch_mark_sent('p', 0, 'forged', 0)}, q{floral._branch
 	q{floral._branch_collect('p', 0)})
 {
 	($out, $err) = try_sql($branch, "SELECT $call", 'other_admin');
-	like($err, qr/42501: role "other_admin" may not run the branch of model "p"/,
+	like($err, qr/42501: role "other_admin" may not act for the branch of model "p"/,
 		"a floral_admin that is not the owner may not call $call");
 }
 is( sql($branch, q{SELECT o.round || ':' || o.answer || '|' || l.last_step

@@ -15,6 +15,7 @@ OBJS = \
 	src/train.o \
 	src/aggregate.o \
 	src/predict.o \
+	src/predict_batch.o \
 	src/cache.o \
 	src/parameters.o \
 	src/gradcheck.o \
@@ -27,7 +28,7 @@ PG_CFLAGS = -O3
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
-REGRESS = tensor model train aggregate predict errors gradcheck synthetic cancel privileges privacy readonly settings
+REGRESS = tensor model train aggregate predict predict_batch errors gradcheck synthetic cancel privileges privacy readonly settings
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf
 
 TAP_TESTS = 1

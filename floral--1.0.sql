@@ -473,13 +473,25 @@ COMMENT ON FUNCTION floral_personalize(text, text, jsonb) IS
 ------------------------------------------------------------------------
 -- Prediction and evaluation
 ------------------------------------------------------------------------
+-- Scoring a table: the source (key, tenant, features) runs read-only with
+-- the caller's privileges; rows are buffered in work_mem, grouped by tenant
+-- and run as GEMMs.  VOLATILE and PARALLEL UNSAFE, as any function that runs
+-- a query given as text.
+CREATE FUNCTION floral_predict_batch(model text, source text, with_proba boolean DEFAULT false)
+	RETURNS TABLE (key text, tenant text, prediction real, proba real[])
+	AS 'MODULE_PATHNAME', 'floral_predict_batch' LANGUAGE C;
+COMMENT ON FUNCTION floral_predict_batch(text, text, boolean) IS
+	'personalised prediction of every row of a source (key, tenant, features), as GEMMs over blocks of rows in work_mem; rows come out grouped by tenant; proba (with with_proba) as floral_predict_proba';
+
+-- Per row.  PARALLEL SAFE: they only read floral's tables, and in a parallel
+-- operation the cache reads them under the query's snapshot (src/cache.c).
 CREATE FUNCTION floral_predict(model text, tenant text, features real[]) RETURNS real
-	AS 'MODULE_PATHNAME', 'floral_predict' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'floral_predict' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral_predict(text, text, real[]) IS
 	'personalised prediction: the class index (classification) or the first output (regression)';
 
 CREATE FUNCTION floral_predict_proba(model text, tenant text, features real[]) RETURNS real[]
-	AS 'MODULE_PATHNAME', 'floral_predict_proba' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'floral_predict_proba' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral_predict_proba(text, text, real[]) IS
 	'personalised class probabilities (classification) or all outputs (regression)';
 
@@ -1728,7 +1740,8 @@ REVOKE ALL ON SCHEMA floral FROM PUBLIC;
 GRANT USAGE ON SCHEMA floral TO PUBLIC;	-- the tensor type; tables and functions stay closed
 
 -- readers
-GRANT EXECUTE ON FUNCTION floral_predict(text, text, real[]), floral_predict_proba(text, text, real[]),
+GRANT EXECUTE ON FUNCTION floral_predict_batch(text, text, boolean),
+	floral_predict(text, text, real[]), floral_predict_proba(text, text, real[]),
 	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text),
 	floral_parameter(text, text, int, int, int), floral_progress(),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),

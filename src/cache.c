@@ -8,6 +8,9 @@
  * inside an old REPEATABLE READ transaction can never outlive it as if it
  * were current.  (Like the catalog caches, prediction therefore sees the
  * newest committed round even inside a REPEATABLE READ transaction.)
+ * A parallel operation may not take a new snapshot: there an entry is read
+ * under the query's snapshot, which leader and workers share, and is checked
+ * again under the newest one at its first use after the operation.
  */
 #include "postgres.h"
 
@@ -129,6 +132,40 @@ tenant_version(const char *model, const char *tenant, char *out)
 						 2, types, args, out);
 }
 
+/*
+ * The snapshot entries are read and checked under; returns true when it is
+ * not the newest (in parallel mode), so the entry must be checked again
+ * once out of it.
+ */
+static bool
+push_read_snapshot(void)
+{
+	if (IsInParallelMode())
+	{
+		PushActiveSnapshot(GetActiveSnapshot());
+		return true;
+	}
+	PushActiveSnapshot(GetLatestSnapshot());
+	return false;
+}
+
+/* an entry checked since the last change, and under the newest snapshot */
+static inline bool
+still_checked(uint64 checked, bool parallel_read)
+{
+	return checked == cache_changes && (!parallel_read || IsInParallelMode());
+}
+
+/* a tenant entry's own memory */
+static void
+free_tenant(FloralCachedTenant *t)
+{
+	if (t->bank)
+		pfree(t->bank);
+	t->bank = NULL;
+	floral_mixture_free(&t->mix);
+}
+
 static void
 create_tenant_table(FloralCachedModel *m)
 {
@@ -168,6 +205,10 @@ cache_load(FloralCachedModel *m, const char *model)
 	memset(&m->uniform, 0, sizeof(m->uniform));
 	for (int c = 0; c < C; c++)
 		m->uniform.pi[c] = 1.0f / C;
+	old = MemoryContextSwitchTo(m->cxt);
+	floral_mixture_init(&m->spec, m->params, m->params + m->spec.adaptor_offset,
+						m->uniform.pi, &m->uniform.mix);
+	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -225,8 +266,7 @@ enforce_bound(FloralCachedModel *current)
 			floral_cache_generation++;
 			hash_seq_init(&tseq, current->tenants);
 			while ((t = hash_seq_search(&tseq)) != NULL)
-				if (t->bank)
-					pfree(t->bank);
+				free_tenant(t);
 			hash_destroy(current->tenants);
 			create_tenant_table(current);
 		}
@@ -241,6 +281,7 @@ floral_cache_get(const char *model)
 	char		version[FLORAL_VERSION_LEN];
 	FloralCachedModel *m;
 	bool		found;
+	bool		parallel_read;
 	uint64		start;
 
 	if (strlen(model) >= sizeof(key))
@@ -253,7 +294,7 @@ floral_cache_get(const char *model)
 	memset(key, 0, sizeof(key));
 	strlcpy(key, model, sizeof(key));
 	m = hash_search(cache_models, key, HASH_FIND, &found);
-	if (found && m->checked == cache_changes)
+	if (found && still_checked(m->checked, m->parallel_read))
 	{
 		m->last_used = ++use_clock;
 		m->valid = true;
@@ -263,7 +304,7 @@ floral_cache_get(const char *model)
 	/* check, and read again only if the rows changed */
 	start = cache_changes;
 	SPI_connect();
-	PushActiveSnapshot(GetLatestSnapshot());
+	parallel_read = push_read_snapshot();
 	if (!model_version(key, version))
 	{
 		if (found)
@@ -300,6 +341,7 @@ floral_cache_get(const char *model)
 
 	/* if something changed while we read, use this copy once, then check again */
 	m->checked = start;
+	m->parallel_read = parallel_read;
 	m->valid = (start == cache_changes);
 	m->last_used = ++use_clock;
 	enforce_bound(m);
@@ -312,6 +354,7 @@ load_tenant(FloralCachedModel *m, FloralCachedTenant *t)
 {
 	FloralTenantState state;
 	int			C = m->spec.nadaptors;
+	MemoryContext old;
 
 	floral_load_tenant(&m->spec, t->name, m->cxt, &state, false);
 	t->bank = state.bank;
@@ -326,6 +369,11 @@ load_tenant(FloralCachedModel *m, FloralCachedTenant *t)
 	}
 	else
 		memcpy(t->pi, m->uniform.pi, sizeof(float) * C);
+	old = MemoryContextSwitchTo(m->cxt);
+	floral_mixture_init(&m->spec, m->params,
+						t->bank ? t->bank : m->params + m->spec.adaptor_offset,
+						t->pi, &t->mix);
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -340,6 +388,7 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 	FloralCachedTenant *t;
 	bool		found;
 	bool		exists;
+	bool		parallel_read;
 	uint64		start;
 
 	if (len > FLORAL_MAX_TENANT_LEN)
@@ -349,19 +398,18 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 	memset(key, 0, sizeof(key));
 	memcpy(key, tenant, len);
 	t = hash_search(m->tenants, key, HASH_FIND, &found);
-	if (found && t->checked == cache_changes)
+	if (found && still_checked(t->checked, t->parallel_read))
 		return t;
 
 	start = cache_changes;
 	SPI_connect();
-	PushActiveSnapshot(GetLatestSnapshot());
+	parallel_read = push_read_snapshot();
 	exists = tenant_version(m->spec.name, key, version);
 	if (found && (!exists || strcmp(version, t->version) != 0))
 	{
 		/* changed or gone: call sites must not keep the old entry */
 		floral_cache_generation++;
-		if (t->bank)
-			pfree(t->bank);
+		free_tenant(t);
 		hash_search(m->tenants, key, HASH_REMOVE, NULL);
 		found = false;
 	}
@@ -369,12 +417,14 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 	{
 		t = hash_search(m->tenants, key, HASH_ENTER, &found);
 		t->bank = NULL;
+		memset(&t->mix, 0, sizeof(t->mix));
 		PG_TRY();
 		{
 			load_tenant(m, t);
 		}
 		PG_CATCH();
 		{
+			free_tenant(t);
 			hash_search(m->tenants, key, HASH_REMOVE, NULL);
 			PG_RE_THROW();
 		}
@@ -386,6 +436,7 @@ floral_cache_tenant(FloralCachedModel *m, const char *tenant, int len)
 	if (!exists)
 		return &m->uniform;
 	t->checked = start;
+	t->parallel_read = parallel_read;
 	if (!found)
 		enforce_bound(m);
 	/* the bound may have dropped the tenants: look this one up again */

@@ -13,6 +13,11 @@
  * changed: a new round re-reads that model's parameters, a tenant's new
  * mixture re-reads that tenant.
  *
+ * In a parallel operation (floral_predict is PARALLEL SAFE) no new snapshot
+ * may be taken, so entries are read under the query's own and marked to be
+ * checked again once the operation is over; a parallel worker's cache ends
+ * with the query anyway.
+ *
  * Memory is bounded by floral.cache_memory: past it the least recently used
  * models are dropped.  Tenants nobody trained take no entry: they share the
  * model's uniform mixture.
@@ -34,7 +39,9 @@ typedef struct FloralCachedTenant
 	char		name[FLORAL_MAX_TENANT_LEN + 1];	/* hash key */
 	float		pi[FLORAL_MAX_ADAPTORS];	/* mixture used for prediction */
 	float	   *bank;			/* private adaptors, or NULL for the shared */
+	FloralMixture mix;			/* what pi makes of the layers, for every row */
 	uint64		checked;		/* floral_cache_changes when last checked */
+	bool		parallel_read;	/* read in parallel mode: check again after */
 	char		version[FLORAL_VERSION_LEN];
 } FloralCachedTenant;
 
@@ -43,6 +50,7 @@ typedef struct FloralCachedModel
 	char		name[NAMEDATALEN * 2];	/* hash key */
 	bool		valid;			/* checked against the newest committed rows */
 	uint64		checked;		/* floral_cache_changes when last checked */
+	bool		parallel_read;	/* read in parallel mode: check again after */
 	uint64		last_used;		/* for least-recently-used eviction */
 	char		version[FLORAL_VERSION_LEN];
 	MemoryContext cxt;			/* everything below lives here */

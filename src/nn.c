@@ -218,12 +218,133 @@ floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 	return net->Z[spec->nlayers - 1];
 }
 
+/* ---------- prediction with a fixed mixture ---------- */
+
+void
+floral_mixture_init(const FloralSpec *spec, const float *base, const float *bank,
+					const float *pi, FloralMixture *mix)
+{
+	int			C = spec->nadaptors;
+	int			total = 0;
+	float	   *bias;
+
+	memset(mix, 0, sizeof(*mix));
+	mix->bank = bank;
+	for (int c = 0; c < C; c++)
+		mix->am[c] = spec->alpha * Max(pi[c], spec->min_prob);
+	for (int l = 0; l < spec->nlayers; l++)
+		total += spec->layers[l].out;
+	bias = palloc(sizeof(float) * total);
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+
+		mix->bias[l] = bias;
+		for (int o = 0; o < layer->out; o++)
+		{
+			/* in double, so the order of the C terms does not matter */
+			double		acc = base[layer->b + o];
+
+			for (int c = 0; c < C; c++)
+				acc += (double) mix->am[c] * bank[layer->beta + (int64) c * layer->out + o];
+			bias[o] = (float) acc;
+		}
+		bias += layer->out;
+	}
+}
+
+void
+floral_mixture_copy(const FloralSpec *spec, const FloralMixture *src, FloralMixture *dst)
+{
+	int			total = 0;
+
+	for (int l = 0; l < spec->nlayers; l++)
+		total += spec->layers[l].out;
+	*dst = *src;
+	dst->bias[0] = palloc(sizeof(float) * total);
+	memcpy(dst->bias[0], src->bias[0], sizeof(float) * total);
+	for (int l = 1; l < spec->nlayers; l++)
+		dst->bias[l] = dst->bias[l - 1] + spec->layers[l - 1].out;
+}
+
+void
+floral_mixture_free(FloralMixture *mix)
+{
+	if (mix->bias[0])
+		pfree(mix->bias[0]);
+	mix->bias[0] = NULL;
+}
+
 float *
-floral_forward_row(FloralNet *net, const float *base, const float *bank, const float *x)
+floral_forward_mixed(FloralNet *net, const float *base,
+					 const FloralMixture *const *mix, int B)
+{
+	const FloralSpec *spec = net->spec;
+	int			C = spec->nadaptors;
+	const float *in = net->X;
+
+	Assert(B <= net->max_batch);
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int			r = layer->rank;
+		int			cr = C * r;
+		float	   *Z = net->Z[l];
+
+		for (int i = 0; i < B; i++)
+			memcpy(Z + (int64) i * layer->out, mix[i]->bias[l], sizeof(float) * layer->out);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+					B, layer->out, layer->in,
+					1.0f, in, layer->in, base + layer->W, layer->in,
+					1.0f, Z, layer->out);
+
+		/* the adaptors, once per run of rows that share a bank */
+		for (int s = 0, e; cr > 0 && s < B; s = e)
+		{
+			const float *bank = mix[s]->bank;
+			int			n;
+			float	   *A = net->A[l] + (int64) s * cr;
+			float	   *As = net->As[l] + (int64) s * cr;
+
+			for (e = s + 1; e < B && mix[e]->bank == bank; e++)
+				;
+			n = e - s;
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+						n, cr, layer->in,
+						1.0f, in + (int64) s * layer->in, layer->in,
+						bank + layer->U, layer->in,
+						0.0f, A, cr);
+			for (int i = 0; i < n; i++)
+			{
+				const float *am = mix[s + i]->am;
+
+				for (int c = 0; c < C; c++)
+					for (int j = 0; j < r; j++)
+						As[(int64) i * cr + c * r + j] = am[c] * A[(int64) i * cr + c * r + j];
+			}
+			for (int c = 0; c < C; c++)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+							n, layer->out, r,
+							1.0f, As + c * r, cr,
+							bank + layer->V + (int64) c * layer->out * r, r,
+							1.0f, Z + (int64) s * layer->out, layer->out);
+		}
+
+		if (l < spec->nlayers - 1)
+			activate(spec->activation, Z, net->H[l], (int64) B * layer->out);
+		in = net->H[l];
+	}
+	return net->Z[spec->nlayers - 1];
+}
+
+float *
+floral_forward_row(FloralNet *net, const float *base, const FloralMixture *mix,
+				   const float *x)
 {
 	const FloralSpec *spec = net->spec;
 	int			C = spec->nadaptors;
 	const float *in = x;
+	const float *bank = mix->bank;
 
 	for (int l = 0; l < spec->nlayers; l++)
 	{
@@ -231,7 +352,8 @@ floral_forward_row(FloralNet *net, const float *base, const float *bank, const f
 		int			r = layer->rank;
 		float	   *z = net->Z[l];
 
-		memcpy(z, base + layer->b, sizeof(float) * layer->out);
+		/* the bias terms were mixed once for the tenant */
+		memcpy(z, mix->bias[l], sizeof(float) * layer->out);
 		cblas_sgemv(CblasRowMajor, CblasNoTrans, layer->out, layer->in,
 					1.0f, base + layer->W, layer->in, in, 1, 1.0f, z, 1);
 		if (C > 0 && r > 0)
@@ -241,19 +363,19 @@ floral_forward_row(FloralNet *net, const float *base, const float *bank, const f
 			/* a = U_all x (C*r values), one product for every adaptor */
 			cblas_sgemv(CblasRowMajor, CblasNoTrans, C * r, layer->in,
 						1.0f, bank + layer->U, layer->in, in, 1, 0.0f, a, 1);
+			for (int k = 0; k < C * r; k++)
+				a[k] *= mix->am[k / r];
 			for (int c = 0; c < C; c++)
 			{
-				float		scale = spec->alpha * net->m[c];
 				const float *V = bank + layer->V + (int64) c * layer->out * r;
-				const float *beta = bank + layer->beta + (int64) c * layer->out;
 
 				for (int o = 0; o < layer->out; o++)
 				{
-					float		acc = beta[o];
+					float		acc = 0.0f;
 
 					for (int j = 0; j < r; j++)
 						acc += V[o * r + j] * a[c * r + j];
-					z[o] += scale * acc;
+					z[o] += acc;
 				}
 			}
 		}
@@ -266,6 +388,39 @@ floral_forward_row(FloralNet *net, const float *base, const float *bank, const f
 		}
 	}
 	return net->Z[spec->nlayers - 1];
+}
+
+float
+floral_output_prediction(const FloralSpec *spec, const float *out)
+{
+	int			best = 0;
+
+	if (spec->task == FLORAL_REGRESSION)
+		return out[0];
+	for (int k = 1; k < SPEC_OUTPUTS(spec); k++)
+		if (out[k] > out[best])
+			best = k;
+	return (float) best;
+}
+
+void
+floral_output_proba(const FloralSpec *spec, const float *out, float *p)
+{
+	int			K = SPEC_OUTPUTS(spec);
+	float		maxv = out[0];
+	double		sum = 0.0;
+
+	if (spec->task == FLORAL_REGRESSION)
+	{
+		memcpy(p, out, sizeof(float) * K);
+		return;
+	}
+	for (int k = 1; k < K; k++)
+		maxv = Max(maxv, out[k]);
+	for (int k = 0; k < K; k++)
+		sum += exp((double) out[k] - maxv);
+	for (int k = 0; k < K; k++)
+		p[k] = (float) (exp((double) out[k] - maxv) / sum);
 }
 
 /* ---------- loss ---------- */

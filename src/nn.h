@@ -43,7 +43,29 @@ typedef struct FloralNet
 	double		dm[FLORAL_MAX_ADAPTORS];
 } FloralNet;
 
+/*
+ * What a fixed mixture makes of a model's layers, worked out once per tenant
+ * so that prediction repeats none of it per row: the bank the adaptors come
+ * from, the weights alpha * max(pi_c, min_prob) of the adaptors' products,
+ * and each layer's effective bias b_l + alpha * sum_c m_c beta_c.
+ */
+typedef struct FloralMixture
+{
+	const float *bank;			/* the shared bank or a private one */
+	float		am[FLORAL_MAX_ADAPTORS];	/* alpha * m_c */
+	float	   *bias[FLORAL_MAX_LAYERS];	/* one allocation, at bias[0] */
+} FloralMixture;
+
 extern FloralNet *floral_net_create(const FloralSpec *spec, int max_batch);
+
+/* fill mix for mixture pi (C values) over base and bank; bias is palloc'd */
+extern void floral_mixture_init(const FloralSpec *spec, const float *base,
+								const float *bank, const float *pi,
+								FloralMixture *mix);
+/* a copy of src whose biases live in the current memory context */
+extern void floral_mixture_copy(const FloralSpec *spec, const FloralMixture *src,
+								FloralMixture *dst);
+extern void floral_mixture_free(FloralMixture *mix);
 
 /* mixture from logits z (and router noise u, or NULL), into net->pi/m */
 extern void floral_router(FloralNet *net, const float *z, const float *u);
@@ -58,12 +80,28 @@ extern float *floral_forward(FloralNet *net, const float *base,
 							 const float *bank, int B);
 
 /*
+ * Forward pass of net->X (B rows) for prediction, row i with mixture mix[i]:
+ * GEMMs over the whole batch, whatever the tenants.  Only the effective bias
+ * and the weights of the adaptors' projections depend on the tenant, so rows
+ * of different tenants share every product except where their adaptor banks
+ * differ (private adaptors): each run of rows with the same bank has its own.
+ * Returns the output rows (B x K).
+ */
+extern float *floral_forward_mixed(FloralNet *net, const float *base,
+								   const FloralMixture *const *mix, int B);
+
+/*
  * Forward pass of one row x, for per-row prediction: matrix-vector
  * products, and the small adaptor terms as plain loops, so that a row costs
  * little more than its base layer's product.
  */
 extern float *floral_forward_row(FloralNet *net, const float *base,
-								 const float *bank, const float *x);
+								 const FloralMixture *mix, const float *x);
+
+/* what prediction returns from a row of outputs: the class or first output */
+extern float floral_output_prediction(const FloralSpec *spec, const float *out);
+/* class probabilities (softmax) or, for regression, the outputs, into p */
+extern void floral_output_proba(const FloralSpec *spec, const float *out, float *p);
 
 /*
  * Loss of the last forward pass against labels Y (B x ylen) and, when

@@ -5,13 +5,18 @@
  * floral_predict and floral_predict_proba run once per row: they find the
  * model and the tenant in the backend's cache (remembering the last ones in
  * fn_extra, so consecutive rows skip even the hash lookups), copy the
- * features into preallocated scratch and run the forward pass.  Nothing is
- * read from the tables and nothing is allocated per row except the result.
+ * features into preallocated scratch and run the forward pass.  What depends
+ * only on the tenant (its mixture weights and mixed biases) was worked out
+ * when the tenant was cached.  Nothing is read from the tables and nothing
+ * is allocated per row except the result.  To score a whole table, the
+ * batch path (predict_batch.c) runs the same layers as GEMMs instead.
  */
 #include "postgres.h"
 
 #include <math.h>
 
+#include "access/parallel.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -19,6 +24,8 @@
 #include "utils/array.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/timestamp.h"
 #include "utils/memutils.h"
 
 #include "cache.h"
@@ -39,6 +46,7 @@ PG_FUNCTION_INFO_V1(floral_evaluate_internal);
 typedef struct PredictCallCache
 {
 	uint64		generation;
+	TimestampTz statement;		/* the statement that last checked for invalidations */
 	char		model[NAMEDATALEN * 2];
 	FloralCachedModel *entry;
 	char		tenant[FLORAL_MAX_TENANT_LEN + 1];
@@ -66,6 +74,19 @@ predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
 	{
 		cc = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(PredictCallCache));
 		fcinfo->flinfo->fn_extra = cc;
+	}
+
+	/*
+	 * A statement that opens no relation would never read the invalidation
+	 * queue, and a transaction's later statements would keep predicting
+	 * with a round another session replaced: read it once per statement
+	 * (cheap when it is empty).  Not in a parallel worker, whose leader
+	 * does it.
+	 */
+	if (cc->statement != GetCurrentStatementStartTimestamp() && !IsParallelWorker())
+	{
+		AcceptInvalidationMessages();
+		cc->statement = GetCurrentStatementStartTimestamp();
 	}
 
 	/* fast path: same model and generation as the previous row */
@@ -118,11 +139,8 @@ predict_row(FunctionCallInfo fcinfo, const FloralSpec **spec_out)
 					 errmsg("features contain a non-finite value"),
 					 errdetail("Feature %d is %g.", k + 1, fv[k])));
 
-	if (spec->nadaptors > 0)
-		floral_router_fixed(m->net, t->pi);
 	*spec_out = spec;
-	return floral_forward_row(m->net, m->params,
-							  t->bank ? t->bank : m->params + spec->adaptor_offset, fv);
+	return floral_forward_row(m->net, m->params, &t->mix, fv);
 }
 
 /* floral_predict(model, tenant, features) returns real */
@@ -131,15 +149,8 @@ floral_predict(PG_FUNCTION_ARGS)
 {
 	const FloralSpec *spec;
 	const float *out = predict_row(fcinfo, &spec);
-	int			K = SPEC_OUTPUTS(spec);
-	int			best = 0;
 
-	if (spec->task == FLORAL_REGRESSION)
-		PG_RETURN_FLOAT4(out[0]);
-	for (int k = 1; k < K; k++)
-		if (out[k] > out[best])
-			best = k;
-	PG_RETURN_FLOAT4((float) best);
+	PG_RETURN_FLOAT4(floral_output_prediction(spec, out));
 }
 
 /* floral_predict_proba(model, tenant, features) returns real[] */
@@ -152,20 +163,7 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 	float		probs[1024];
 	float	   *p = (K <= 1024) ? probs : palloc(sizeof(float) * K);
 
-	if (spec->task == FLORAL_CLASSIFICATION)
-	{
-		float		maxv = out[0];
-		double		sum = 0.0;
-
-		for (int k = 1; k < K; k++)
-			maxv = Max(maxv, out[k]);
-		for (int k = 0; k < K; k++)
-			sum += exp((double) out[k] - maxv);
-		for (int k = 0; k < K; k++)
-			p[k] = (float) (exp((double) out[k] - maxv) / sum);
-	}
-	else
-		memcpy(p, out, sizeof(float) * K);
+	floral_output_proba(spec, out, p);
 	PG_RETURN_DATUM(floral_real_array(p, K));
 }
 

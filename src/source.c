@@ -44,18 +44,12 @@ is_number_type(Oid t)
 		t == NUMERICOID;
 }
 
-/*
- * Look at the source's columns and build the query that reads it, with the
- * casts that turn whatever the user wrote into text, real[] and a label.
- */
-static char *
-build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_array)
+/* the LIMIT 0 description of a source, checked to have natts columns */
+static TupleDesc
+describe_source(const char *source, int natts, const char *shape)
 {
 	StringInfoData q;
 	TupleDesc	desc;
-	Oid			tenant_type,
-				feature_type,
-				label_type;
 	int			ret;
 
 	initStringInfo(&q);
@@ -65,17 +59,27 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be a query returning rows")));
-	desc = SPI_tuptable->tupdesc;
-	if (desc->natts != 3)
+	desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	SPI_freetuptable(SPI_tuptable);
+	pfree(q.data);
+	if (desc->natts != natts)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("source must return 3 columns (tenant, features, label), not %d",
-						desc->natts)));
-	tenant_type = getBaseType(TupleDescAttr(desc, 0)->atttypid);
-	feature_type = getBaseType(TupleDescAttr(desc, 1)->atttypid);
-	label_type = getBaseType(TupleDescAttr(desc, 2)->atttypid);
-	SPI_freetuptable(SPI_tuptable);
+				 errmsg("source must return %d columns %s, not %d",
+						natts, shape, desc->natts)));
+	return desc;
+}
 
+static Oid
+column_type(TupleDesc desc, int i)
+{
+	return getBaseType(TupleDescAttr(desc, i)->atttypid);
+}
+
+/* tenants are named by text, or by anything that reads well as text */
+static void
+check_tenant_type(Oid tenant_type)
+{
 	if (!(tenant_type == TEXTOID || tenant_type == VARCHAROID ||
 		  tenant_type == BPCHAROID || tenant_type == NAMEOID ||
 		  tenant_type == UUIDOID || is_integer_type(tenant_type)))
@@ -83,6 +87,11 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("source's tenant column has type %s", format_type_be(tenant_type)),
 				 errhint("Use text or an integer type for the tenant.")));
+}
+
+static void
+check_features_type(Oid feature_type)
+{
 	if (!(feature_type == FLOAT4ARRAYOID || feature_type == FLOAT8ARRAYOID ||
 		  feature_type == NUMERICARRAYOID || feature_type == INT4ARRAYOID ||
 		  feature_type == INT8ARRAYOID || feature_type == INT2ARRAYOID))
@@ -90,6 +99,24 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("source's features column has type %s", format_type_be(feature_type)),
 				 errhint("Use real[] for the features.")));
+}
+
+/*
+ * Look at the source's columns and build the query that reads it, with the
+ * casts that turn whatever the user wrote into text, real[] and a label.
+ */
+static char *
+build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_array)
+{
+	StringInfoData q;
+	TupleDesc	desc;
+	Oid			label_type;
+
+	desc = describe_source(source, 3, "(tenant, features, label)");
+	check_tenant_type(column_type(desc, 0));
+	check_features_type(column_type(desc, 1));
+	label_type = column_type(desc, 2);
+	FreeTupleDesc(desc);
 
 	*label_is_array = false;
 	if (spec->task == FLORAL_CLASSIFICATION)
@@ -111,7 +138,7 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 				 errmsg("source's label column has type %s", format_type_be(label_type)),
 				 errhint("A regression label is a number or real[].")));
 
-	resetStringInfo(&q);
+	initStringInfo(&q);
 	appendStringInfo(&q,
 					 "SELECT floral_source.t::text, floral_source.f::real[], floral_source.y::%s "
 					 "FROM (%s) AS floral_source(t, f, y)",
@@ -369,6 +396,41 @@ read_label(SourceReceiver *r, Datum d, const char *tenant)
 	}
 }
 
+/*
+ * A row's features, checked: nfeatures values, none NULL.  The tenant
+ * (len bytes, not terminated) names the row in the messages.
+ */
+static const float *
+check_features_shape(ArrayType *features, int nfeatures, const char *tenant, int len)
+{
+	if (ARR_NDIM(features) != 1 || ARR_DIMS(features)[0] != nfeatures)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("features of tenant \"%.*s\" have %d values, the model expects %d",
+						len, tenant,
+						ARR_NDIM(features) == 0 ? 0 :
+						ArrayGetNItems(ARR_NDIM(features), ARR_DIMS(features)),
+						nfeatures)));
+	if (ARR_HASNULL(features) && array_contains_nulls(features))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("features of tenant \"%.*s\" contain a NULL", len, tenant)));
+	return (const float *) ARR_DATA_PTR(features);
+}
+
+/* every feature finite (one vectorised pass; the loop only finds which) */
+static void
+check_features_finite(const float *fv, int nfeatures, const char *tenant, int len)
+{
+	for (int k = 0; !tensor_all_finite(fv, nfeatures) && k < nfeatures; k++)
+		if (!isfinite(fv[k]))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("features of tenant \"%.*s\" contain a non-finite value",
+							len, tenant),
+					 errdetail("Feature %d is %g.", k + 1, fv[k])));
+}
+
 static bool
 source_receive(TupleTableSlot *slot, DestReceiver *self)
 {
@@ -412,18 +474,8 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				 errmsg("source returned NULL features for tenant \"%s\"",
 						tenant->name)));
 	features = DatumGetArrayTypeP(slot->tts_values[1]);
-	if (ARR_NDIM(features) != 1 || ARR_DIMS(features)[0] != rows->nfeatures)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("features of tenant \"%s\" have %d values, the model expects %d",
-						tenant->name,
-						ARR_NDIM(features) == 0 ? 0 :
-						ArrayGetNItems(ARR_NDIM(features), ARR_DIMS(features)),
-						rows->nfeatures)));
-	if (ARR_HASNULL(features) && array_contains_nulls(features))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("features of tenant \"%s\" contain a NULL", tenant->name)));
+	fv = check_features_shape(features, rows->nfeatures, tenant->name,
+							  strlen(tenant->name));
 
 	if (slot->tts_isnull[2])
 		ereport(ERROR,
@@ -431,15 +483,7 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				 errmsg("source returned a NULL label for tenant \"%s\"",
 						tenant->name)));
 	read_label(r, slot->tts_values[2], tenant->name);
-
-	fv = (const float *) ARR_DATA_PTR(features);
-	for (int k = 0; !tensor_all_finite(fv, rows->nfeatures) && k < rows->nfeatures; k++)
-		if (!isfinite(fv[k]))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("features of tenant \"%s\" contain a non-finite value",
-							tenant->name),
-					 errdetail("Feature %d is %g.", k + 1, fv[k])));
+	check_features_finite(fv, rows->nfeatures, tenant->name, strlen(tenant->name));
 
 	MemoryContextSwitchTo(r->target);
 	recno = rows_append(rows, fv, r->label);
@@ -488,6 +532,62 @@ floral_run_read_only_end(void)
 }
 
 /*
+ * Run a source: the query build() makes of it (which may look at the
+ * source's columns), its rows to dest.  Both run as in a READ ONLY
+ * transaction, with the caller's privileges.
+ */
+static void
+run_source(const char *source, char *(*build) (const char *source, void *arg),
+		   void *arg, DestReceiver *dest)
+{
+	SPIExecuteOptions options;
+	char	   *query;
+	int			ret;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	memset(&options, 0, sizeof(options));
+	options.read_only = true;
+	options.dest = dest;
+
+	/*
+	 * As a security-restricted operation (as REFRESH MATERIALIZED VIEW runs
+	 * its query), the role the query starts with is the role it runs as.  A
+	 * branch step runs the source that the role which joined stored, under
+	 * SET ROLE to that role; without this a function the source calls could
+	 * SET ROLE NONE (or set_config('role', ...)) back to the session's own
+	 * user, a superuser running the step, and act as it.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	floral_run_read_only_begin();
+	SetUserIdAndSecContext(save_userid, save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		query = build(source, arg);
+		ret = SPI_execute_extended(query, &options);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		floral_run_read_only_end();
+	}
+	PG_END_TRY();
+	/* with a receiver of ours and DestNone, SPI reports SPI_OK_UTILITY */
+	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("source must be a query returning rows")));
+}
+
+static char *
+build_training_query(const char *source, void *arg)
+{
+	SourceReceiver *r = (SourceReceiver *) arg;
+
+	return build_reader_query(source, r->spec, &r->label_is_array);
+}
+
+/*
  * Read the source.  Must be called inside SPI_connect; the rows live in the
  * memory context that is current at the time of the call.
  */
@@ -497,14 +597,9 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	MemoryContext target = CurrentMemoryContext;
 	FloralRows *rows;
 	HASHCTL		ctl;
-	char	   *query;
 	SourceReceiver receiver;
-	SPIExecuteOptions options;
 	instr_time	start,
 				elapsed;
-	int			ret;
-	Oid			save_userid;
-	int			save_sec_context;
 
 	INSTR_TIME_SET_CURRENT(start);
 
@@ -535,43 +630,13 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	receiver.pub.rDestroy = source_destroy;
 	receiver.pub.mydest = DestNone;
 	receiver.rows = rows;
-	receiver.spec = spec;
 	receiver.target = target;
 	receiver.rowcxt = AllocSetContextCreate(target, "floral source row",
 											ALLOCSET_DEFAULT_SIZES);
 	receiver.label = palloc(sizeof(float) * rows->ylen);
 
-	memset(&options, 0, sizeof(options));
-	options.read_only = true;
-	options.dest = (DestReceiver *) &receiver;
-
-	/*
-	 * As a security-restricted operation (as REFRESH MATERIALIZED VIEW runs
-	 * its query), the role the query starts with is the role it runs as.  A
-	 * branch step runs the source that the role which joined stored, under
-	 * SET ROLE to that role; without this a function the source calls could
-	 * SET ROLE NONE (or set_config('role', ...)) back to the session's own
-	 * user, a superuser running the step, and act as it.
-	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	floral_run_read_only_begin();
-	SetUserIdAndSecContext(save_userid, save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		query = build_reader_query(source, spec, &receiver.label_is_array);
-		ret = SPI_execute_extended(query, &options);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		floral_run_read_only_end();
-	}
-	PG_END_TRY();
-	/* with a receiver of ours and DestNone, SPI reports SPI_OK_UTILITY */
-	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("source must be a query returning rows")));
+	receiver.spec = spec;
+	run_source(source, build_training_query, &receiver, &receiver.pub);
 	MemoryContextSwitchTo(target);
 	MemoryContextDelete(receiver.rowcxt);
 
@@ -627,4 +692,103 @@ floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float
 		memcpy(X + (int64) i * nf, rec, sizeof(float) * nf);
 		memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
 	}
+}
+
+/* ---------- scoring sources: (key, tenant, features) ---------- */
+
+typedef struct ScoreReceiver
+{
+	DestReceiver pub;
+	int			nfeatures;
+	FloralScoreRowFn fn;
+	void	   *arg;
+	MemoryContext rowcxt;		/* detoasted values */
+	uint64		seen;
+} ScoreReceiver;
+
+static char *
+build_scoring_query(const char *source, void *arg)
+{
+	StringInfoData q;
+	TupleDesc	desc = describe_source(source, 3, "(key, tenant, features)");
+
+	check_tenant_type(column_type(desc, 1));
+	check_features_type(column_type(desc, 2));
+	FreeTupleDesc(desc);
+	initStringInfo(&q);
+	appendStringInfo(&q,
+					 "SELECT floral_source.k::text, floral_source.t::text, floral_source.f::real[] "
+					 "FROM (%s) AS floral_source(k, t, f)", source);
+	return q.data;
+}
+
+static bool
+score_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	ScoreReceiver *r = (ScoreReceiver *) self;
+	MemoryContext oldcxt;
+	text	   *key = NULL;
+	text	   *tenant;
+	ArrayType  *features;
+	const float *fv;
+
+	/* as for training: copies freed row by row, a reset now and then */
+	if ((++r->seen & 4095) == 0)
+	{
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(r->rowcxt);
+	}
+	slot_getallattrs(slot);
+	oldcxt = MemoryContextSwitchTo(r->rowcxt);
+	if (slot->tts_isnull[1])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source returned a NULL tenant")));
+	tenant = DatumGetTextPP(slot->tts_values[1]);
+	if (!slot->tts_isnull[0])
+		key = DatumGetTextPP(slot->tts_values[0]);
+	if (slot->tts_isnull[2])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source returned NULL features for tenant \"%.*s\"",
+						(int) VARSIZE_ANY_EXHDR(tenant), VARDATA_ANY(tenant))));
+	features = DatumGetArrayTypeP(slot->tts_values[2]);
+	fv = check_features_shape(features, r->nfeatures, VARDATA_ANY(tenant),
+							  VARSIZE_ANY_EXHDR(tenant));
+	check_features_finite(fv, r->nfeatures, VARDATA_ANY(tenant),
+						  VARSIZE_ANY_EXHDR(tenant));
+	MemoryContextSwitchTo(oldcxt);
+
+	r->fn(r->arg, key, tenant, fv);
+
+	if ((Pointer) features != DatumGetPointer(slot->tts_values[2]))
+		pfree(features);
+	return true;
+}
+
+/*
+ * Run a scoring source and hand each row, checked, to fn: its key (NULL for
+ * a NULL key) and tenant as text, and nfeatures finite floats.  Nothing is
+ * kept here: fn copies what it keeps, since the values are freed after it
+ * returns.  Must be called inside SPI_connect.
+ */
+void
+floral_read_scoring_source(const char *source, int nfeatures,
+						   FloralScoreRowFn fn, void *arg)
+{
+	ScoreReceiver receiver;
+
+	memset(&receiver, 0, sizeof(receiver));
+	receiver.pub.receiveSlot = score_receive;
+	receiver.pub.rStartup = source_startup;
+	receiver.pub.rShutdown = source_shutdown;
+	receiver.pub.rDestroy = source_destroy;
+	receiver.pub.mydest = DestNone;
+	receiver.nfeatures = nfeatures;
+	receiver.fn = fn;
+	receiver.arg = arg;
+	receiver.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "floral source row",
+											ALLOCSET_DEFAULT_SIZES);
+	run_source(source, build_scoring_query, NULL, &receiver.pub);
+	MemoryContextDelete(receiver.rowcxt);
 }

@@ -8,6 +8,9 @@
  * file, so a source of any size trains in bounded memory.  Each tenant keeps
  * the list of its record numbers, so a tenant's rows can be visited in any
  * order.
+ *
+ * A scoring source returns (key, tenant, features): its rows are checked the
+ * same way and handed one by one to a callback, which keeps what it needs.
  */
 #ifndef FLORAL_SOURCE_H
 #define FLORAL_SOURCE_H
@@ -65,6 +68,12 @@ extern void floral_run_read_only_begin(void);
 extern void floral_run_read_only_end(void);
 extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec);
 extern void floral_rows_free(FloralRows *rows);
+/* one row of a scoring source; values are valid only during the call */
+typedef void (*FloralScoreRowFn) (void *arg, text *key, text *tenant,
+								  const float *features);
+
+extern void floral_read_scoring_source(const char *source, int nfeatures,
+									   FloralScoreRowFn fn, void *arg);
 extern void floral_rows_gather(FloralRows *rows, const int64 *recnos, int n,
 							   float *X, float *Y);
 

@@ -944,8 +944,9 @@ BEGIN
 	ELSIF NOT floral._selected(model, cur, branch) THEN
 		st := 'rejected';
 		why := format('branch %s was not selected for round %s', branch, cur);
-	ELSIF octet_length(sums) > 4 * ((SELECT sum(x.parameters) FROM @extschema@.floral_layers(model) x) * 4 + 64) / 3 + 8 THEN
+	ELSIF octet_length(sums) > ((SELECT sum(x.parameters) FROM @extschema@.floral_layers(model) x) * 4 + 1024) * 4 / 3 * 1.02 + 1024 THEN
 		-- refused before decoding: a huge payload costs nothing more here
+		-- (base64 makes 4 characters of 3 bytes, plus a newline every 76)
 		st := 'rejected';
 		why := format('sums: %s bytes of base64 is more than the model''s parameters can take', octet_length(sums));
 	ELSIF tenants IS NULL OR tenants < 1 THEN

@@ -59,6 +59,18 @@ SELECT examples, cardinality(weights) AS weights, tenants,
 	   floral.tensor_shape(sums) = ARRAY[(SELECT sum(parameters)::int FROM floral_layers('plain'))] AS parameter_shaped
 FROM floral._branch_update('plain', 0);
 
+-- a real update of a model of some size passes the coordinator's checks,
+-- base64's newlines included (its size is bounded before it is decoded)
+SELECT floral_create_model('wide', '{64,256,10}', 'classification', 2, 4, '{"seed": 1}');
+SELECT count(*) FROM floral_train('wide', 'SELECT tenant, array_fill(0.5::real, ARRAY[64]), label FROM dp_rows');
+SELECT floral_coordinator_setup('wide');
+SELECT floral_coordinator_add_branch('wide', 'solo');
+SELECT floral.fed_submit('wide', 'solo', 0, u.examples, u.weights,
+                         encode(floral.tensor_send(u.sums), 'base64'), u.loss_sum, u.tenants) AS answer,
+       octet_length(encode(floral.tensor_send(u.sums), 'base64')) > 4 * octet_length(floral.tensor_send(u.sums)) / 3
+           AS has_newlines
+FROM floral._branch_update('wide', 0) u;
+
 -- options are checked
 DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_noise": 1}');
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;

@@ -437,7 +437,7 @@ BEGIN
 	END IF;
 	SELECT count(DISTINCT c.call) INTO n FROM floral.contributions c
 		WHERE c.model = floral_discard.model AND c.round = cur;
-	DELETE FROM floral.contributions c WHERE c.model = floral_discard.model;
+	DELETE FROM floral.contributions c WHERE c.model = floral_discard.model AND c.round = cur;
 	RETURN n;
 END $$;
 COMMENT ON FUNCTION floral_discard(text) IS
@@ -1298,6 +1298,7 @@ DECLARE
 	nsp name;
 	conn text := 'floral_branch_' || pg_catalog.md5(model);
 	connstr text;
+	left_open boolean;
 	err_state text;
 	err_text text;
 	err_context text;
@@ -1317,11 +1318,12 @@ BEGIN
 		connstr := connstr || format(' connect_timeout=%s keepalives=1 keepalives_idle=30 keepalives_interval=10 keepalives_count=3',
 									 l.connect_timeout);
 	END IF;
-	EXECUTE format('SELECT coalesce($1 = ANY (%I.dblink_get_connections()), false)', nsp) USING conn INTO STRICT l.auth;
-	IF l.auth::boolean THEN
+	-- a call this session could not finish may have left its connection
+	EXECUTE format('SELECT coalesce($1 = ANY (%I.dblink_get_connections()), false)', nsp)
+		USING conn INTO STRICT left_open;
+	IF left_open THEN
 		EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
 	END IF;
-	SELECT x.auth INTO l.auth FROM floral.branch_links x WHERE x.model = _remote.model;
 	EXECUTE format('SELECT %I.%I($1, $2)', nsp,
 				   CASE WHEN l.auth = 'certificate' THEN 'dblink_connect_u' ELSE 'dblink_connect' END)
 		USING conn, connstr;

@@ -140,18 +140,29 @@ read_int_array(Datum d, int *out, int n, const char *what)
  * and fails at once otherwise.
  */
 #define FLORAL_LOCK_KEY 1718382450
+#define FLORAL_STEP_KEY 1718382451
+
+/*
+ * The tag of the advisory lock pg_advisory_lock(key1, hashtext(model))
+ * takes: floral's locks are ordinary advisory locks, seen as such in pg_locks.
+ */
+static void
+model_locktag(LOCKTAG *tag, uint32 key1, Datum model_text)
+{
+	int32		key2 = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
+															 model_text));
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, key1, (uint32) key2, 2);
+}
 
 void
 floral_lock_model(const char *model, FloralLock lock)
 {
 	LOCKTAG		tag;
-	int32		key;
 
 	if (lock == FLORAL_LOCK_NONE)
 		return;
-	key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
-												CStringGetTextDatum(model)));
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) FLORAL_LOCK_KEY, (uint32) key, 2);
+	model_locktag(&tag, FLORAL_LOCK_KEY, CStringGetTextDatum(model));
 	if (lock == FLORAL_LOCK_UPDATE && LockHeldByMe(&tag, ShareLock) &&
 		!LockHeldByMe(&tag, ExclusiveLock))
 	{
@@ -185,17 +196,6 @@ floral_lock_model_sql(PG_FUNCTION_ARGS)
  * phases, so this is a session-level lock, held by one step at a time in a
  * session; it is released when the step ends, or when it aborts.
  */
-#define FLORAL_STEP_KEY 1718382451
-
-static void
-step_locktag(LOCKTAG *tag, text *model)
-{
-	int32		key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
-															PointerGetDatum(model)));
-
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) FLORAL_STEP_KEY, (uint32) key, 2);
-}
-
 /* the step lock this session holds, if any: released if a step aborts */
 static bool step_lock_held = false;
 static LOCKTAG step_lock_tag;
@@ -232,7 +232,7 @@ floral_branch_step_lock(PG_FUNCTION_ARGS)
 		RegisterXactCallback(step_lock_xact_callback, NULL);
 		registered = true;
 	}
-	step_locktag(&tag, PG_GETARG_TEXT_PP(0));
+	model_locktag(&tag, FLORAL_STEP_KEY, PointerGetDatum(PG_GETARG_TEXT_PP(0)));
 	if (step_lock_held)
 		release_step_lock();
 	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
@@ -474,16 +474,6 @@ floral_load_tenant(const FloralSpec *spec, const char *tenant,
 		}
 	}
 	SPI_freetuptable(SPI_tuptable);
-}
-
-void
-floral_free_tenant(FloralTenantState *state)
-{
-	if (state->bank)
-		pfree(state->bank);
-	if (state->start_bank)
-		pfree(state->start_bank);
-	state->bank = state->start_bank = NULL;
 }
 
 /*

@@ -58,7 +58,6 @@ extern float *floral_load_round(const FloralSpec *spec, int32 round,
 extern void floral_load_tenant(const FloralSpec *spec, const char *tenant,
 							   MemoryContext cxt, FloralTenantState *state,
 							   bool for_update);
-extern void floral_free_tenant(FloralTenantState *state);
 extern void floral_become_owner(FloralSavedUser *saved);
 extern void floral_restore_user(const FloralSavedUser *saved);
 extern void floral_read_real_array(Datum d, float *out, int n, const char *what);

@@ -516,7 +516,7 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 static bool saved_read_only;
 static int	read_only_depth = 0;
 
-void
+static void
 floral_run_read_only_begin(void)
 {
 	if (read_only_depth++ == 0)
@@ -524,7 +524,7 @@ floral_run_read_only_begin(void)
 	XactReadOnly = true;
 }
 
-void
+static void
 floral_run_read_only_end(void)
 {
 	if (--read_only_depth == 0)

@@ -64,8 +64,6 @@ typedef struct FloralRows
 	double		read_seconds;
 } FloralRows;
 
-extern void floral_run_read_only_begin(void);
-extern void floral_run_read_only_end(void);
 extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec);
 extern void floral_rows_free(FloralRows *rows);
 /* one row of a scoring source; values are valid only during the call */

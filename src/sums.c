@@ -9,8 +9,9 @@
 
 #include "sums.h"
 
-int64
-floral_sums_length(const FloralSpec *spec)
+/* what is federated: the base, and the bank unless it is private */
+static int64
+sums_length(const FloralSpec *spec)
 {
 	return spec->private_adaptors ? spec->base_size : spec->nparams;
 }
@@ -20,20 +21,9 @@ floral_sums_init(FloralSums *s, const FloralSpec *spec)
 {
 	memset(s, 0, sizeof(*s));
 	s->spec = spec;
-	s->nsums = floral_sums_length(spec);
+	s->nsums = sums_length(spec);
 	s->v = palloc_extended(sizeof(double) * Max(s->nsums, 1),
 						   MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
-}
-
-void
-floral_sums_reset(FloralSums *s)
-{
-	s->N = 0.0;
-	memset(s->M, 0, sizeof(s->M));
-	memset(s->v, 0, sizeof(double) * s->nsums);
-	s->tenants = 0;
-	s->loss_sum = 0.0;
-	s->n_max = 0.0;
 }
 
 /*
@@ -151,14 +141,6 @@ floral_sums_add_partial(FloralSums *s, double N, const double *M,
 		return;
 	for (int c = 0; c < s->spec->nadaptors; c++)
 		s->M[c] += M[c];
-}
-
-void
-floral_sums_add_values(FloralSums *s, int64 offset, const double *values, int64 n)
-{
-	Assert(offset >= 0 && offset + n <= s->nsums);
-	for (int64 i = 0; i < n; i++)
-		s->v[offset + i] += values[i];
 }
 
 void

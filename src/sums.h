@@ -53,9 +53,7 @@ typedef struct FloralSums
 /* values of the sums vector kept in one catalog row (64 MB of doubles) */
 #define FLORAL_SUMS_CHUNK ((int64) 8 * 1024 * 1024)
 
-extern int64 floral_sums_length(const FloralSpec *spec);
 extern void floral_sums_init(FloralSums *s, const FloralSpec *spec);
-extern void floral_sums_reset(FloralSums *s);
 
 /*
  * Queue one tenant's trained parameters (the vector must stay untouched
@@ -75,8 +73,6 @@ extern const char *floral_sums_flush(FloralSums *s, const float *reset_to);
 /* add sums another call or database computed over other tenants */
 extern void floral_sums_add_partial(FloralSums *s, double N, const double *M,
 									double loss_sum, int tenants, double n_max);
-extern void floral_sums_add_values(FloralSums *s, int64 offset,
-								   const double *values, int64 n);
 extern void floral_sums_add_floats(FloralSums *s, int64 offset,
 								   const float *values, int64 n);
 

@@ -176,6 +176,16 @@ train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOption
 	return epoch_loss / n;
 }
 
+/* sum the queued tenants; one with a non-finite parameter diverged */
+static void
+flush_sums(FloralSums *sums, const float *global, const FloralTrainOptions *opts)
+{
+	const char *bad = floral_sums_flush(sums, global);
+
+	if (bad)
+		report_divergence(bad, opts->epochs - 1);
+}
+
 /*
  * Differential privacy, first half: bound what one tenant can change.  The
  * part of the update that travels (the base, and the adaptors unless they
@@ -586,12 +596,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 		}
 		if (floral_sums_defer_tenant(&sums, (double) trows->nrows, pi, tr->params, loss,
 									 trows->name) || sums.npending == nbufs)
-		{
-			const char *bad = floral_sums_flush(&sums, global);
-
-			if (bad)
-				report_divergence(bad, opts.epochs - 1);
-		}
+			flush_sums(&sums, global, &opts);
 
 		{
 			Datum		values[3];
@@ -606,12 +611,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	}
 
 	if (sums.npending > 0)
-	{
-		const char *bad = floral_sums_flush(&sums, global);
-
-		if (bad)
-			report_divergence(bad, opts.epochs - 1);
-	}
+		flush_sums(&sums, global, &opts);
 	if (sums.tenants > 0)
 		floral_store_call_sums(spec, spec->round, call_id, &sums);
 	floral_restore_user(&saved);

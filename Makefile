@@ -21,7 +21,8 @@ OBJS = \
 	src/gradcheck.o \
 	src/progress.o \
 	src/sums.o \
-	src/contributions.o
+	src/contributions.o \
+	src/parallel.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3

@@ -13,6 +13,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker_internals.h"
 #include "utils/guc.h"
 
 #include "cache.h"
@@ -97,6 +98,14 @@ _PG_init(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("floral.max_parallel_workers",
+							"Most parallel workers a floral_train, floral_evaluate or floral_personalize call may use.",
+							"The call asks for max_parallel_maintenance_workers workers, at most this many; "
+							"0 runs every call in its own backend.",
+							&floral_max_parallel_workers,
+							8, 0, MAX_PARALLEL_WORKER_LIMIT,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("floral");
 
 	/* progress slots in shared memory, when preloaded */

@@ -12,6 +12,7 @@ extern int	floral_blas_threads;
 extern int	floral_cache_memory;
 extern bool floral_timing;
 extern bool floral_progress_notices;
+extern int	floral_max_parallel_workers;
 
 /* give OpenBLAS the thread count of floral.blas_threads (floral.c) */
 extern void floral_blas_prepare(void);

@@ -21,6 +21,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -32,6 +33,7 @@
 #include "catalog.h"
 #include "floral.h"
 #include "nn.h"
+#include "parallel.h"
 #include "progress.h"
 #include "source.h"
 #include "tensor.h"
@@ -39,8 +41,6 @@
 PG_FUNCTION_INFO_V1(floral_predict);
 PG_FUNCTION_INFO_V1(floral_predict_proba);
 PG_FUNCTION_INFO_V1(floral_evaluate_internal);
-
-#define EVAL_BATCH 256
 
 /* what a call site remembers between rows */
 typedef struct PredictCallCache
@@ -167,6 +167,25 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(floral_real_array(p, K));
 }
 
+/* a serial evaluation reads each tenant's private bank when it runs */
+typedef struct BankLoader
+{
+	const FloralSpec *spec;
+	FloralRows *rows;
+	MemoryContext cxt;
+} BankLoader;
+
+static const float *
+load_private_bank(void *arg, int tenant)
+{
+	BankLoader *bl = arg;
+	FloralTenantState state;
+
+	MemoryContextReset(bl->cxt);
+	floral_load_tenant(bl->spec, bl->rows->tenants[tenant]->name, bl->cxt, &state, false);
+	return state.bank;
+}
+
 /*
  * floral._evaluate(model, source) returns setof (tenant, examples, loss,
  * accuracy): each tenant with its own mixture, no router noise.
@@ -184,10 +203,13 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	FloralSpec *spec;
 	float	   *params;
 	FloralRows *rows;
-	FloralNet  *net;
-	float	   *Y;
+	FloralParallelCall par;
 	FloralSavedUser saved;
 	MemoryContext tenant_cxt;
+	BankLoader	bank_loader;
+	instr_time	start;
+	int			nworkers;
+	int			C;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -214,6 +236,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	}
 	InitMaterializedSRF(fcinfo, 0);
 	floral_blas_prepare();
+	INSTR_TIME_SET_CURRENT(start);
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "floral evaluate",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
@@ -223,12 +246,9 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 
 	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
 	params = floral_load_round(spec, spec->round, cxt);
-	rows = floral_read_source(source, spec);
+	rows = floral_read_source(source, spec, floral_parallel_possible());
 	/* the source has run, as the caller; history is written by floral alone */
 	floral_become_owner(&saved);
-	tenant_cxt = AllocSetContextCreate(cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
-	net = floral_net_create(spec, EVAL_BATCH);
-	Y = palloc(sizeof(float) * EVAL_BATCH * rows->ylen);
 	floral_progress_start("evaluate", spec->name, rows->ntenants, 1);
 	if (record)
 	{
@@ -244,51 +264,72 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not prepare floral.history insert");
 	}
 
+	/*
+	 * Every tenant's mixture (and private bank) is read first; then the
+	 * tenants are evaluated, one after another or in parallel workers
+	 * (parallel.h), and their results written in order.
+	 */
+	C = spec->nadaptors;
+	memset(&par, 0, sizeof(par));
+	par.work = FLORAL_WORK_EVALUATE;
+	par.spec = spec;
+	par.global = params;
+	par.rows = rows;
+	par.ntasks = rows->ntenants;
+	par.tasks = palloc_extended(sizeof(FloralTenantTask) * rows->ntenants, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	par.logits = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
+	par.pinned_pi = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
+	nworkers = floral_parallel_workers(rows, par.ntasks, spec->private_adaptors ?
+									   (double) sizeof(float) * spec->adaptor_size * rows->ntenants : 0);
+	/* private banks: all in shared memory for workers, else read one by one */
+	if (nworkers > 0)
+		par.banks = floral_parallel_banks(spec, rows->ntenants, &par.banks_seg);
+	else
+	{
+		par.load_bank = load_private_bank;
+		par.arg = &bank_loader;
+		bank_loader.spec = spec;
+		bank_loader.rows = rows;
+		bank_loader.cxt = AllocSetContextCreate(cxt, "floral private bank",
+												ALLOCSET_DEFAULT_SIZES);
+	}
+	tenant_cxt = AllocSetContextCreate(cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantState state;
+		FloralTenantTask *task = &par.tasks[k];
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		floral_load_tenant(spec, rows->tenants[k]->name, tenant_cxt, &state, false);
+		task->tenant = k;
+		task->found = state.found;
+		task->pinned = state.pinned;
+		task->has_bank = (state.bank != NULL);
+		if (state.found)
+			memcpy(par.logits + (int64) k * C, state.logits, sizeof(float) * C);
+		if (state.pinned)
+			memcpy(par.pinned_pi + (int64) k * C, state.pinned_pi, sizeof(float) * C);
+		if (task->has_bank && par.banks)
+			memcpy(par.banks + (int64) k * spec->adaptor_size, state.bank,
+				   sizeof(float) * spec->adaptor_size);
+	}
+	MemoryContextDelete(tenant_cxt);
+
+	floral_parallel_run(&par, nworkers);
+
 	for (int k = 0; k < rows->ntenants; k++)
 	{
 		FloralTenantRows *trows = rows->tenants[k];
-		FloralTenantState state;
-		double		loss = 0.0;
-		int64		correct = 0;
-		int			C = spec->nadaptors;
 		Datum		values[4];
 		bool		nulls[4] = {false, false, false, false};
 
 		CHECK_FOR_INTERRUPTS();
-		MemoryContextReset(tenant_cxt);
-		MemoryContextSwitchTo(tenant_cxt);
-		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, tenant_cxt, &state, false);
-		if (state.pinned)
-			floral_router_fixed(net, state.pinned_pi);
-		else if (state.found && C > 0)
-			floral_router(net, state.logits, NULL);
-		else if (C > 0)
-		{
-			float		uniform[FLORAL_MAX_ADAPTORS];
-
-			for (int c = 0; c < C; c++)
-				uniform[c] = 1.0f / C;
-			floral_router_fixed(net, uniform);
-		}
-
-		for (int64 s = 0; s < trows->nrows; s += EVAL_BATCH)
-		{
-			int			B = (int) Min((int64) EVAL_BATCH, trows->nrows - s);
-
-			CHECK_FOR_INTERRUPTS();
-			floral_rows_gather(rows, trows->rows + s, B, net->X, Y);
-			floral_forward(net, params,
-						   state.bank ? state.bank : params + spec->adaptor_offset, B);
-			loss += floral_loss(net, Y, B, false, &correct) * B;
-			floral_progress_batch(1, s + B, loss / (s + B));
-		}
-
 		values[0] = CStringGetTextDatum(trows->name);
 		values[1] = Int64GetDatum(trows->nrows);
-		values[2] = Float8GetDatum(loss / trows->nrows);
+		values[2] = Float8GetDatum(par.loss[k]);
 		if (spec->task == FLORAL_CLASSIFICATION)
-			values[3] = Float8GetDatum((double) correct / trows->nrows);
+			values[3] = Float8GetDatum((double) par.correct[k] / trows->nrows);
 		else
 			nulls[3] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -301,7 +342,19 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			if (SPI_execute_plan(put_history, h, hn, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write floral.history");
 		}
-		MemoryContextSwitchTo(cxt);
+	}
+	floral_parallel_banks_free(par.banks_seg);
+	if (floral_timing)
+	{
+		instr_time	elapsed;
+
+		INSTR_TIME_SET_CURRENT(elapsed);
+		INSTR_TIME_SUBTRACT(elapsed, start);
+		ereport(NOTICE,
+				(errmsg("floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
+						rows->nrows, rows->ntenants, rows->read_seconds,
+						INSTR_TIME_GET_DOUBLE(elapsed) - rows->read_seconds,
+						par.workers_launched)));
 	}
 
 	floral_restore_user(&saved);

@@ -175,6 +175,18 @@ floral_progress_tenant(int number, const char *tenant, int64 examples)
 	SLOT_WRITE_END(mine);
 }
 
+/* a parallel call's leader: the tenants done by every participant */
+void
+floral_progress_count(int number)
+{
+	if (mine == NULL || mine->tenant_number == number)
+		return;
+	SLOT_WRITE_BEGIN(mine);
+	mine->tenant_number = number;
+	mine->updated_at = GetCurrentTimestamp();
+	SLOT_WRITE_END(mine);
+}
+
 void
 floral_progress_batch(int epoch, int64 done, double running_loss)
 {

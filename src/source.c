@@ -26,6 +26,7 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "storage/dsm.h"
 
 #include "source.h"
 #include "tensor.h"
@@ -146,14 +147,40 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 	return q.data;
 }
 
-/* records are kept in chunks of this many bytes, never moved once written */
+/*
+ * Records are kept in chunks of this many bytes, never moved once written;
+ * chunks in shared memory are larger, since each is a segment of its own
+ * and a server has a few hundred of those.
+ */
 #define ROWS_CHUNK_BYTES (8 * 1024 * 1024)
+#define ROWS_SHARED_CHUNK_BYTES (32 * 1024 * 1024)
 
 static inline float *
 rows_record(FloralRows *rows, int64 recno)
 {
 	return rows->chunks[recno / rows->chunk_records] +
 		(recno % rows->chunk_records) * rows->recfloats;
+}
+
+/*
+ * A new chunk: a shared memory segment of its own while the rows are
+ * shareable (NULL in segs otherwise).  When the server has no segment to
+ * spare, the rows stay private and the call runs serially.
+ */
+static float *
+new_chunk(FloralRows *rows)
+{
+	Size		bytes = sizeof(float) * rows->recfloats * rows->chunk_records;
+	dsm_segment *seg = NULL;
+
+	if (rows->shared)
+	{
+		seg = dsm_create(bytes, DSM_CREATE_NULL_IF_MAXSEGMENTS);
+		if (seg == NULL)
+			rows->shared = false;
+	}
+	rows->segs[rows->nchunks] = seg;
+	return seg ? (float *) dsm_segment_address(seg) : palloc_extended(bytes, MCXT_ALLOC_HUGE);
 }
 
 /*
@@ -167,6 +194,7 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 	{
 		if (rows->file == NULL)
 			rows->file = BufFileCreateTemp(false);
+		rows->shared = false;	/* the file is the leader's alone */
 		BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
 		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
 	}
@@ -182,9 +210,12 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 				rows->chunks = rows->chunks ?
 					repalloc(rows->chunks, sizeof(float *) * rows->max_chunks) :
 					palloc(sizeof(float *) * rows->max_chunks);
+				rows->segs = rows->segs ?
+					repalloc(rows->segs, sizeof(dsm_segment *) * rows->max_chunks) :
+					palloc(sizeof(dsm_segment *) * rows->max_chunks);
 			}
-			rows->chunks[rows->nchunks++] =
-				palloc(sizeof(float) * rows->recfloats * rows->chunk_records);
+			rows->chunks[rows->nchunks] = new_chunk(rows);
+			rows->nchunks++;
 		}
 		rec = rows_record(rows, rows->nrows);
 		memcpy(rec, features, sizeof(float) * rows->nfeatures);
@@ -592,7 +623,7 @@ build_training_query(const char *source, void *arg)
  * memory context that is current at the time of the call.
  */
 FloralRows *
-floral_read_source(const char *source, const FloralSpec *spec)
+floral_read_source(const char *source, const FloralSpec *spec, bool shareable)
 {
 	MemoryContext target = CurrentMemoryContext;
 	FloralRows *rows;
@@ -614,7 +645,9 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	rows->mem_limit = Max((int64) maintenance_work_mem * 1024 /
 						  (int64) (sizeof(float) * rows->recfloats), 1);
 	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
-	rows->chunk_records = Max(Min(ROWS_CHUNK_BYTES / (int64) (sizeof(float) * rows->recfloats),
+	rows->shared = shareable;
+	rows->chunk_records = Max(Min((shareable ? ROWS_SHARED_CHUNK_BYTES : ROWS_CHUNK_BYTES) /
+								  (int64) (sizeof(float) * rows->recfloats),
 								  rows->mem_limit), 1);
 
 	ctl.keysize = sizeof(uint64);
@@ -653,7 +686,7 @@ floral_read_source(const char *source, const FloralSpec *spec)
 	return rows;
 }
 
-/* release the temporary file, if the rows spilled to one */
+/* release the temporary file, if the rows spilled to one, and the segments */
 void
 floral_rows_free(FloralRows *rows)
 {
@@ -662,6 +695,19 @@ floral_rows_free(FloralRows *rows)
 		BufFileClose(rows->file);
 		rows->file = NULL;
 	}
+	floral_rows_detach(rows);
+}
+
+void
+floral_rows_detach(FloralRows *rows)
+{
+	for (int c = 0; c < rows->nchunks; c++)
+		if (rows->segs && rows->segs[c])
+		{
+			dsm_detach(rows->segs[c]);
+			rows->segs[c] = NULL;
+			rows->chunks[c] = NULL;
+		}
 }
 
 /* copy records into a batch: features into X (n x nfeatures), labels into Y */
@@ -692,6 +738,145 @@ floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float
 		memcpy(X + (int64) i * nf, rec, sizeof(float) * nf);
 		memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
 	}
+}
+
+/* ---------- the rows in shared memory, for parallel workers ---------- */
+
+/*
+ * The records are already in shared segments; what a worker needs besides
+ * is one block: this header, the segments' handles, the record numbers
+ * grouped by tenant, the tenants in name order and their names.
+ */
+typedef struct SharedRows
+{
+	int			nfeatures;
+	int			ylen;
+	int			recfloats;
+	int			ntenants;
+	int			nchunks;
+	int64		nrows;
+	int64		chunk_records;
+	Size		handles;		/* offsets from the start of the block */
+	Size		recnos;
+	Size		tenants;
+	Size		names;
+} SharedRows;
+
+typedef struct SharedTenant
+{
+	int64		nrows;
+	int64		first;			/* index of its first record number */
+	Size		name;			/* offset in the names */
+} SharedTenant;
+
+static void
+shared_rows_layout(const FloralRows *rows, SharedRows *layout, Size *total)
+{
+	Size		names = 0;
+
+	for (int i = 0; i < rows->ntenants; i++)
+		names += strlen(rows->tenants[i]->name) + 1;
+	layout->nfeatures = rows->nfeatures;
+	layout->ylen = rows->ylen;
+	layout->recfloats = rows->recfloats;
+	layout->ntenants = rows->ntenants;
+	layout->nchunks = rows->nchunks;
+	layout->nrows = rows->nrows;
+	layout->chunk_records = rows->chunk_records;
+	layout->handles = MAXALIGN(sizeof(SharedRows));
+	layout->recnos = layout->handles + MAXALIGN(sizeof(dsm_handle) * rows->nchunks);
+	layout->tenants = layout->recnos + MAXALIGN(sizeof(int64) * rows->nrows);
+	layout->names = layout->tenants + MAXALIGN(sizeof(SharedTenant) * rows->ntenants);
+	*total = layout->names + names;
+}
+
+Size
+floral_rows_shared_size(const FloralRows *rows)
+{
+	SharedRows	layout;
+	Size		total;
+
+	shared_rows_layout(rows, &layout, &total);
+	return total;
+}
+
+/* describe shareable rows in space (floral_rows_shared_size bytes) */
+void
+floral_rows_share(const FloralRows *rows, void *space)
+{
+	char	   *base = space;
+	SharedRows *layout = space;
+	Size		total;
+	dsm_handle *handles;
+	SharedTenant *tenants;
+	Size		name_off = 0;
+
+	Assert(rows->shared && rows->file == NULL);
+	shared_rows_layout(rows, layout, &total);
+	handles = (dsm_handle *) (base + layout->handles);
+	for (int c = 0; c < rows->nchunks; c++)
+		handles[c] = dsm_segment_handle(rows->segs[c]);
+	memcpy(base + layout->recnos, rows->recnos, sizeof(int64) * rows->nrows);
+	tenants = (SharedTenant *) (base + layout->tenants);
+	for (int i = 0; i < rows->ntenants; i++)
+	{
+		const FloralTenantRows *t = rows->tenants[i];
+		Size		len = strlen(t->name) + 1;
+
+		tenants[i].nrows = t->nrows;
+		tenants[i].first = t->rows - rows->recnos;
+		tenants[i].name = name_off;
+		memcpy(base + layout->names + name_off, t->name, len);
+		name_off += len;
+	}
+}
+
+/* a worker's view of rows shared by floral_rows_share (floral_rows_detach ends it) */
+FloralRows *
+floral_rows_attach(void *space)
+{
+	char	   *base = space;
+	SharedRows *layout = space;
+	dsm_handle *handles = (dsm_handle *) (base + layout->handles);
+	SharedTenant *tenants = (SharedTenant *) (base + layout->tenants);
+	int64	   *recnos = (int64 *) (base + layout->recnos);
+	FloralRows *rows = palloc0(sizeof(FloralRows));
+
+	rows->nfeatures = layout->nfeatures;
+	rows->ylen = layout->ylen;
+	rows->recfloats = layout->recfloats;
+	rows->nrows = layout->nrows;
+	rows->nchunks = rows->max_chunks = layout->nchunks;
+	rows->chunk_records = layout->chunk_records;
+	rows->mem_limit = rows->nrows;
+	rows->chunks = palloc(sizeof(float *) * Max(rows->nchunks, 1));
+	rows->segs = palloc(sizeof(dsm_segment *) * Max(rows->nchunks, 1));
+	for (int c = 0; c < rows->nchunks; c++)
+	{
+		rows->segs[c] = dsm_attach(handles[c]);
+		if (rows->segs[c] == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("could not map the rows of a parallel floral call")));
+		rows->chunks[c] = dsm_segment_address(rows->segs[c]);
+	}
+	rows->shared = true;
+	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
+	rows->recnos = recnos;
+	rows->ntenants = layout->ntenants;
+	rows->dir = palloc_extended(sizeof(FloralTenantRows) * Max(rows->ntenants, 1),
+								MCXT_ALLOC_HUGE);
+	rows->tenants = palloc_extended(sizeof(FloralTenantRows *) * Max(rows->ntenants, 1),
+									MCXT_ALLOC_HUGE);
+	for (int i = 0; i < rows->ntenants; i++)
+	{
+		rows->dir[i].name = base + layout->names + tenants[i].name;
+		rows->dir[i].nrows = tenants[i].nrows;
+		rows->dir[i].rows = recnos + tenants[i].first;
+		rows->dir[i].next = -1;
+		rows->tenants[i] = &rows->dir[i];
+	}
+	return rows;
 }
 
 /* ---------- scoring sources: (key, tenant, features) ---------- */

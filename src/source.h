@@ -49,6 +49,14 @@ typedef struct FloralRows
 	BufFile    *file;			/* records beyond mem_limit, if any */
 	float	   *recbuf;			/* one record, for reads from the file */
 
+	/*
+	 * Rows that parallel workers may read keep their chunks in dynamic
+	 * shared memory, one segment each, so that sharing them copies nothing;
+	 * shared is false once one is not (or the rows spilled to the file).
+	 */
+	bool		shared;
+	struct dsm_segment **segs;	/* per chunk */
+
 	/* the tenant directory, built while reading */
 	struct HTAB *hash;			/* name hash -> first tenant with it */
 	FloralTenantRows *dir;		/* tenants in order of first appearance */
@@ -64,7 +72,9 @@ typedef struct FloralRows
 	double		read_seconds;
 } FloralRows;
 
-extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec);
+/* shareable: keep the rows where parallel workers can read them (parallel.h) */
+extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec,
+									  bool shareable);
 extern void floral_rows_free(FloralRows *rows);
 /* one row of a scoring source; values are valid only during the call */
 typedef void (*FloralScoreRowFn) (void *arg, text *key, text *tenant,
@@ -74,5 +84,11 @@ extern void floral_read_scoring_source(const char *source, int nfeatures,
 									   FloralScoreRowFn fn, void *arg);
 extern void floral_rows_gather(FloralRows *rows, const int64 *recnos, int n,
 							   float *X, float *Y);
+
+/* rows read as shareable, shared with parallel workers (parallel.h) */
+extern Size floral_rows_shared_size(const FloralRows *rows);
+extern void floral_rows_share(const FloralRows *rows, void *space);
+extern FloralRows *floral_rows_attach(void *space);
+extern void floral_rows_detach(FloralRows *rows);
 
 #endif

@@ -29,6 +29,7 @@
 #include "contributions.h"
 #include "floral.h"
 #include "nn.h"
+#include "parallel.h"
 #include "rng.h"
 #include "source.h"
 #include "sums.h"
@@ -38,29 +39,34 @@
 PG_FUNCTION_INFO_V1(floral_train_internal);
 PG_FUNCTION_INFO_V1(floral_personalize_internal);
 
-/* scratch for training one tenant after another */
-typedef struct Trainer
+struct FloralTrainer
 {
 	const FloralSpec *spec;
 	FloralNet  *net;
 	FloralRows *rows;
+	int			batch_size;		/* the most rows a batch may have */
 	float	   *params;			/* base, then the tenant's adaptor bank */
+	float	   *own_params;		/* the trainer's own vector */
 	float	   *grad;
 	float	   *Y;
 	int64	   *recnos;
 	int32	   *perm;
 	int64		perm_capacity;
-} Trainer;
+};
 
-static Trainer *
-trainer_create(const FloralSpec *spec, FloralRows *rows, int batch_size)
+typedef struct FloralTrainer Trainer;
+
+FloralTrainer *
+floral_trainer_create(const FloralSpec *spec, FloralRows *rows, int batch_size)
 {
 	Trainer    *tr = palloc0(sizeof(Trainer));
 
 	tr->spec = spec;
 	tr->rows = rows;
+	tr->batch_size = batch_size;
 	tr->net = floral_net_create(spec, batch_size);
-	tr->params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	tr->params = tr->own_params =
+		palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 	tr->grad = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 	tr->Y = palloc(sizeof(float) * batch_size * rows->ylen);
 	tr->recnos = palloc(sizeof(int64) * batch_size);
@@ -226,6 +232,125 @@ final_mixture(const FloralSpec *spec, FloralNet *net, const float *z,
 	memcpy(pi, net->pi, sizeof(float) * spec->nadaptors);
 }
 
+/*
+ * The per-tenant work (train.h).  Each reads only its arguments and the
+ * rows, so a tenant's result is the same in any process and any order.
+ */
+double
+floral_train_one(FloralTrainer *tr, const FloralTenantRows *trows,
+				 const FloralTrainOptions *opts, const float *global,
+				 float *params, const float *start_bank,
+				 float *z, const float *pinned, float *pi)
+{
+	const FloralSpec *spec = tr->spec;
+	pg_prng_state rng;
+	double		loss;
+
+	tr->params = params;
+	if (spec->private_adaptors && start_bank)
+		memcpy(params + spec->adaptor_offset, start_bank, sizeof(float) * spec->adaptor_size);
+	floral_rng_seed(&rng, (uint64) opts->seed, (uint64) spec->round, trows->name);
+	loss = train_tenant(tr, trows, opts, z, pinned, true, &rng);
+	final_mixture(spec, tr->net, z, pinned, pi);
+	if (spec->dp_clip > 0)
+		clip_update(spec, global, params);
+	return loss;
+}
+
+double
+floral_personalize_one(FloralTrainer *tr, const FloralTenantRows *trows,
+					   const FloralTrainOptions *opts, const float *global,
+					   bool one_hot, const float *logits, float *z, float *pi)
+{
+	const FloralSpec *spec = tr->spec;
+	int			C = spec->nadaptors;
+	double		loss;
+
+	tr->params = tr->own_params;
+	memcpy(tr->params, global, sizeof(float) * spec->nparams);
+	memset(z, 0, sizeof(float) * C);
+	if (one_hot)
+	{
+		/* try each adaptor alone, keep the one with the lowest loss */
+		int			best = 0;
+		double		best_loss = INFINITY;
+
+		for (int c = 0; c < C; c++)
+		{
+			float		onehot[FLORAL_MAX_ADAPTORS] = {0};
+			double		sum = 0.0;
+
+			onehot[c] = 1.0f;
+			for (int64 s = 0; s < trows->nrows; s += opts->batch_size)
+			{
+				int			B = (int) Min((int64) opts->batch_size, trows->nrows - s);
+
+				CHECK_FOR_INTERRUPTS();
+				floral_rows_gather(tr->rows, trows->rows + s, B, tr->net->X, tr->Y);
+				floral_router_fixed(tr->net, onehot);
+				floral_forward(tr->net, tr->params, tr->params + spec->adaptor_offset, B);
+				sum += floral_loss(tr->net, tr->Y, B, false, NULL) * B;
+			}
+			if (sum / trows->nrows < best_loss)
+			{
+				best_loss = sum / trows->nrows;
+				best = c;
+			}
+		}
+		/* logits whose softmax is (almost) the chosen one-hot */
+		z[best] = 10.0f;
+		loss = best_loss;
+	}
+	else
+	{
+		pg_prng_state rng;
+
+		if (logits)
+			memcpy(z, logits, sizeof(float) * C);
+		floral_rng_seed(&rng, (uint64) opts->seed, (uint64) spec->round, trows->name);
+		loss = train_tenant(tr, trows, opts, z, NULL, false, &rng);
+	}
+	final_mixture(spec, tr->net, z, NULL, pi);
+	return loss;
+}
+
+double
+floral_evaluate_one(FloralTrainer *tr, const FloralTenantRows *trows,
+					const float *global, const float *bank,
+					const float *pinned, const float *logits, int64 *correct)
+{
+	const FloralSpec *spec = tr->spec;
+	FloralNet  *net = tr->net;
+	int			C = spec->nadaptors;
+	double		loss = 0.0;
+
+	if (pinned)
+		floral_router_fixed(net, pinned);
+	else if (logits && C > 0)
+		floral_router(net, logits, NULL);
+	else if (C > 0)
+	{
+		float		uniform[FLORAL_MAX_ADAPTORS];
+
+		for (int c = 0; c < C; c++)
+			uniform[c] = 1.0f / C;
+		floral_router_fixed(net, uniform);
+	}
+
+	*correct = 0;
+	for (int64 s = 0; s < trows->nrows; s += tr->batch_size)
+	{
+		int			B = (int) Min((int64) tr->batch_size, trows->nrows - s);
+
+		CHECK_FOR_INTERRUPTS();
+		floral_rows_gather(tr->rows, trows->rows + s, B, net->X, tr->Y);
+		floral_forward(net, global, bank ? bank : global + spec->adaptor_offset, B);
+		loss += floral_loss(net, tr->Y, B, false, correct) * B;
+		floral_progress_batch(1, s + B, loss / (s + B));
+	}
+	return loss / trows->nrows;
+}
+
 static void
 options_from_args(FunctionCallInfo fcinfo, int first, FloralTrainOptions *opts)
 {
@@ -255,7 +380,7 @@ options_from_args(FunctionCallInfo fcinfo, int first, FloralTrainOptions *opts)
 }
 
 static void
-timing_notice(const char *what, FloralRows *rows, instr_time start)
+timing_notice(const char *what, FloralRows *rows, instr_time start, int workers)
 {
 	instr_time	elapsed;
 	double		total;
@@ -266,9 +391,9 @@ timing_notice(const char *what, FloralRows *rows, instr_time start)
 	INSTR_TIME_SUBTRACT(elapsed, start);
 	total = INSTR_TIME_GET_DOUBLE(elapsed);
 	ereport(NOTICE,
-			(errmsg("floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s",
+			(errmsg("floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
 					what, rows->nrows, rows->ntenants, rows->read_seconds,
-					total - rows->read_seconds)));
+					total - rows->read_seconds, workers)));
 }
 
 /* what a training or personalisation call sets up and tears down */
@@ -284,6 +409,7 @@ typedef struct TrainCall
 	FloralRows *rows;
 	Trainer    *tr;
 	instr_time	start;
+	int			workers;		/* parallel workers launched */
 } TrainCall;
 
 /*
@@ -320,8 +446,9 @@ train_call_begin(FunctionCallInfo fcinfo, TrainCall *call, const char *what,
 				 errmsg("model \"%s\" has no shared mixture to personalise", model),
 				 errdetail("Personalisation fits the mixture over a shared bank of at least two adaptors.")));
 	call->global = floral_load_round(spec, spec->round, call->cxt);
-	call->rows = floral_read_source(source, spec);
-	call->tr = trainer_create(spec, call->rows, call->opts.batch_size);
+	call->rows = floral_read_source(source, spec, floral_parallel_possible());
+	call->tr = floral_trainer_create(spec, call->rows, call->opts.batch_size);
+	call->workers = 0;
 	floral_progress_start(what, spec->name, call->rows->ntenants, call->opts.epochs);
 }
 
@@ -329,7 +456,7 @@ static void
 train_call_end(TrainCall *call)
 {
 	floral_progress_end();
-	timing_notice(call->what, call->rows, call->start);
+	timing_notice(call->what, call->rows, call->start, call->workers);
 	floral_rows_free(call->rows);
 	SPI_finish();
 	MemoryContextSwitchTo(call->old);
@@ -344,14 +471,14 @@ typedef struct TenantStatements
 	SPIPlanPtr	put_history;
 } TenantStatements;
 
-#define TENANT_NARGS 9
+#define TENANT_NARGS 7
 
 static void
 prepare_tenant_statements(TenantStatements *st)
 {
 	Oid			tensor_type = floral_tensor_type();
 	Oid			t[TENANT_NARGS] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, tensor_type,
-	INT8OID, INT4OID, FLOAT4ARRAYOID, tensor_type, INT8OID};
+	INT8OID, INT4OID, INT8OID};
 	Oid			th[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, FLOAT8OID};
 	Oid			tc[3] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID};
 
@@ -363,10 +490,20 @@ prepare_tenant_statements(TenantStatements *st)
 	st->claim_tenant = SPI_prepare("INSERT INTO floral.tenants (model, tenant, logits, examples) "
 								   "VALUES ($1, $2, $3, 0) ON CONFLICT (model, tenant) DO NOTHING",
 								   3, tc);
+
+	/*
+	 * The state at the start of the round is the row's own: what it already
+	 * kept for this round if it trained in it before (after floral_discard),
+	 * else what it held until now, which is what the tenant trained from
+	 * (begin_tenant).  SET reads the row as it was before the update.
+	 */
 	st->update_tenant = SPI_prepare("UPDATE floral.tenants SET "
 									"logits = $3, adaptors = $4, examples = $5, last_round = $6, "
-									"start_round = $6, start_logits = $7, start_adaptors = $8, "
-									"contributed_call = $9, updated_at = now() "
+									"start_logits = CASE WHEN start_round = $6 "
+									"THEN start_logits ELSE logits END, "
+									"start_adaptors = CASE WHEN start_round = $6 "
+									"THEN start_adaptors ELSE adaptors END, "
+									"start_round = $6, contributed_call = $7, updated_at = now() "
 									"WHERE model = $1 AND tenant = $2",
 									TENANT_NARGS, t);
 	st->put_history = SPI_prepare("INSERT INTO floral.history AS h "
@@ -430,6 +567,270 @@ skipped_notice(const FloralSpec *spec, int skipped, const char *first)
 }
 
 /*
+ * Lock (or claim) a tenant's row and find where it starts this round: its
+ * logits and private bank, or what it kept from the round's start if it
+ * trained in the round before.  Returns false if it already contributed.
+ */
+static bool
+begin_tenant(TenantStatements *st, const FloralSpec *spec, const FloralTenantRows *trows,
+			 MemoryContext cxt, FloralTenantState *state, float *start_z,
+			 float **start_bank)
+{
+	int			C = spec->nadaptors;
+
+	floral_load_tenant(spec, trows->name, cxt, state, true);
+	if (!state->found && !claim_new_tenant(st, spec, trows->name))
+	{
+		/*
+		 * Another session created the tenant meanwhile (training,
+		 * personalising or pinning it): now that it committed, its row is
+		 * what this call starts from, or skips.
+		 */
+		floral_load_tenant(spec, trows->name, cxt, state, true);
+	}
+	if (already_contributed(spec, state))
+		return false;
+
+	/* training again in the same round starts from the state before it */
+	memset(start_z, 0, sizeof(float) * FLORAL_MAX_ADAPTORS);
+	if (state->start_round == spec->round)
+	{
+		memcpy(start_z, state->start_logits, sizeof(float) * C);
+		*start_bank = state->start_bank;
+	}
+	else
+	{
+		if (state->found)
+			memcpy(start_z, state->logits, sizeof(float) * C);
+		*start_bank = state->bank;
+	}
+	return true;
+}
+
+/* a trained tenant's new private state, history and result row */
+static void
+write_trained_tenant(TenantStatements *st, const FloralSpec *spec, int64 call_id,
+					 const FloralTenantRows *trows, const float *z, const float *bank,
+					 double loss, ReturnSetInfo *rsinfo)
+{
+	Datum		a[TENANT_NARGS];
+	char		n[TENANT_NARGS + 1];
+	int			ret;
+
+	memset(n, ' ', TENANT_NARGS);
+	n[TENANT_NARGS] = '\0';
+	a[0] = CStringGetTextDatum(spec->name);
+	a[1] = CStringGetTextDatum(trows->name);
+	a[2] = floral_real_array(z, spec->nadaptors);
+	a[3] = (Datum) 0;
+	a[4] = Int64GetDatum(trows->nrows);
+	a[5] = Int32GetDatum(spec->round);
+	a[6] = Int64GetDatum(call_id);
+	if (spec->private_adaptors)
+		a[3] = floral_tensor_datum(bank, spec->adaptor_size);
+	else
+		n[3] = 'n';
+	/* the row exists and this call holds its lock (see claim_new_tenant) */
+	ret = SPI_execute_plan(st->update_tenant, a, n, false, 0);
+	if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "could not write floral.tenants: %s", SPI_result_code_string(ret));
+	{
+		Datum		h[5] = {a[0], Int32GetDatum(spec->round), a[1], a[4], Float8GetDatum(loss)};
+
+		if (SPI_execute_plan(st->put_history, h, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not write floral.history");
+	}
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = a[1];
+		values[1] = a[4];
+		values[2] = Float8GetDatum(loss);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+}
+
+/* what the serial and the parallel training paths share */
+typedef struct TrainState
+{
+	TrainCall  *call;
+	TenantStatements st;
+	FloralSums	sums;
+	int64		call_id;
+	int			skipped;
+	char		first_skipped[FLORAL_MAX_TENANT_LEN + 1];
+	FloralParallelCall *par;	/* parallel path */
+} TrainState;
+
+static void
+note_skipped(TrainState *ts, const FloralTenantRows *trows)
+{
+	if (ts->skipped++ == 0)
+		strlcpy(ts->first_skipped, trows->name, sizeof(ts->first_skipped));
+}
+
+/*
+ * One tenant after another.  Tenants are summed a few at a time
+ * (floral_sums_defer_tenant), so each queued tenant trains in a parameter
+ * vector of its own; at rest every one holds the round's parameters, and
+ * the sums' pass resets it.  At most 64 MB of them, at least one.
+ */
+static void
+train_serial(TrainState *ts)
+{
+	TrainCall  *call = ts->call;
+	FloralSpec *spec = call->spec;
+	FloralRows *rows = call->rows;
+	MemoryContext tenant_cxt;
+	float	   *bufs[FLORAL_SUMS_DEFER];
+	int			nbufs;
+
+	tenant_cxt = AllocSetContextCreate(call->cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
+	nbufs = (int) Max(1, Min(FLORAL_SUMS_DEFER,
+							 (int64) 64 * 1024 * 1024 / ((int64) sizeof(float) * spec->nparams)));
+	for (int b = 0; b < nbufs; b++)
+	{
+		bufs[b] = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+		memcpy(bufs[b], call->global, sizeof(float) * spec->nparams);
+	}
+
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		FloralTenantState state;
+		float		z[FLORAL_MAX_ADAPTORS];
+		float		pi[FLORAL_MAX_ADAPTORS];
+		float	   *start_bank;
+		float	   *params;
+		double		loss;
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		old = MemoryContextSwitchTo(tenant_cxt);
+		floral_progress_tenant(k + 1, trows->name, trows->nrows);
+		if (!begin_tenant(&ts->st, spec, trows, tenant_cxt, &state, z, &start_bank))
+		{
+			note_skipped(ts, trows);
+			MemoryContextSwitchTo(old);
+			continue;
+		}
+
+		/* the next free vector, which holds the round's parameters */
+		params = bufs[ts->sums.npending];
+		loss = floral_train_one(call->tr, trows, &call->opts, call->global, params,
+								start_bank, z, state.pinned ? state.pinned_pi : NULL, pi);
+		write_trained_tenant(&ts->st, spec, ts->call_id, trows, z,
+							 params + spec->adaptor_offset, loss, call->rsinfo);
+		if (floral_sums_defer_tenant(&ts->sums, (double) trows->nrows, pi, params, loss,
+									 trows->name) || ts->sums.npending == nbufs)
+			flush_sums(&ts->sums, call->global, &call->opts);
+		MemoryContextSwitchTo(old);
+	}
+	if (ts->sums.npending > 0)
+		flush_sums(&ts->sums, call->global, &call->opts);
+}
+
+/* the parallel path hands the leader each trained vector in task order */
+static void
+consume_trained(void *arg, int task, float *params, const float *pi, double loss)
+{
+	TrainState *ts = arg;
+	const FloralTenantRows *trows = ts->call->rows->tenants[ts->par->tasks[task].tenant];
+
+	floral_sums_defer_tenant(&ts->sums, (double) trows->nrows, pi, params, loss,
+							 trows->name);
+}
+
+static void
+flush_trained(void *arg)
+{
+	TrainState *ts = arg;
+
+	flush_sums(&ts->sums, ts->call->global, &ts->call->opts);
+}
+
+/*
+ * Lock and claim every tenant first (in the same order as the serial path,
+ * so two calls never deadlock), train them in parallel workers while the
+ * leader sums them in order, then write them.
+ */
+static void
+train_parallel(TrainState *ts, int nworkers)
+{
+	TrainCall  *call = ts->call;
+	FloralSpec *spec = call->spec;
+	FloralRows *rows = call->rows;
+	FloralParallelCall *par = palloc0(sizeof(FloralParallelCall));
+	MemoryContext tenant_cxt;
+	int			C = spec->nadaptors;
+
+	par->work = FLORAL_WORK_TRAIN;
+	par->spec = spec;
+	par->opts = call->opts;
+	par->global = call->global;
+	par->rows = rows;
+	par->tasks = palloc_extended(sizeof(FloralTenantTask) * rows->ntenants, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	par->logits = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
+	par->pinned_pi = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
+	par->banks = floral_parallel_banks(spec, rows->ntenants, &par->banks_seg);
+	par->consume = consume_trained;
+	par->flush = flush_trained;
+	par->arg = ts;
+	ts->par = par;
+
+	tenant_cxt = AllocSetContextCreate(call->cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		FloralTenantState state;
+		float		z[FLORAL_MAX_ADAPTORS];
+		float	   *start_bank;
+		FloralTenantTask *task = &par->tasks[par->ntasks];
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(tenant_cxt);
+		old = MemoryContextSwitchTo(tenant_cxt);
+		if (!begin_tenant(&ts->st, spec, trows, tenant_cxt, &state, z, &start_bank))
+		{
+			note_skipped(ts, trows);
+			MemoryContextSwitchTo(old);
+			continue;
+		}
+		task->tenant = k;
+		task->found = state.found;
+		task->pinned = state.pinned;
+		task->has_bank = (par->banks != NULL && start_bank != NULL);
+		memcpy(par->logits + (int64) par->ntasks * C, z, sizeof(float) * C);
+		if (state.pinned)
+			memcpy(par->pinned_pi + (int64) par->ntasks * C, state.pinned_pi, sizeof(float) * C);
+		if (task->has_bank)
+			memcpy(par->banks + (int64) par->ntasks * spec->adaptor_size, start_bank,
+				   sizeof(float) * spec->adaptor_size);
+		par->ntasks++;
+		MemoryContextSwitchTo(old);
+	}
+	MemoryContextDelete(tenant_cxt);
+
+	floral_parallel_run(par, nworkers);
+
+	/* parallel mode is over: write every tenant, in order */
+	for (int t = 0; t < par->ntasks; t++)
+	{
+		const FloralTenantRows *trows = rows->tenants[par->tasks[t].tenant];
+
+		CHECK_FOR_INTERRUPTS();
+		write_trained_tenant(&ts->st, spec, ts->call_id, trows,
+							 par->out_logits + (int64) t * C,
+							 par->banks ? par->banks + (int64) t * spec->adaptor_size : NULL,
+							 par->loss[t], call->rsinfo);
+	}
+	floral_parallel_banks_free(par->banks_seg);
+}
+
+/*
  * floral._train(model, source, epochs, batch_size, lr, router_lr, seed)
  * returns setof (tenant, examples, loss); floral_train() validates the
  * options and calls this.
@@ -448,174 +849,35 @@ Datum
 floral_train_internal(PG_FUNCTION_ARGS)
 {
 	TrainCall	call;
+	TrainState *ts;
 	FloralSpec *spec;
-	float	   *global;
-	FloralRows *rows;
-	Trainer    *tr;
-	FloralTrainOptions opts;
-	TenantStatements st;
-	FloralSums	sums;
 	FloralSavedUser saved;
-	MemoryContext tenant_cxt;
-	int64		call_id;
-	float	   *bufs[FLORAL_SUMS_DEFER];
-	int			nbufs;
-	int			skipped = 0;
-	char		first_skipped[FLORAL_MAX_TENANT_LEN + 1] = "";
-	int			C;
+	int			nworkers;
 
 	train_call_begin(fcinfo, &call, "train", false);
 	spec = call.spec;
-	global = call.global;
-	rows = call.rows;
-	tr = call.tr;
-	opts = call.opts;
-	C = spec->nadaptors;
+	ts = palloc0(sizeof(TrainState));
+	ts->call = &call;
 
 	/* the source has run, as the caller; from here on floral writes its own tables */
 	floral_become_owner(&saved);
-	prepare_tenant_statements(&st);
-	call_id = floral_new_call_id();
-	floral_sums_init(&sums, spec);
-	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
+	prepare_tenant_statements(&ts->st);
+	ts->call_id = floral_new_call_id();
+	floral_sums_init(&ts->sums, spec);
 
-	/*
-	 * Tenants are summed a few at a time (floral_sums_defer_tenant), so each
-	 * queued tenant trains in a parameter vector of its own; at rest every
-	 * one holds the round's parameters, and the sums' pass resets it.  At
-	 * most 64 MB of them, at least one.
-	 */
-	nbufs = (int) Max(1, Min(FLORAL_SUMS_DEFER,
-							 (int64) 64 * 1024 * 1024 / ((int64) sizeof(float) * spec->nparams)));
-	for (int b = 0; b < nbufs; b++)
-	{
-		bufs[b] = (b == 0) ? tr->params :
-			palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
-		memcpy(bufs[b], global, sizeof(float) * spec->nparams);
-	}
+	nworkers = floral_parallel_workers(call.rows, call.rows->ntenants,
+									   spec->private_adaptors ?
+									   (double) sizeof(float) * spec->adaptor_size * call.rows->ntenants : 0);
+	if (nworkers > 0)
+		train_parallel(ts, nworkers);
+	else
+		train_serial(ts);
 
-	for (int k = 0; k < rows->ntenants; k++)
-	{
-		FloralTenantRows *trows = rows->tenants[k];
-		FloralTenantState state;
-		float		z[FLORAL_MAX_ADAPTORS] = {0};
-		float		start_z[FLORAL_MAX_ADAPTORS] = {0};
-		float		pi[FLORAL_MAX_ADAPTORS];
-		float	   *start_bank;
-		float	   *bank;
-		const float *pinned;
-		pg_prng_state rng;
-		double		loss;
-		MemoryContext old;
-
-		CHECK_FOR_INTERRUPTS();
-		MemoryContextReset(tenant_cxt);
-		old = MemoryContextSwitchTo(tenant_cxt);
-		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
-		if (!state.found && !claim_new_tenant(&st, spec, trows->name))
-		{
-			/*
-			 * Another session created the tenant meanwhile (training,
-			 * personalising or pinning it): now that it committed, its row
-			 * is what this call starts from, or skips.
-			 */
-			floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
-		}
-		if (already_contributed(spec, &state))
-		{
-			if (skipped++ == 0)
-				strlcpy(first_skipped, trows->name, sizeof(first_skipped));
-			MemoryContextSwitchTo(old);
-			continue;
-		}
-
-		/* training again in the same round starts from the state before it */
-		if (state.start_round == spec->round)
-		{
-			memcpy(start_z, state.start_logits, sizeof(float) * C);
-			start_bank = state.start_bank;
-		}
-		else
-		{
-			if (state.found)
-				memcpy(start_z, state.logits, sizeof(float) * C);
-			start_bank = state.bank;
-		}
-
-		/* the next free vector, which holds the round's parameters */
-		tr->params = bufs[sums.npending];
-		bank = tr->params + spec->adaptor_offset;
-		if (spec->private_adaptors && start_bank)
-			memcpy(bank, start_bank, sizeof(float) * spec->adaptor_size);
-		memcpy(z, start_z, sizeof(float) * C);
-
-		pinned = state.pinned ? state.pinned_pi : NULL;
-		floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
-		loss = train_tenant(tr, trows, &opts, z, pinned, true, &rng);
-		final_mixture(spec, tr->net, z, pinned, pi);
-		if (spec->dp_clip > 0)
-			clip_update(spec, global, tr->params);
-
-		/* the tenant's new private state, and its place in this call */
-		{
-			Datum		a[TENANT_NARGS];
-			char		n[TENANT_NARGS + 1];
-			int			ret;
-
-			memset(n, ' ', TENANT_NARGS);
-			n[TENANT_NARGS] = '\0';
-			a[0] = CStringGetTextDatum(spec->name);
-			a[1] = CStringGetTextDatum(trows->name);
-			a[2] = floral_real_array(z, C);
-			a[4] = Int64GetDatum(trows->nrows);
-			a[5] = Int32GetDatum(spec->round);
-			a[6] = floral_real_array(start_z, C);
-			a[8] = Int64GetDatum(call_id);
-			a[3] = a[7] = (Datum) 0;
-			if (spec->private_adaptors)
-			{
-				a[3] = floral_tensor_datum(bank, spec->adaptor_size);
-				if (start_bank)
-					a[7] = floral_tensor_datum(start_bank, spec->adaptor_size);
-				else
-					n[7] = 'n';
-			}
-			else
-				n[3] = n[7] = 'n';
-			/* the row exists and this call holds its lock (see claim_new_tenant) */
-			ret = SPI_execute_plan(st.update_tenant, a, n, false, 0);
-			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-				elog(ERROR, "could not write floral.tenants: %s", SPI_result_code_string(ret));
-			{
-				Datum		h[5] = {a[0], Int32GetDatum(spec->round), a[1], a[4], Float8GetDatum(loss)};
-
-				if (SPI_execute_plan(st.put_history, h, NULL, false, 0) != SPI_OK_INSERT)
-					elog(ERROR, "could not write floral.history");
-			}
-		}
-		if (floral_sums_defer_tenant(&sums, (double) trows->nrows, pi, tr->params, loss,
-									 trows->name) || sums.npending == nbufs)
-			flush_sums(&sums, global, &opts);
-
-		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
-
-			values[0] = CStringGetTextDatum(trows->name);
-			values[1] = Int64GetDatum(trows->nrows);
-			values[2] = Float8GetDatum(loss);
-			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
-		}
-		MemoryContextSwitchTo(old);
-	}
-
-	if (sums.npending > 0)
-		flush_sums(&sums, global, &opts);
-	if (sums.tenants > 0)
-		floral_store_call_sums(spec, spec->round, call_id, &sums);
+	if (ts->sums.tenants > 0)
+		floral_store_call_sums(spec, spec->round, ts->call_id, &ts->sums);
 	floral_restore_user(&saved);
-	skipped_notice(spec, skipped, first_skipped);
+	skipped_notice(spec, ts->skipped, ts->first_skipped);
+	call.workers = ts->par ? ts->par->workers_launched : 0;
 	train_call_end(&call);
 	return (Datum) 0;
 }
@@ -632,24 +894,19 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	bool		one_hot = PG_GETARG_BOOL(7);
 	TrainCall	call;
 	FloralSpec *spec;
-	float	   *global;
 	FloralRows *rows;
-	Trainer    *tr;
-	FloralTrainOptions opts;
+	FloralParallelCall par;
 	SPIPlanPtr	put_tenant;
 	FloralSavedUser saved;
 	MemoryContext tenant_cxt;
 	int			C;
+	int			nworkers;
 
 	train_call_begin(fcinfo, &call, "personalize", true);
 	spec = call.spec;
-	global = call.global;
 	rows = call.rows;
-	tr = call.tr;
-	opts = call.opts;
 	C = spec->nadaptors;
 	floral_become_owner(&saved);
-	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 
 	{
 		Oid			t4[4] = {TEXTOID, TEXTOID, FLOAT4ARRAYOID, INT4OID};
@@ -663,91 +920,62 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not prepare floral catalog statement");
 	}
 
+	/*
+	 * Every tenant's row is read and locked first (a concurrent training of
+	 * the tenant must not be overwritten), then the mixtures are fitted,
+	 * one after another or in parallel workers, and written in order.
+	 */
+	memset(&par, 0, sizeof(par));
+	par.work = FLORAL_WORK_PERSONALIZE;
+	par.spec = spec;
+	par.opts = call.opts;
+	par.one_hot = one_hot;
+	par.global = call.global;
+	par.rows = rows;
+	par.ntasks = rows->ntenants;
+	par.tasks = palloc_extended(sizeof(FloralTenantTask) * rows->ntenants, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	par.logits = palloc_extended(sizeof(float) * C * rows->ntenants, MCXT_ALLOC_HUGE);
+	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 	for (int k = 0; k < rows->ntenants; k++)
 	{
-		FloralTenantRows *trows = rows->tenants[k];
 		FloralTenantState state;
-		float		z[FLORAL_MAX_ADAPTORS] = {0};
-		float		pi[FLORAL_MAX_ADAPTORS];
-		double		loss;
-		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tenant_cxt);
-		old = MemoryContextSwitchTo(tenant_cxt);
-		floral_progress_tenant(k + 1, trows->name, trows->nrows);
-		/* locked: a concurrent training of the tenant must not be overwritten */
-		floral_load_tenant(spec, trows->name, tenant_cxt, &state, true);
-		memcpy(tr->params, global, sizeof(float) * spec->nparams);
+		floral_load_tenant(spec, rows->tenants[k]->name, tenant_cxt, &state, true);
+		par.tasks[k].tenant = k;
+		par.tasks[k].found = state.found;
+		if (state.found)
+			memcpy(par.logits + (int64) k * C, state.logits, sizeof(float) * C);
+	}
+	MemoryContextDelete(tenant_cxt);
 
-		if (one_hot)
-		{
-			/* try each adaptor alone, keep the one with the lowest loss */
-			int			best = 0;
-			double		best_loss = INFINITY;
+	nworkers = floral_parallel_workers(rows, par.ntasks, 0);
+	floral_parallel_run(&par, nworkers);
 
-			for (int c = 0; c < C; c++)
-			{
-				float		onehot[FLORAL_MAX_ADAPTORS] = {0};
-				double		sum = 0.0;
+	for (int k = 0; k < rows->ntenants; k++)
+	{
+		FloralTenantRows *trows = rows->tenants[k];
+		Datum		ta[4];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
 
-				onehot[c] = 1.0f;
-				for (int64 s = 0; s < trows->nrows; s += opts.batch_size)
-				{
-					int			B = (int) Min((int64) opts.batch_size, trows->nrows - s);
-
-					CHECK_FOR_INTERRUPTS();
-					floral_rows_gather(rows, trows->rows + s, B, tr->net->X, tr->Y);
-					floral_router_fixed(tr->net, onehot);
-					floral_forward(tr->net, tr->params,
-								   tr->params + spec->adaptor_offset, B);
-					sum += floral_loss(tr->net, tr->Y, B, false, NULL) * B;
-				}
-				if (sum / trows->nrows < best_loss)
-				{
-					best_loss = sum / trows->nrows;
-					best = c;
-				}
-			}
-			/* logits whose softmax is (almost) the chosen one-hot */
-			z[best] = 10.0f;
-			loss = best_loss;
-		}
-		else
-		{
-			pg_prng_state rng;
-
-			if (state.found)
-				memcpy(z, state.logits, sizeof(float) * C);
-			floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
-			loss = train_tenant(tr, trows, &opts, z, NULL, false, &rng);
-		}
-		final_mixture(spec, tr->net, z, NULL, pi);
-
-		{
-			Datum		ta[4];
-
-			ta[0] = CStringGetTextDatum(spec->name);
-			ta[1] = CStringGetTextDatum(trows->name);
-			ta[2] = floral_real_array(z, C);
-			ta[3] = Int32GetDatum(spec->round);
-			if (SPI_execute_plan(put_tenant, ta, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not write floral.tenants");
-		}
-		{
-			Datum		values[4];
-			bool		nulls[4] = {false, false, false, false};
-
-			values[0] = CStringGetTextDatum(trows->name);
-			values[1] = Int64GetDatum(trows->nrows);
-			values[2] = Float8GetDatum(loss);
-			values[3] = floral_real_array(pi, C);
-			tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
-		}
-		MemoryContextSwitchTo(old);
+		CHECK_FOR_INTERRUPTS();
+		ta[0] = CStringGetTextDatum(spec->name);
+		ta[1] = CStringGetTextDatum(trows->name);
+		ta[2] = floral_real_array(par.out_logits + (int64) k * C, C);
+		ta[3] = Int32GetDatum(spec->round);
+		if (SPI_execute_plan(put_tenant, ta, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not write floral.tenants");
+		values[0] = ta[1];
+		values[1] = Int64GetDatum(trows->nrows);
+		values[2] = Float8GetDatum(par.loss[k]);
+		values[3] = floral_real_array(par.out_pi + (int64) k * C, C);
+		tuplestore_putvalues(call.rsinfo->setResult, call.rsinfo->setDesc, values, nulls);
 	}
 
 	floral_restore_user(&saved);
+	call.workers = par.workers_launched;
 	train_call_end(&call);
 	return (Datum) 0;
 }

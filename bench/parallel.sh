@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# bench/parallel.sh: floral_train, floral_evaluate and floral_personalize
+# with 0 (serial), 1 and 2 parallel workers, on one cluster in one run.
+#
+# A throw-away PostgreSQL 15 cluster (bench/lib.sh: as postgres, own port,
+# unix socket in a temp dir, no parallel query, no JIT, stopped and removed
+# at exit; shared_buffers 1GB so the table stays cached).
+#
+#   table   fm: the 60,000 Fashion-MNIST training images as (id, tenant,
+#           features real[] COMPRESSION lz4, label), tenant = id mod 300:
+#           300 tenants x 200 rows
+#   model   784-200-10, FLoRAL(10%): 4 adaptors, rank 0.1, seed 1
+#   train   floral_train(..., '{"epochs":1,"batch_size":32,"lr":0.1}') on a
+#           fresh model each time (a tenant contributes once per round)
+#   eval    floral_evaluate and floral_personalize on a model after one
+#           round (every tenant has a mixture)
+#   workers SET max_parallel_maintenance_workers = W (W = 0: serial), with
+#           parallel_leader_participation on (the leader takes tenants too)
+#   timing  best of BENCH_REPS (3) wall times of the statement in one
+#           session; floral.timing splits a call into reading the source
+#           (serial, in the leader) and the rest
+#   floor   train with 2 workers at least 1.7x faster than serial
+#   check   the parallel calls store what the serial one stores, bit for bit
+#
+# Run as root:  bash bench/parallel.sh   (about 3 minutes)
+# Knobs: BENCH_REPS [3], BENCH_OUT [bench/results/parallel-<date>.txt],
+#   SKIP_INSTALL [0], PG_BINDIR (or PGBIN), BENCH_PORT.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+bench_init parallel
+REPS=${BENCH_REPS:-3}
+ROWS=60000
+TENANTS=300
+LAYERS='{784,200,10}'
+TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
+WORKERS="0 1 2"
+bench_report_file "${BENCH_OUT:-$HERE/results/parallel-$(date +%Y-%m-%d).txt}"
+
+bench_install
+bench_start_cluster 1GB "max_worker_processes = 8
+max_parallel_workers = 8
+maintenance_work_mem = 1GB"
+bench_facts
+
+report "floral parallel workers benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+report "command:   bash bench/parallel.sh"
+report "tree:      $REPO @ $GIT_REV"
+report "machine:   $(nproc) cores, $CPU ($SIMD); load at start: $LOAD_START"
+report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), shared_buffers 1GB, maintenance_work_mem 1GB,"
+report "           max_worker_processes 8, max_parallel_workers 8, OPENBLAS_NUM_THREADS=1 ($BLAS_PKGS)"
+report ""
+
+log "loading $ROWS rows, $TENANTS tenants"
+gen_copy "$TENANTS" "$WORK/copy.txt"
+load_table fm lz4 "$WORK/copy.txt"
+check_compression fm lz4
+report "table fm:  $ROWS rows, $TENANTS tenants (tenant = id mod $TENANTS), features lz4; $(table_sizes fm)"
+
+log "model base: one round, for evaluation and personalisation"
+psql_ -At >/dev/null <<EOF
+SELECT floral_create_model('base', '$LAYERS', 'classification', 4, 0.1, '{"seed":1}');
+SELECT count(*) FROM floral_train('base', 'SELECT tenant, features, label FROM fm', '$TRAIN_OPTS');
+SELECT floral_aggregate('base');
+EOF
+report "model:     784-200-10, FLoRAL(10%): 4 adaptors, rank 0.1 ($(q "SELECT sum(parameters) FROM floral_layers('base')") parameters)"
+report ""
+
+TRAIN="SELECT count(*) FROM floral_train(:'m', 'SELECT tenant, features, label FROM fm', '$TRAIN_OPTS');"
+EVAL="SELECT count(*) FROM floral_evaluate('base', 'SELECT tenant, features, label FROM fm');"
+PERS="SELECT count(*) FROM floral_personalize('base', 'SELECT tenant, features, label FROM fm');"
+
+# one MARK-delimited section per (statement, workers); untimed setup in each
+log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS)"
+{
+    printf '%s\n' '\o /dev/null' 'SET floral.timing = on;'
+    for op in train evaluate personalize; do
+        for w in $WORKERS; do
+            printf '%s\n' '\timing off' '\o' "\\echo MARK $op $w" '\o /dev/null' \
+                "SET max_parallel_maintenance_workers = $w;"
+            for ((i = 0; i < REPS; i++)); do
+                case $op in
+                    train)
+                        printf '%s\n' '\timing off' "\\set m t_${w}_$i" \
+                            "SELECT floral_create_model(:'m', '$LAYERS', 'classification', 4, 0.1, '{\"seed\":1}');" \
+                            '\timing on' "$TRAIN" ;;
+                    evaluate) printf '%s\n' '\timing on' "$EVAL" ;;
+                    personalize) printf '%s\n' '\timing on' "$PERS" ;;
+                esac
+            done
+        done
+    done
+} | psql_ -f - >"$WORK/speed.out" 2>"$WORK/speed.err" || { cat "$WORK/speed.err" >&2; exit 1; }
+
+# best seconds of the section for (op, workers)
+best() { awk -v k="MARK $1 $2" '/^MARK / { on = ($0 == k); next } on' "$WORK/speed.out" >"$WORK/sec"; best_time "$WORK/sec"; }
+# the floral.timing NOTICEs, in order: "<op> <read s> <computed s> <workers>"
+grep -E 'NOTICE: +floral_(train|evaluate|personalize):' "$WORK/speed.err" \
+    | sed -E 's/.*floral_([a-z]+): .* read ([0-9.]+) s, computed ([0-9.]+) s; ([0-9]+) parallel workers.*/\1 \2 \3 \4/' >"$WORK/notices"
+# label each NOTICE with its section: they come in the order of the sections,
+# $REPS per section -> "<op> <workers> <read s> <computed s> <launched>"
+awk -v reps="$REPS" -v ws="$WORKERS" '
+    BEGIN { split("train evaluate personalize", ops, " "); nw = split(ws, wl, " ") }
+    { sec = int((NR - 1) / reps); print ops[int(sec / nw) + 1], wl[sec % nw + 1], $2, $3, $4 }' \
+    "$WORK/notices" >"$WORK/labelled"
+# median of a column (3: read, 4: computed) over the calls of (op, workers), and the workers launched
+median() { awk -v op="$1" -v w="$2" -v c="$3" '$1 == op && $2 == w { print $c }' "$WORK/labelled" | sort -n \
+           | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+launched() { awk -v op="$1" -v w="$2" '$1 == op && $2 == w { l = $5 } END { print l }' "$WORK/labelled"; }
+
+pass() { awk "BEGIN { print ($1) ? \"PASS\" : \"FAIL\" }"; }
+ratio() { calc 'a / b' -v a="$1" -v b="$2" | awk '{ printf "%.2f", $1 }'; }
+
+report "wall seconds, best of $REPS (read = the source query, in the leader; rest = locking, training or"
+report "evaluating, summing and writing; median of the $REPS calls; workers = launched):"
+printf '  %-12s %8s %8s %8s %8s %9s\n' "call" "workers" "seconds" "read" "rest" "speed-up" | tee -a "$OUT"
+for op in train evaluate personalize; do
+    for w in $WORKERS; do
+        t=$(best "$op" "$w")
+        rd=$(median "$op" "$w" 3); cp=$(median "$op" "$w" 4); launched=$(launched "$op" "$w")
+        eval "T_${op}_$w=$t; R_${op}_$w=$rd; C_${op}_$w=$cp"
+        base=$(eval echo "\$T_${op}_0")
+        printf '  %-12s %8s %8s %8s %8s %8sx\n' "$op" "$launched" "$t" "$rd" "$cp" "$(ratio "$base" "$t")" | tee -a "$OUT"
+    done
+done
+report ""
+
+S_TRAIN=$(ratio "$T_train_0" "$T_train_2")
+report "floor: train with 2 workers ${S_TRAIN}x faster than serial, floor >= 1.7x: $(pass "$S_TRAIN >= 1.7")"
+
+# Amdahl: the read stays serial; what would P cores give?
+report ""
+report "where the time goes (serial train): read ${R_train_0} s of ${T_train_0} s; the rest scales with the"
+report "cores (2 workers: ${C_train_0} s -> ${C_train_2} s, $(ratio "$C_train_0" "$C_train_2")x)."
+report "bound on P cores with the read serial, T(P) = read + rest / P:"
+for P in 2 4 8 16 32; do
+    report "  P = $P: $(calc 't / (r + (t - r) / p)' -v t="$T_train_0" -v r="$R_train_0" -v p="$P" | awk '{ printf "%.1f", $1 }')x"
+done
+report ""
+
+# the parallel calls store exactly what the serial call stored
+SAME_SUMS=$(q "SELECT count(DISTINCT sums) = 1 AND count(*) = 3
+                 FROM floral.contributions WHERE model IN ('t_0_0', 't_1_0', 't_2_0')")
+SAME_TENANTS=$(q "SELECT count(*) FROM floral.tenants a JOIN floral.tenants b USING (tenant)
+                   WHERE a.model = 't_0_0' AND b.model = 't_2_0' AND a.logits = b.logits")
+SAME_LOSS=$(q "SELECT count(*) FROM floral.history a JOIN floral.history b USING (tenant, round, split)
+                WHERE a.model = 't_0_0' AND b.model = 't_2_0' AND a.loss = b.loss")
+report "same result: the call's sums (floral.contributions) of 0, 1 and 2 workers identical: $SAME_SUMS;"
+report "             tenants with identical logits / losses, 2 workers vs serial: $SAME_TENANTS / $SAME_LOSS of $TENANTS"
+report ""
+report "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "report: $OUT"

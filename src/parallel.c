@@ -450,6 +450,7 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	int			nvectors = 0;
 	int			vectors_each = 0;
 	bool		training = (call->work == FLORAL_WORK_TRAIN);
+	bool		participate;
 	char	   *space;
 
 	call->loss = palloc_extended(sizeof(double) * Max(ntasks, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
@@ -556,7 +557,16 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	p.tr = floral_trainer_create(spec, call->rows,
 								 training || call->work == FLORAL_WORK_PERSONALIZE ?
 								 call->opts.batch_size : FLORAL_EVAL_BATCH);
-	lead_tasks(&p, parallel_leader_participation || pcxt->nworkers_launched == 0);
+	participate = parallel_leader_participation || pcxt->nworkers_launched == 0;
+
+	/*
+	 * A leader that only collects would wait forever for a worker that was
+	 * registered but never started: make sure they all did (this reports
+	 * the ones that failed).
+	 */
+	if (!participate)
+		WaitForParallelWorkersToAttach(pcxt);
+	lead_tasks(&p, participate);
 	WaitForParallelWorkersToFinish(pcxt);
 
 	memcpy(call->loss, p.loss, sizeof(double) * ntasks);

@@ -15,10 +15,14 @@
 #   eval    floral_evaluate and floral_personalize on a model after one
 #           round (every tenant has a mixture)
 #   workers SET max_parallel_maintenance_workers = W (W = 0: serial), with
-#           parallel_leader_participation on (the leader takes tenants too)
+#           parallel_leader_participation on (the leader takes tenants too);
+#           "off": floral.max_parallel_workers = 0 as well, so the rows are
+#           read into private memory, as before parallel workers existed
+#           (the cost of reading them into shared segments)
 #   timing  best of BENCH_REPS (3) wall times of the statement in one
 #           session; floral.timing splits a call into reading the source
 #           (serial, in the leader) and the rest
+#   train5  the same with 5 epochs (for information: more work per row read)
 #   floor   train with 2 workers at least 1.7x faster than serial
 #   check   the parallel calls store what the serial one stores, bit for bit
 #
@@ -36,7 +40,7 @@ ROWS=60000
 TENANTS=300
 LAYERS='{784,200,10}'
 TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
-WORKERS="0 1 2"
+WORKERS="off 0 1 2"
 bench_report_file "${BENCH_OUT:-$HERE/results/parallel-$(date +%Y-%m-%d).txt}"
 
 bench_install
@@ -69,6 +73,7 @@ report "model:     784-200-10, FLoRAL(10%): 4 adaptors, rank 0.1 ($(q "SELECT su
 report ""
 
 TRAIN="SELECT count(*) FROM floral_train(:'m', 'SELECT tenant, features, label FROM fm', '$TRAIN_OPTS');"
+TRAIN5="SELECT count(*) FROM floral_train(:'m', 'SELECT tenant, features, label FROM fm', '{\"epochs\":5,\"batch_size\":32,\"lr\":0.1}');"
 EVAL="SELECT count(*) FROM floral_evaluate('base', 'SELECT tenant, features, label FROM fm');"
 PERS="SELECT count(*) FROM floral_personalize('base', 'SELECT tenant, features, label FROM fm');"
 
@@ -76,16 +81,24 @@ PERS="SELECT count(*) FROM floral_personalize('base', 'SELECT tenant, features, 
 log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS)"
 {
     printf '%s\n' '\o /dev/null' 'SET floral.timing = on;'
-    for op in train evaluate personalize; do
+    for op in train evaluate personalize train5; do
         for w in $WORKERS; do
-            printf '%s\n' '\timing off' '\o' "\\echo MARK $op $w" '\o /dev/null' \
-                "SET max_parallel_maintenance_workers = $w;"
+            if [ "$w" = off ]; then
+                setw="SET max_parallel_maintenance_workers = 0; SET floral.max_parallel_workers = 0;"
+            else
+                setw="SET max_parallel_maintenance_workers = $w; SET floral.max_parallel_workers = 8;"
+            fi
+            printf '%s\n' '\timing off' '\o' "\\echo MARK $op $w" '\o /dev/null' "$setw"
             for ((i = 0; i < REPS; i++)); do
                 case $op in
                     train)
                         printf '%s\n' '\timing off' "\\set m t_${w}_$i" \
                             "SELECT floral_create_model(:'m', '$LAYERS', 'classification', 4, 0.1, '{\"seed\":1}');" \
                             '\timing on' "$TRAIN" ;;
+                    train5)
+                        printf '%s\n' '\timing off' "\\set m e_${w}_$i" \
+                            "SELECT floral_create_model(:'m', '$LAYERS', 'classification', 4, 0.1, '{\"seed\":1}');" \
+                            '\timing on' "$TRAIN5" ;;
                     evaluate) printf '%s\n' '\timing on' "$EVAL" ;;
                     personalize) printf '%s\n' '\timing on' "$PERS" ;;
                 esac
@@ -102,7 +115,7 @@ grep -E 'NOTICE: +floral_(train|evaluate|personalize):' "$WORK/speed.err" \
 # label each NOTICE with its section: they come in the order of the sections,
 # $REPS per section -> "<op> <workers> <read s> <computed s> <launched>"
 awk -v reps="$REPS" -v ws="$WORKERS" '
-    BEGIN { split("train evaluate personalize", ops, " "); nw = split(ws, wl, " ") }
+    BEGIN { split("train evaluate personalize train5", ops, " "); nw = split(ws, wl, " ") }
     { sec = int((NR - 1) / reps); print ops[int(sec / nw) + 1], wl[sec % nw + 1], $2, $3, $4 }' \
     "$WORK/notices" >"$WORK/labelled"
 # median of a column (3: read, 4: computed) over the calls of (op, workers), and the workers launched
@@ -116,7 +129,7 @@ ratio() { calc 'a / b' -v a="$1" -v b="$2" | awk '{ printf "%.2f", $1 }'; }
 report "wall seconds, best of $REPS (read = the source query, in the leader; rest = locking, training or"
 report "evaluating, summing and writing; median of the $REPS calls; workers = launched):"
 printf '  %-12s %8s %8s %8s %8s %9s\n' "call" "workers" "seconds" "read" "rest" "speed-up" | tee -a "$OUT"
-for op in train evaluate personalize; do
+for op in train evaluate personalize train5; do
     for w in $WORKERS; do
         t=$(best "$op" "$w")
         rd=$(median "$op" "$w" 3); cp=$(median "$op" "$w" 4); launched=$(launched "$op" "$w")
@@ -128,6 +141,9 @@ done
 report ""
 
 S_TRAIN=$(ratio "$T_train_0" "$T_train_2")
+report "(off: floral.max_parallel_workers = 0, rows in private memory; 0: serial, rows in shared segments;"
+report " train5: the same training call with 5 epochs instead of 1, for information: more work per row read)"
+report ""
 report "floor: train with 2 workers ${S_TRAIN}x faster than serial, floor >= 1.7x: $(pass "$S_TRAIN >= 1.7")"
 
 # Amdahl: the read stays serial; what would P cores give?

@@ -566,7 +566,9 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	 */
 	if (!participate)
 		WaitForParallelWorkersToAttach(pcxt);
+	floral_progress_share_count(&sh->tasks_done);
 	lead_tasks(&p, participate);
+	floral_progress_share_count(NULL);
 	WaitForParallelWorkersToFinish(pcxt);
 
 	memcpy(call->loss, p.loss, sizeof(double) * ntasks);

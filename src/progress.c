@@ -175,7 +175,19 @@ floral_progress_tenant(int number, const char *tenant, int64 examples)
 	SLOT_WRITE_END(mine);
 }
 
-/* a parallel call's leader: the tenants done by every participant */
+/*
+ * A parallel call's leader: the tenants done by every participant, counted
+ * in shared memory; while set, every batch of the leader's own tenants
+ * reports it too, so the count moves while the leader trains.
+ */
+static pg_atomic_uint32 *shared_done = NULL;
+
+void
+floral_progress_share_count(pg_atomic_uint32 *done)
+{
+	shared_done = done;
+}
+
 void
 floral_progress_count(int number)
 {
@@ -193,6 +205,8 @@ floral_progress_batch(int epoch, int64 done, double running_loss)
 	if (mine != NULL)
 	{
 		SLOT_WRITE_BEGIN(mine);
+		if (shared_done)
+			mine->tenant_number = (int) pg_atomic_read_u32(shared_done) + 1;
 		mine->epoch = epoch;
 		mine->examples_done = done;
 		mine->loss = running_loss;
@@ -218,6 +232,7 @@ void
 floral_progress_end(void)
 {
 	reporting = false;
+	shared_done = NULL;
 	if (mine == NULL)
 		return;
 	SLOT_WRITE_BEGIN(mine);

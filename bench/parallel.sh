@@ -111,7 +111,7 @@ log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS
 best() { awk -v k="MARK $1 $2" '/^MARK / { on = ($0 == k); next } on' "$WORK/speed.out" >"$WORK/sec"; best_time "$WORK/sec"; }
 # the floral.timing NOTICEs, in order: "<op> <read s> <computed s> <workers>"
 grep -E 'NOTICE: +floral_(train|evaluate|personalize):' "$WORK/speed.err" \
-    | sed -E 's/.*floral_([a-z]+): .* read ([0-9.]+) s, computed ([0-9.]+) s; ([0-9]+) parallel workers.*/\1 \2 \3 \4/' >"$WORK/notices"
+    | sed -E 's/.*floral_([a-z]+): .* read ([0-9.]+) s, computed ([0-9.]+) s; ([0-9]+) parallel workers?.*/\1 \2 \3 \4/' >"$WORK/notices"
 # label each NOTICE with its section: they come in the order of the sections,
 # $REPS per section -> "<op> <workers> <read s> <computed s> <launched>"
 awk -v reps="$REPS" -v ws="$WORKERS" '

@@ -81,6 +81,7 @@ typedef struct Participant
 	int32	   *vector_state;	/* per vector */
 	int32	   *task_vector;	/* per task: the vector holding it, or -1 */
 	float	   *vectors;
+	int64		stride;			/* floats from one vector to the next */
 	/* outcomes, laid out as in FloralParallelCall */
 	double	   *loss;
 	int64	   *correct;
@@ -88,11 +89,17 @@ typedef struct Participant
 	float	   *out_pi;
 } Participant;
 
-bool
-floral_parallel_possible(void)
+static bool
+parallel_possible(void)
 {
 	return Min(floral_max_parallel_workers, max_parallel_maintenance_workers) > 0 &&
 		IsUnderPostmaster && !IsInParallelMode();
+}
+
+double
+floral_parallel_share_after(void)
+{
+	return parallel_possible() ? (double) min_parallel_table_scan_size * BLCKSZ : -1;
 }
 
 int
@@ -106,7 +113,7 @@ floral_parallel_workers(const FloralRows *rows, int ntasks, double private_bytes
 	 * the working set is in shared memory (rows that spilled to a temporary
 	 * file stay with the leader, which owns the file).
 	 */
-	if (n <= 0 || ntasks < 2 || !rows->shared || !floral_parallel_possible())
+	if (n <= 0 || ntasks < 2 || !rows->shared || !parallel_possible())
 		return 0;
 	if (row_bytes < (double) min_parallel_table_scan_size * BLCKSZ)
 		return 0;
@@ -125,9 +132,9 @@ floral_parallel_banks(const FloralSpec *spec, int ntasks, void **seg)
 	if (!spec->private_adaptors || ntasks == 0)
 		return NULL;
 	size = sizeof(float) * (Size) spec->adaptor_size * ntasks;
-	s = dsm_create(size, 0);
+	s = dsm_create(size, DSM_CREATE_NULL_IF_MAXSEGMENTS);
 	*seg = s;
-	return dsm_segment_address(s);
+	return s ? dsm_segment_address(s) : NULL;
 }
 
 void
@@ -135,6 +142,42 @@ floral_parallel_banks_free(void *seg)
 {
 	if (seg)
 		dsm_detach((dsm_segment *) seg);
+}
+
+/*
+ * Each vector starts on a cache line of its own, so that two participants
+ * never write the same line, and every vector is aligned alike.
+ */
+static Size
+vector_stride(int64 nparams)
+{
+	return TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(float) * (Size) nparams);
+}
+
+static Size
+vectors_size(int nvectors, int ntasks, int64 nparams)
+{
+	return PG_CACHE_LINE_SIZE + TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(int32) * nvectors) +
+		TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(int32) * ntasks) +
+		vector_stride(nparams) * nvectors;
+}
+
+static void
+vectors_attach(Participant *p, char *space, int nvectors, int ntasks)
+{
+	space = (char *) TYPEALIGN(PG_CACHE_LINE_SIZE, space);
+	p->vector_state = (int32 *) space;
+	space += TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(int32) * nvectors);
+	p->task_vector = (int32 *) space;
+	space += TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(int32) * ntasks);
+	p->vectors = (float *) space;
+	p->stride = vector_stride(p->call->spec->nparams) / sizeof(float);
+}
+
+static float *
+vector_at(Participant *p, int v)
+{
+	return p->vectors + (int64) v * p->stride;
 }
 
 /* the next task, or -1 when all are taken */
@@ -157,16 +200,15 @@ run_task(Participant *p, int t, float *params)
 	int			C = spec->nadaptors;
 	float	   *z = p->out_logits + (int64) t * C;
 	float	   *pi = p->out_pi + (int64) t * C;
-	const float *pinned = task->pinned ? call->pinned_pi + (int64) t * C : NULL;
+	const float *pinned;
 	const float *bank = NULL;
 
-	if (task->has_bank)
-	{
-		if (call->banks)
-			bank = call->banks + (int64) t * spec->adaptor_size;
-		else if (call->load_bank)
-			bank = call->load_bank(call->arg, task->tenant);
-	}
+	/* (load_bank fills in the task too) */
+	if (call->load_bank)
+		bank = call->load_bank(call->arg, t);
+	else if (task->has_bank && call->banks)
+		bank = call->banks + (int64) t * spec->adaptor_size;
+	pinned = task->pinned ? call->pinned_pi + (int64) t * C : NULL;
 
 	switch (call->work)
 	{
@@ -243,7 +285,6 @@ sum_ready(Participant *p, int *next_sum)
 	int			batch[FLORAL_SUMS_DEFER];
 	int			nb = 0;
 	int			C = call->spec->nadaptors;
-	int64		nparams = call->spec->nparams;
 
 	SpinLockAcquire(&sh->mutex);
 	while (nb < FLORAL_SUMS_DEFER && *next_sum + nb < sh->ntasks &&
@@ -260,7 +301,7 @@ sum_ready(Participant *p, int *next_sum)
 	{
 		int			t = *next_sum + i;
 
-		call->consume(call->arg, t, p->vectors + (int64) batch[i] * nparams,
+		call->consume(call->arg, t, vector_at(p, batch[i]),
 					  p->out_pi + (int64) t * C, p->loss[t]);
 	}
 	call->flush(call->arg);		/* also resets the vectors to the round's */
@@ -294,7 +335,7 @@ work_tasks(Participant *p)
 		}
 		if ((t = take_task(sh)) < 0)
 			break;
-		run_task(p, t, v >= 0 ? p->vectors + (int64) v * p->call->spec->nparams : NULL);
+		run_task(p, t, v >= 0 ? vector_at(p, v) : NULL);
 		task_done(p, t, v);
 	}
 }
@@ -335,7 +376,7 @@ lead_tasks(Participant *p, bool participate)
 
 					ConditionVariableCancelSleep();
 					floral_progress_tenant(done + 1, trows->name, trows->nrows);
-					run_task(p, t, v >= 0 ? p->vectors + (int64) v * call->spec->nparams : NULL);
+					run_task(p, t, v >= 0 ? vector_at(p, v) : NULL);
 					task_done(p, t, v);
 					continue;
 				}
@@ -383,21 +424,16 @@ tasks_size(int ntasks, int C)
 		2 * MAXALIGN(sizeof(float) * Max(C, 1) * ntasks);
 }
 
-static Size
-vectors_size(int nvectors, int ntasks, int64 nparams)
-{
-	return MAXALIGN(sizeof(int32) * nvectors) + MAXALIGN(sizeof(int32) * ntasks) +
-		sizeof(float) * (Size) nvectors * nparams;
-}
 
-static void
-vectors_attach(Participant *p, char *space, int nvectors, int ntasks)
+/* the caller's trainer, or one made for the call */
+static FloralTrainer *
+leader_trainer(FloralParallelCall *call)
 {
-	p->vector_state = (int32 *) space;
-	space += MAXALIGN(sizeof(int32) * nvectors);
-	p->task_vector = (int32 *) space;
-	space += MAXALIGN(sizeof(int32) * ntasks);
-	p->vectors = (float *) space;
+	if (call->tr == NULL)
+		call->tr = floral_trainer_create(call->spec, call->rows,
+										 call->work == FLORAL_WORK_EVALUATE ?
+										 FLORAL_EVAL_BATCH : call->opts.batch_size);
+	return call->tr;
 }
 
 /* every task in the leader alone, on the call's own memory (no copies) */
@@ -414,9 +450,7 @@ run_serially(FloralParallelCall *call)
 	p.correct = call->correct;
 	p.out_logits = call->out_logits;
 	p.out_pi = call->out_pi;
-	p.tr = floral_trainer_create(call->spec, call->rows,
-								 call->work == FLORAL_WORK_EVALUATE ?
-								 FLORAL_EVAL_BATCH : call->opts.batch_size);
+	p.tr = leader_trainer(call);
 	if (call->work == FLORAL_WORK_TRAIN)
 	{
 		params = palloc_extended(sizeof(float) * call->spec->nparams, MCXT_ALLOC_HUGE);
@@ -459,6 +493,19 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	call->out_pi = palloc_extended(sizeof(float) * Max(C, 1) * Max(ntasks, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	call->workers_launched = 0;
 	nworkers = Min(nworkers, parallel_leader_participation ? ntasks - 1 : ntasks);
+
+	/*
+	 * Training's vectors: VECTORS_EACH per participant, fewer for a large
+	 * model, and fewer workers if not even one each fits in VECTORS_MEMORY.
+	 */
+	if (training && nworkers > 0)
+	{
+		int			fit = (int) Min(VECTORS_MEMORY / vector_stride(spec->nparams), INT_MAX);
+
+		nworkers = Min(nworkers, fit - 1);
+		vectors_each = Min(VECTORS_EACH, fit / Max(nworkers + 1, 1));
+		nvectors = vectors_each * (nworkers + 1);
+	}
 	if (nworkers <= 0)
 	{
 		run_serially(call);
@@ -468,13 +515,6 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	EnterParallelMode();
 	pcxt = CreateParallelContext("floral", "floral_parallel_main", nworkers);
 
-	if (training)
-	{
-		vectors_each = (int) Max(1, Min(VECTORS_EACH,
-										VECTORS_MEMORY / ((Size) (nworkers + 1) *
-														  sizeof(float) * spec->nparams)));
-		nvectors = vectors_each * (nworkers + 1);
-	}
 	rows_size = floral_rows_shared_size(call->rows);
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(ParallelShared));
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(float) * spec->nparams);
@@ -527,6 +567,7 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	shm_toc_insert(pcxt->toc, KEY_TASKS, space);
 
 	memset(&p, 0, sizeof(p));
+	p.call = call;
 	space = shm_toc_allocate(pcxt->toc, outcomes_size(ntasks, C));
 	memset(space, 0, outcomes_size(ntasks, C));
 	outcomes_attach(&p, space, ntasks, C);
@@ -539,7 +580,7 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 		for (int v = 0; v < nvectors; v++)
 		{
 			p.vector_state[v] = VECTOR_FREE;
-			memcpy(p.vectors + (int64) v * spec->nparams, call->global,
+			memcpy(vector_at(&p, v), call->global,
 				   sizeof(float) * spec->nparams);
 		}
 		for (int t = 0; t < ntasks; t++)
@@ -554,10 +595,13 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	p.sh = sh;
 	p.call = call;
 	p.id = nworkers;
-	p.tr = floral_trainer_create(spec, call->rows,
-								 training || call->work == FLORAL_WORK_PERSONALIZE ?
-								 call->opts.batch_size : FLORAL_EVAL_BATCH);
-	participate = parallel_leader_participation || pcxt->nworkers_launched == 0;
+	p.tr = leader_trainer(call);
+	/*
+	 * With one vector each (a large model), a leader that trains would keep
+	 * the workers waiting for it to sum theirs: it only collects then.
+	 */
+	participate = (parallel_leader_participation && !(training && vectors_each < 2)) ||
+		pcxt->nworkers_launched == 0;
 
 	/*
 	 * A leader that only collects would wait forever for a worker that was
@@ -593,8 +637,6 @@ floral_parallel_main(dsm_segment *seg, shm_toc *toc)
 	int			C = sh->spec.nadaptors;
 	int			ntasks = sh->ntasks;
 
-	/* the leader reports for the whole call */
-	floral_progress_notices = false;
 	floral_blas_prepare();
 
 	call->work = sh->work;

@@ -82,10 +82,11 @@ typedef struct FloralParallelCall
 
 	/*
 	 * Without banks, a call that runs in the leader alone may read a task's
-	 * private bank when the task runs (by its tenant index), so that it
-	 * never holds every tenant's.
+	 * tenant when the task runs: load_bank returns its private bank and
+	 * fills in the task's logits and pinned mixture from the same row, so
+	 * that the call never holds every tenant's bank.
 	 */
-	const float *(*load_bank) (void *arg, int tenant);
+	const float *(*load_bank) (void *arg, int task);
 
 	/*
 	 * Training: called by the leader in task order with each trained
@@ -98,6 +99,9 @@ typedef struct FloralParallelCall
 	void		(*flush) (void *arg);
 	void	   *arg;
 
+	/* the leader's trainer (NULL: floral_parallel_run makes one) */
+	FloralTrainer *tr;
+
 	/* outcomes, per task (leader memory) */
 	double	   *loss;
 	int64	   *correct;		/* evaluate */
@@ -106,8 +110,11 @@ typedef struct FloralParallelCall
 	int			workers_launched;
 } FloralParallelCall;
 
-/* may a call go parallel at all (then its rows are read as shareable) */
-extern bool floral_parallel_possible(void);
+/*
+ * From how many bytes of rows a call may go parallel: what to give
+ * floral_read_source (-1 when it cannot go parallel at all).
+ */
+extern double floral_parallel_share_after(void);
 
 /*
  * How many workers a call over these rows should ask for: 0 (serial) unless

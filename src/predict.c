@@ -167,22 +167,35 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(floral_real_array(p, K));
 }
 
-/* a serial evaluation reads each tenant's private bank when it runs */
+/*
+ * A serial evaluation of a model with private adaptors reads each tenant
+ * when it runs it, in one read: its bank, logits and pinned mixture.
+ */
 typedef struct BankLoader
 {
-	const FloralSpec *spec;
-	FloralRows *rows;
+	FloralParallelCall *par;
 	MemoryContext cxt;
 } BankLoader;
 
 static const float *
-load_private_bank(void *arg, int tenant)
+load_private_bank(void *arg, int t)
 {
 	BankLoader *bl = arg;
+	FloralParallelCall *par = bl->par;
+	FloralTenantTask *task = &par->tasks[t];
+	int			C = par->spec->nadaptors;
 	FloralTenantState state;
 
 	MemoryContextReset(bl->cxt);
-	floral_load_tenant(bl->spec, bl->rows->tenants[tenant]->name, bl->cxt, &state, false);
+	floral_load_tenant(par->spec, par->rows->tenants[task->tenant]->name, bl->cxt,
+					   &state, false);
+	task->found = state.found;
+	task->pinned = state.pinned;
+	task->has_bank = (state.bank != NULL);
+	if (state.found)
+		memcpy(par->logits + (int64) t * C, state.logits, sizeof(float) * C);
+	if (state.pinned)
+		memcpy(par->pinned_pi + (int64) t * C, state.pinned_pi, sizeof(float) * C);
 	return state.bank;
 }
 
@@ -246,7 +259,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 
 	floral_load_spec(model, FLORAL_LOCK_NONE, spec);
 	params = floral_load_round(spec, spec->round, cxt);
-	rows = floral_read_source(source, spec, floral_parallel_possible());
+	rows = floral_read_source(source, spec, floral_parallel_share_after());
 	/* the source has run, as the caller; history is written by floral alone */
 	floral_become_owner(&saved);
 	floral_progress_start("evaluate", spec->name, rows->ntenants, 1);
@@ -281,20 +294,26 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	par.pinned_pi = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
 	nworkers = floral_parallel_workers(rows, par.ntasks, spec->private_adaptors ?
 									   (double) sizeof(float) * spec->adaptor_size * rows->ntenants : 0);
-	/* private banks: all in shared memory for workers, else read one by one */
+	/*
+	 * Private banks: all in shared memory for workers; without workers (or
+	 * without a segment for them) each tenant is read when it runs.
+	 */
 	if (nworkers > 0)
+	{
 		par.banks = floral_parallel_banks(spec, rows->ntenants, &par.banks_seg);
-	else
+		if (spec->private_adaptors && par.banks == NULL)
+			nworkers = 0;
+	}
+	if (nworkers == 0 && spec->private_adaptors)
 	{
 		par.load_bank = load_private_bank;
 		par.arg = &bank_loader;
-		bank_loader.spec = spec;
-		bank_loader.rows = rows;
+		bank_loader.par = &par;
 		bank_loader.cxt = AllocSetContextCreate(cxt, "floral private bank",
 												ALLOCSET_DEFAULT_SIZES);
 	}
 	tenant_cxt = AllocSetContextCreate(cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
-	for (int k = 0; k < rows->ntenants; k++)
+	for (int k = 0; k < rows->ntenants && !par.load_bank; k++)
 	{
 		FloralTenantState state;
 		FloralTenantTask *task = &par.tasks[k];
@@ -302,7 +321,6 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tenant_cxt);
 		floral_load_tenant(spec, rows->tenants[k]->name, tenant_cxt, &state, false);
-		task->tenant = k;
 		task->found = state.found;
 		task->pinned = state.pinned;
 		task->has_bank = (state.bank != NULL);
@@ -310,10 +328,12 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 			memcpy(par.logits + (int64) k * C, state.logits, sizeof(float) * C);
 		if (state.pinned)
 			memcpy(par.pinned_pi + (int64) k * C, state.pinned_pi, sizeof(float) * C);
-		if (task->has_bank && par.banks)
+		if (task->has_bank)
 			memcpy(par.banks + (int64) k * spec->adaptor_size, state.bank,
 				   sizeof(float) * spec->adaptor_size);
 	}
+	for (int k = 0; k < rows->ntenants; k++)
+		par.tasks[k].tenant = k;
 	MemoryContextDelete(tenant_cxt);
 
 	floral_parallel_run(&par, nworkers);
@@ -351,10 +371,12 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		INSTR_TIME_SET_CURRENT(elapsed);
 		INSTR_TIME_SUBTRACT(elapsed, start);
 		ereport(NOTICE,
-				(errmsg("floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
-						rows->nrows, rows->ntenants, rows->read_seconds,
-						INSTR_TIME_GET_DOUBLE(elapsed) - rows->read_seconds,
-						par.workers_launched)));
+				(errmsg_plural("floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel worker",
+							   "floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
+							   par.workers_launched,
+							   rows->nrows, rows->ntenants, rows->read_seconds,
+							   INSTR_TIME_GET_DOUBLE(elapsed) - rows->read_seconds,
+							   par.workers_launched)));
 	}
 
 	floral_restore_user(&saved);

@@ -4,6 +4,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -158,7 +159,7 @@ void
 floral_progress_tenant(int number, const char *tenant, int64 examples)
 {
 	copy_name(my_tenant, tenant, sizeof(my_tenant));
-	if (floral_progress_notices)
+	if (floral_progress_notices && !IsParallelWorker())
 		ereport(NOTICE,
 				(errmsg("floral %s: tenant %d of %d (\"%s\", " INT64_FORMAT " rows)",
 						my_command, number, my_tenants, tenant, examples)));
@@ -213,8 +214,11 @@ floral_progress_batch(int epoch, int64 done, double running_loss)
 		mine->updated_at = GetCurrentTimestamp();
 		SLOT_WRITE_END(mine);
 	}
-	/* at most one NOTICE every few seconds, so a long epoch stays readable */
-	if (floral_progress_notices)
+	/*
+	 * At most one NOTICE every few seconds, so a long epoch stays readable;
+	 * none from parallel workers: the leader reports for the whole call.
+	 */
+	if (floral_progress_notices && !IsParallelWorker())
 	{
 		TimestampTz now = GetCurrentTimestamp();
 

@@ -20,13 +20,13 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
+#include "storage/dsm.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "common/hashfn.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "storage/dsm.h"
 
 #include "source.h"
 #include "tensor.h"
@@ -148,13 +148,12 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 }
 
 /*
- * Records are kept in chunks of this many bytes, never moved once written;
- * chunks in shared memory are larger, since each is a segment of its own
- * and a server has a few hundred of those.
+ * Records are kept in chunks, never moved once written: at least this many
+ * bytes, and few enough that shared rows (one segment per chunk) never take
+ * more than FLORAL_ROWS_SEGMENTS of the server's few hundred segments.
  */
 #define ROWS_CHUNK_BYTES (8 * 1024 * 1024)
-#define ROWS_SHARED_CHUNK_BYTES (32 * 1024 * 1024)
-
+#define FLORAL_ROWS_SEGMENTS 64
 static inline float *
 rows_record(FloralRows *rows, int64 recno)
 {
@@ -162,25 +161,59 @@ rows_record(FloralRows *rows, int64 recno)
 		(recno % rows->chunk_records) * rows->recfloats;
 }
 
+/* a chunk in a shared segment of its own, or NULL if the server has none to spare */
+static float *
+shared_chunk(FloralRows *rows, int c)
+{
+	dsm_segment *seg = dsm_create(sizeof(float) * rows->recfloats * rows->chunk_records,
+								  DSM_CREATE_NULL_IF_MAXSEGMENTS);
+
+	rows->segs[c] = seg;
+	return seg ? (float *) dsm_segment_address(seg) : NULL;
+}
+
 /*
- * A new chunk: a shared memory segment of its own while the rows are
- * shareable (NULL in segs otherwise).  When the server has no segment to
+ * Shareable rows start in private memory, like any others, and move to
+ * shared segments only once they reach share_after bytes (the size from
+ * which a call may go parallel), so that a small call never uses shared
+ * memory.  Moving copies at most those first bytes.  Without a segment to
  * spare, the rows stay private and the call runs serially.
  */
+static void
+share_rows(FloralRows *rows)
+{
+	int64		done = 0;
+
+	rows->shareable = false;
+	for (int c = 0; c < rows->nchunks; c++)
+	{
+		int64		n = Min(rows->chunk_records, rows->nrows - done);
+		float	   *dst = shared_chunk(rows, c);
+
+		if (dst == NULL)
+			return;
+		memcpy(dst, rows->chunks[c], sizeof(float) * rows->recfloats * n);
+		pfree(rows->chunks[c]);
+		rows->chunks[c] = dst;
+		done += n;
+	}
+	rows->shared = true;
+}
+
 static float *
 new_chunk(FloralRows *rows)
 {
-	Size		bytes = sizeof(float) * rows->recfloats * rows->chunk_records;
-	dsm_segment *seg = NULL;
+	float	   *chunk = NULL;
 
+	rows->segs[rows->nchunks] = NULL;
 	if (rows->shared)
 	{
-		seg = dsm_create(bytes, DSM_CREATE_NULL_IF_MAXSEGMENTS);
-		if (seg == NULL)
+		chunk = shared_chunk(rows, rows->nchunks);
+		if (chunk == NULL)
 			rows->shared = false;
 	}
-	rows->segs[rows->nchunks] = seg;
-	return seg ? (float *) dsm_segment_address(seg) : palloc_extended(bytes, MCXT_ALLOC_HUGE);
+	return chunk ? chunk :
+		palloc_extended(sizeof(float) * rows->recfloats * rows->chunk_records, MCXT_ALLOC_HUGE);
 }
 
 /*
@@ -194,7 +227,8 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 	{
 		if (rows->file == NULL)
 			rows->file = BufFileCreateTemp(false);
-		rows->shared = false;	/* the file is the leader's alone */
+		/* the file is the leader's alone */
+		rows->shared = rows->shareable = false;
 		BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
 		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
 	}
@@ -220,6 +254,13 @@ rows_append(FloralRows *rows, const float *features, const float *label)
 		rec = rows_record(rows, rows->nrows);
 		memcpy(rec, features, sizeof(float) * rows->nfeatures);
 		memcpy(rec + rows->nfeatures, label, sizeof(float) * rows->ylen);
+		if (rows->shareable &&
+			(double) sizeof(float) * rows->recfloats * (rows->nrows + 1) >= rows->share_after)
+		{
+			rows->nrows++;
+			share_rows(rows);
+			return rows->nrows - 1;
+		}
 	}
 	return rows->nrows++;
 }
@@ -623,7 +664,7 @@ build_training_query(const char *source, void *arg)
  * memory context that is current at the time of the call.
  */
 FloralRows *
-floral_read_source(const char *source, const FloralSpec *spec, bool shareable)
+floral_read_source(const char *source, const FloralSpec *spec, double share_after)
 {
 	MemoryContext target = CurrentMemoryContext;
 	FloralRows *rows;
@@ -645,8 +686,10 @@ floral_read_source(const char *source, const FloralSpec *spec, bool shareable)
 	rows->mem_limit = Max((int64) maintenance_work_mem * 1024 /
 						  (int64) (sizeof(float) * rows->recfloats), 1);
 	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
-	rows->shared = shareable;
-	rows->chunk_records = Max(Min((shareable ? ROWS_SHARED_CHUNK_BYTES : ROWS_CHUNK_BYTES) /
+	rows->shareable = (share_after >= 0);
+	rows->share_after = share_after;
+	rows->chunk_records = Max(Min(Max((int64) ROWS_CHUNK_BYTES,
+									  (int64) maintenance_work_mem * 1024 / FLORAL_ROWS_SEGMENTS) /
 								  (int64) (sizeof(float) * rows->recfloats),
 								  rows->mem_limit), 1);
 

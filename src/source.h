@@ -51,11 +51,14 @@ typedef struct FloralRows
 
 	/*
 	 * Rows that parallel workers may read keep their chunks in dynamic
-	 * shared memory, one segment each, so that sharing them copies nothing;
-	 * shared is false once one is not (or the rows spilled to the file).
+	 * shared memory, one segment each, so that sharing them copies nothing:
+	 * shareable rows move there once they reach share_after bytes, and
+	 * shared says they all are (never once the rows spilled to the file).
 	 */
+	bool		shareable;
+	double		share_after;
 	bool		shared;
-	struct dsm_segment **segs;	/* per chunk */
+	struct dsm_segment **segs;	/* per chunk, NULL for a private one */
 
 	/* the tenant directory, built while reading */
 	struct HTAB *hash;			/* name hash -> first tenant with it */
@@ -72,9 +75,12 @@ typedef struct FloralRows
 	double		read_seconds;
 } FloralRows;
 
-/* shareable: keep the rows where parallel workers can read them (parallel.h) */
+/*
+ * share_after >= 0: once the rows reach that many bytes, keep them where
+ * parallel workers can read them (parallel.h); -1: never.
+ */
 extern FloralRows *floral_read_source(const char *source, const FloralSpec *spec,
-									  bool shareable);
+									  double share_after);
 extern void floral_rows_free(FloralRows *rows);
 /* one row of a scoring source; values are valid only during the call */
 typedef void (*FloralScoreRowFn) (void *arg, text *key, text *tenant,

@@ -46,7 +46,7 @@ struct FloralTrainer
 	FloralRows *rows;
 	int			batch_size;		/* the most rows a batch may have */
 	float	   *params;			/* base, then the tenant's adaptor bank */
-	float	   *own_params;		/* the trainer's own vector */
+	float	   *own_params;		/* the trainer's own vector, when needed */
 	float	   *grad;
 	float	   *Y;
 	int64	   *recnos;
@@ -54,27 +54,23 @@ struct FloralTrainer
 	int64		perm_capacity;
 };
 
-typedef struct FloralTrainer Trainer;
-
 FloralTrainer *
 floral_trainer_create(const FloralSpec *spec, FloralRows *rows, int batch_size)
 {
-	Trainer    *tr = palloc0(sizeof(Trainer));
+	FloralTrainer    *tr = palloc0(sizeof(FloralTrainer));
 
 	tr->spec = spec;
 	tr->rows = rows;
 	tr->batch_size = batch_size;
 	tr->net = floral_net_create(spec, batch_size);
-	tr->params = tr->own_params =
-		palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
-	tr->grad = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	/* own_params and grad only for personalisation (floral_personalize_one) */
 	tr->Y = palloc(sizeof(float) * batch_size * rows->ylen);
 	tr->recnos = palloc(sizeof(int64) * batch_size);
 	return tr;
 }
 
 static void
-trainer_perm(Trainer *tr, int64 n)
+trainer_perm(FloralTrainer *tr, int64 n)
 {
 	if (n > PG_INT32_MAX)
 		ereport(ERROR,
@@ -108,7 +104,7 @@ report_divergence(const char *tenant, int epoch)
  * chosen by train_params.  Returns the mean loss of the last epoch.
  */
 static double
-train_tenant(Trainer *tr, const FloralTenantRows *trows, const FloralTrainOptions *opts,
+train_tenant(FloralTrainer *tr, const FloralTenantRows *trows, const FloralTrainOptions *opts,
 			 float *z, const float *pinned, bool train_params, pg_prng_state *rng)
 {
 	const FloralSpec *spec = tr->spec;
@@ -266,6 +262,11 @@ floral_personalize_one(FloralTrainer *tr, const FloralTenantRows *trows,
 	int			C = spec->nadaptors;
 	double		loss;
 
+	if (tr->own_params == NULL)
+	{
+		tr->own_params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+		tr->grad = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+	}
 	tr->params = tr->own_params;
 	memcpy(tr->params, global, sizeof(float) * spec->nparams);
 	memset(z, 0, sizeof(float) * C);
@@ -391,9 +392,11 @@ timing_notice(const char *what, FloralRows *rows, instr_time start, int workers)
 	INSTR_TIME_SUBTRACT(elapsed, start);
 	total = INSTR_TIME_GET_DOUBLE(elapsed);
 	ereport(NOTICE,
-			(errmsg("floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
-					what, rows->nrows, rows->ntenants, rows->read_seconds,
-					total - rows->read_seconds, workers)));
+			(errmsg_plural("floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel worker",
+						   "floral_%s: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
+						   workers,
+						   what, rows->nrows, rows->ntenants, rows->read_seconds,
+						   total - rows->read_seconds, workers)));
 }
 
 /* what a training or personalisation call sets up and tears down */
@@ -407,7 +410,7 @@ typedef struct TrainCall
 	FloralSpec *spec;
 	float	   *global;			/* the current round's shared parameters */
 	FloralRows *rows;
-	Trainer    *tr;
+	FloralTrainer    *tr;
 	instr_time	start;
 	int			workers;		/* parallel workers launched */
 } TrainCall;
@@ -446,10 +449,9 @@ train_call_begin(FunctionCallInfo fcinfo, TrainCall *call, const char *what,
 				 errmsg("model \"%s\" has no shared mixture to personalise", model),
 				 errdetail("Personalisation fits the mixture over a shared bank of at least two adaptors.")));
 	call->global = floral_load_round(spec, spec->round, call->cxt);
-	call->rows = floral_read_source(source, spec, floral_parallel_possible());
+	call->rows = floral_read_source(source, spec, floral_parallel_share_after());
 	call->tr = floral_trainer_create(spec, call->rows, call->opts.batch_size);
 	call->workers = 0;
-	floral_progress_start(what, spec->name, call->rows->ntenants, call->opts.epochs);
 }
 
 static void
@@ -694,7 +696,9 @@ train_serial(TrainState *ts)
 		bufs[b] = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 		memcpy(bufs[b], call->global, sizeof(float) * spec->nparams);
 	}
+	Assert(call->tr->own_params == NULL);	/* training needs no vector of its own */
 
+	floral_progress_start(call->what, spec->name, rows->ntenants, call->opts.epochs);
 	for (int k = 0; k < rows->ntenants; k++)
 	{
 		FloralTenantRows *trows = rows->tenants[k];
@@ -739,6 +743,8 @@ consume_trained(void *arg, int task, float *params, const float *pi, double loss
 	TrainState *ts = arg;
 	const FloralTenantRows *trows = ts->call->rows->tenants[ts->par->tasks[task].tenant];
 
+	/* never more than FLORAL_SUMS_DEFER before a flush (parallel.c, sum_ready) */
+	Assert(ts->sums.npending < FLORAL_SUMS_DEFER);
 	floral_sums_defer_tenant(&ts->sums, (double) trows->nrows, pi, params, loss,
 							 trows->name);
 }
@@ -775,11 +781,20 @@ train_parallel(TrainState *ts, int nworkers)
 	par->logits = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
 	par->pinned_pi = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
 	par->banks = floral_parallel_banks(spec, rows->ntenants, &par->banks_seg);
+	if (spec->private_adaptors && par->banks == NULL)
+	{
+		/* no segment to spare: the leader trains alone, banks in its memory */
+		par->banks = palloc_extended(sizeof(float) * spec->adaptor_size * rows->ntenants,
+									 MCXT_ALLOC_HUGE);
+		nworkers = 0;
+	}
+	par->tr = call->tr;
 	par->consume = consume_trained;
 	par->flush = flush_trained;
 	par->arg = ts;
 	ts->par = par;
 
+	floral_progress_start(call->what, spec->name, rows->ntenants, call->opts.epochs);
 	tenant_cxt = AllocSetContextCreate(call->cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 	for (int k = 0; k < rows->ntenants; k++)
 	{
@@ -930,11 +945,13 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	par.spec = spec;
 	par.opts = call.opts;
 	par.one_hot = one_hot;
+	par.tr = call.tr;
 	par.global = call.global;
 	par.rows = rows;
 	par.ntasks = rows->ntenants;
 	par.tasks = palloc_extended(sizeof(FloralTenantTask) * rows->ntenants, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	par.logits = palloc_extended(sizeof(float) * C * rows->ntenants, MCXT_ALLOC_HUGE);
+	floral_progress_start(call.what, spec->name, rows->ntenants, call.opts.epochs);
 	tenant_cxt = AllocSetContextCreate(call.cxt, "floral tenant", ALLOCSET_DEFAULT_SIZES);
 	for (int k = 0; k < rows->ntenants; k++)
 	{

@@ -13,7 +13,7 @@
 static int64
 sums_length(const FloralSpec *spec)
 {
-	return spec->private_adaptors ? spec->base_size : spec->nparams;
+	return SPEC_SHARED_SIZE(spec);
 }
 
 void

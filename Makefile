@@ -22,7 +22,8 @@ OBJS = \
 	src/progress.o \
 	src/sums.o \
 	src/contributions.o \
-	src/ensemble.o
+	src/ensemble.o \
+	src/router.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3

@@ -328,6 +328,7 @@ BEGIN
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
 			'server_lr', 1.0, 'private_adaptors', false, 'ensemble', false,
+			'router', 'paper', 'adaptor_init', 'paper', 'reseed', false,
 			'dp_clip', null, 'dp_noise', 0),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
@@ -350,6 +351,13 @@ BEGIN
 						  'option "ensemble" needs at least one member (adaptors >= 1)');
 	PERFORM floral._check(NOT ((o->>'ensemble')::boolean AND (o->>'private_adaptors')::boolean),
 						  'options "ensemble" and "private_adaptors" exclude each other');
+	PERFORM floral._check(o->>'router' IN ('paper', 'probe'),
+						  'option "router" must be "paper" or "probe"');
+	PERFORM floral._check(o->>'adaptor_init' IN ('paper', 'random'),
+						  'option "adaptor_init" must be "paper" or "random"');
+	PERFORM floral._check(NOT (o->>'reseed')::boolean OR (adaptors >= 2 AND NOT (o->>'private_adaptors')::boolean
+														  AND NOT (o->>'ensemble')::boolean),
+						  'option "reseed" needs a shared bank of at least two adaptors');
 	PERFORM floral._check(jsonb_typeof(o->'dp_clip') IN ('null', 'number')
 						  AND coalesce((o->>'dp_clip')::real, 1) > 0,
 						  'option "dp_clip" must be a positive number');

@@ -294,7 +294,9 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
 			 "(options->>'private_adaptors')::boolean, "
 			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0), "
-			 "coalesce((options->>'ensemble')::boolean, false) "
+			 "coalesce((options->>'ensemble')::boolean, false), "
+			 "coalesce(options->>'router', 'paper'), coalesce(options->>'adaptor_init', 'paper'), "
+			 "coalesce((options->>'reseed')::boolean, false) "
 			 "FROM floral.models WHERE name = $1%s", lock_clause[row_lock]);
 	args[0] = CStringGetTextDatum(model);
 	if (row_lock != FLORAL_LOCK_NONE)
@@ -337,6 +339,9 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	spec->dp_clip = DatumGetFloat4(get_notnull(15));
 	spec->dp_noise = DatumGetFloat4(get_notnull(16));
 	spec->ensemble = DatumGetBool(get_notnull(17));
+	spec->router = floral_router_from_name(TextDatumGetCString(get_notnull(18)));
+	spec->random_v = floral_adaptor_init_from_name(TextDatumGetCString(get_notnull(19)));
+	spec->reseed = DatumGetBool(get_notnull(20));
 	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),

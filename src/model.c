@@ -126,6 +126,7 @@ floral_spec_widest(const FloralSpec *spec)
 }
 
 static void init_base(const FloralSpec *spec, pg_prng_state *rng, float *base);
+static void init_random_v(const FloralSpec *spec, pg_prng_state *rng, float *bank);
 
 /*
  * FLORAL.md, "Initialisation": base W and b uniform in +-1/sqrt(in),
@@ -157,6 +158,35 @@ floral_init_params(const FloralSpec *spec, float *params)
 		for (int64 i = 0; i < nU; i++)
 			params[spec->adaptor_offset + layer->U + i] = floral_rng_uniform(&rng, -bound, bound);
 		/* V and beta stay zero: a fresh adaptor changes nothing */
+	}
+	if (spec->random_v)
+		init_random_v(spec, &rng, params + spec->adaptor_offset);
+}
+
+/*
+ * adaptor_init "random": V drawn too, after everything else (so that the
+ * paper's draws are the same either way), so that the C adaptors are
+ * different functions from the start and a tenant's data can tell them
+ * apart in the first round.  Each adaptor's initial term is small next to
+ * the base's: with Var(U) = 2/in and Var(W) = 1/(3 in) as drawn,
+ * Var(V U x) / Var(W x) = 6 r Var(V) = 2 r b^2 for V uniform in +-b, so
+ * b = sqrt(kappa / (2 r)) makes it kappa = 0.1 (a third of the base's
+ * standard deviation) whatever the rank.
+ */
+static void
+init_random_v(const FloralSpec *spec, pg_prng_state *rng, float *bank)
+{
+	for (int l = 0; l < spec->nlayers; l++)
+	{
+		const FloralLayer *layer = &spec->layers[l];
+		int64		nV = (int64) spec->nadaptors * layer->out * layer->rank;
+		float		bound;
+
+		if (layer->rank == 0)
+			continue;
+		bound = sqrtf(0.1f / (2.0f * layer->rank));
+		for (int64 i = 0; i < nV; i++)
+			bank[layer->V + i] = floral_rng_uniform(rng, -bound, bound);
 	}
 }
 
@@ -203,6 +233,35 @@ floral_task_from_name(const char *name)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown task \"%s\"", name),
 			 errhint("Use \"classification\" or \"regression\".")));
+	pg_unreachable();
+}
+
+FloralRouterKind
+floral_router_from_name(const char *name)
+{
+	if (strcmp(name, "paper") == 0)
+		return FLORAL_ROUTER_PAPER;
+	if (strcmp(name, "probe") == 0)
+		return FLORAL_ROUTER_PROBE;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown router \"%s\"", name),
+			 errhint("Use \"paper\" or \"probe\".")));
+	pg_unreachable();
+}
+
+/* true for "random" (V drawn at initialisation), false for "paper" (V = 0) */
+bool
+floral_adaptor_init_from_name(const char *name)
+{
+	if (strcmp(name, "paper") == 0)
+		return false;
+	if (strcmp(name, "random") == 0)
+		return true;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown adaptor_init \"%s\"", name),
+			 errhint("Use \"paper\" or \"random\".")));
 	pg_unreachable();
 }
 

@@ -43,6 +43,13 @@ typedef enum FloralActivation
 	FLORAL_IDENTITY
 } FloralActivation;
 
+/* how a tenant's mixture is found (option "router") */
+typedef enum FloralRouterKind
+{
+	FLORAL_ROUTER_PAPER,		/* the paper's: logits learned by SGD, with noise */
+	FLORAL_ROUTER_PROBE			/* one-hot probe before each training (router.c) */
+} FloralRouterKind;
+
 typedef struct FloralLayer
 {
 	int			in;
@@ -73,6 +80,9 @@ typedef struct FloralSpec
 	int			nadaptors;		/* C; 0 is plain FedAvg */
 	bool		private_adaptors;	/* Local Adaptor baseline */
 	bool		ensemble;		/* Ensemble baseline: the bank is C full models */
+	FloralRouterKind router;
+	bool		random_v;		/* option adaptor_init "random": V drawn, not 0 */
+	bool		reseed;			/* option reseed: unused adaptors re-seeded (router.c) */
 	float		alpha;
 	float		min_prob;
 	float		noise;
@@ -116,5 +126,7 @@ extern void floral_adaptor_scale(const FloralSpec *spec, int c, double w,
 								 double *acc);
 extern FloralTask floral_task_from_name(const char *name);
 extern FloralActivation floral_activation_from_name(const char *name);
+extern FloralRouterKind floral_router_from_name(const char *name);
+extern bool floral_adaptor_init_from_name(const char *name);
 
 #endif

@@ -30,6 +30,7 @@
 #include "floral.h"
 #include "nn.h"
 #include "rng.h"
+#include "router.h"
 #include "source.h"
 #include "sums.h"
 #include "train.h"
@@ -552,6 +553,10 @@ floral_train_internal(PG_FUNCTION_ARGS)
 
 		pinned = state.pinned ? state.pinned_pi : NULL;
 		floral_rng_seed(&rng, (uint64) opts.seed, (uint64) spec->round, trows->name);
+		/* option router "probe": start from the one-hot probe's posterior */
+		if (spec->router == FLORAL_ROUTER_PROBE && pinned == NULL && C >= 2)
+			floral_router_probe(tr->net, rows, trows, tr->params, bank,
+								opts.batch_size, tr->Y, z);
 		loss = train_tenant(tr, trows, &opts, z, pinned, true, &rng);
 		final_mixture(spec, tr->net, z, pinned, pi);
 		if (spec->dp_clip > 0)

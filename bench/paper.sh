@@ -78,7 +78,8 @@ case $MODE in
 esac
 : "${TAG:=$MODE}"
 for m in $METHODS; do
-	case $m in fedavg|local|ensemble|floral1|floral10|oracle10) ;; *) echo "paper.sh: unknown method $m" >&2; exit 2 ;; esac
+	case $m in fedavg|local|ensemble|floral1|floral10|oracle10|floral10p|floral10v|floral10pv|floral1p|floral1pv|floral10pr|floral10pvr|floral1pr|floral1pvr) ;;
+		*) echo "paper.sh: unknown method $m" >&2; exit 2 ;; esac
 done
 for t in $TASKS; do
 	case $t in rotate|label_shift) ;; *) echo "paper.sh: unknown task $t" >&2; exit 2 ;; esac
@@ -276,7 +277,16 @@ q "CREATE TABLE paper_reference (method text PRIMARY KEY, label text, ord int,
      ('ensemble', 'Ensemble',                    3, 92.0, 93.8, 82.4, 82.8),
      ('floral1',  'FLoRAL(1%)',                  4, 91.3, 89.7, 82.6, 83.6),
      ('floral10', 'FLoRAL(10%)',                 5, 91.8, 93.1, 82.7, 84.1),
-     ('oracle10', 'FLoRAL(10%), oracle router',  6, NULL, NULL, 85.2, 85.1)" >/dev/null
+     ('oracle10', 'FLoRAL(10%), oracle router',  6, NULL, NULL, 85.2, 85.1),
+     ('floral10p',  'FLoRAL(10%), probe router',                7, NULL, NULL, NULL, NULL),
+     ('floral10v',  'FLoRAL(10%), random V',                    8, NULL, NULL, NULL, NULL),
+     ('floral10pv', 'FLoRAL(10%), probe router + random V',     9, NULL, NULL, NULL, NULL),
+     ('floral1p',   'FLoRAL(1%), probe router',                10, NULL, NULL, NULL, NULL),
+     ('floral1pv',  'FLoRAL(1%), probe router + random V',     11, NULL, NULL, NULL, NULL),
+     ('floral10pr', 'FLoRAL(10%), probe router + reseed',      12, NULL, NULL, NULL, NULL),
+     ('floral10pvr', 'FLoRAL(10%), probe + random V + reseed', 13, NULL, NULL, NULL, NULL),
+     ('floral1pr',  'FLoRAL(1%), probe router + reseed',       14, NULL, NULL, NULL, NULL),
+     ('floral1pvr', 'FLoRAL(1%), probe + random V + reseed',   15, NULL, NULL, NULL, NULL)" >/dev/null
 
 # accuracy cell for (method, task): mean over seeds of the final round,
 # "mean (min-max)" with more than one seed

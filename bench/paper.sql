@@ -70,7 +70,19 @@ LANGUAGE sql IMMUTABLE AS $$
 				 ('ensemble',  4, 0.1::real, false, false, '{"ensemble": true}'),
 				 ('floral1',   4, 0.01::real, false, false, '{}'),
 				 ('floral10',  4, 0.1::real, false, false, '{}'),
-				 ('oracle10',  4, 0.1::real, false, true, '{}')) AS m(n, a, r, p, o, x)
+				 ('oracle10',  4, 0.1::real, false, true, '{}'),
+				 -- router variants (src/router.c, model.c): the probe router,
+				 -- adaptors with V drawn at initialisation, and both
+				 ('floral10p', 4, 0.1::real, false, false, '{"router": "probe"}'),
+				 ('floral10v', 4, 0.1::real, false, false, '{"adaptor_init": "random"}'),
+				 ('floral10pv', 4, 0.1::real, false, false, '{"router": "probe", "adaptor_init": "random"}'),
+				 ('floral1p',  4, 0.01::real, false, false, '{"router": "probe"}'),
+				 ('floral1pv', 4, 0.01::real, false, false, '{"router": "probe", "adaptor_init": "random"}'),
+				 ('floral10pr', 4, 0.1::real, false, false, '{"router": "probe", "reseed": true}'),
+				 ('floral10pvr', 4, 0.1::real, false, false, '{"router": "probe", "adaptor_init": "random", "reseed": true}'),
+				 ('floral1pr', 4, 0.01::real, false, false, '{"router": "probe", "reseed": true}'),
+				 ('floral1pvr', 4, 0.01::real, false, false, '{"router": "probe", "adaptor_init": "random", "reseed": true}')
+			) AS m(n, a, r, p, o, x)
 	WHERE m.n = method
 $$;
 

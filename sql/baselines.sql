@@ -106,5 +106,50 @@ SELECT floral._update_norm('bl_local', u.examples, u.weights, u.sums) < 'Infinit
 FROM floral._branch_update('bl_local', (SELECT round FROM floral.models WHERE name = 'bl_local')) u;
 SELECT floral_aggregate('bl_local') > 0 AS aggregated;
 
-DROP TABLE bl_a, bl_uv, bl_x, bl, bl_mse, bl_choice, bl_pred;
+-- The probe router with re-seeding (options router and reseed) on the same
+-- task with three adaptors for two groups: each tenant's loss with each
+-- adaptor alone picks its adaptor, the groups take different ones and fit
+-- five times better than FedAvg; the adaptor left over is re-seeded as a
+-- near copy of a used one.
+SELECT floral_create_model('bl_probe', '{8,4}', 'regression', 3, 1,
+                           '{"seed": 3, "router": "probe", "reseed": true}');
+DO $$
+BEGIN
+	FOR k IN 1 .. 60 LOOP
+		PERFORM floral_train('bl_probe', 'SELECT tenant, features, label FROM bl WHERE r <= 100', '{"lr": 0.1, "batch_size": 16}');
+		PERFORM floral_aggregate('bl_probe');
+	END LOOP;
+END $$;
+SELECT (SELECT sum(loss * examples) / sum(examples)
+        FROM floral_evaluate('bl_probe', 'SELECT tenant, features, label FROM bl WHERE r > 100')) * 5
+       < (SELECT mse FROM bl_mse WHERE model = 'bl_fedavg') AS probe_five_times_better;
+CREATE TABLE bl_probe_choice AS
+SELECT s.grp, (SELECT k FROM unnest(t.mixture) WITH ORDINALITY u(p, k) ORDER BY p DESC LIMIT 1) AS adaptor,
+       (SELECT max(p) FROM unnest(t.mixture) p) AS weight
+FROM floral.tenant_mixtures t JOIN (SELECT DISTINCT tenant, grp FROM bl) s USING (tenant)
+WHERE t.model = 'bl_probe';
+SELECT grp, count(*) AS tenants, count(DISTINCT adaptor) AS adaptors_chosen, min(weight) > 0.8 AS confident
+FROM bl_probe_choice GROUP BY grp ORDER BY grp;
+SELECT count(DISTINCT adaptor) AS groups_use_different_adaptors FROM bl_probe_choice;
+-- the adaptor no group chose was re-seeded from a used one: it is near that
+-- one, while unused it would stay far from both (here 0.04 of the largest
+-- distance between two adaptors; about 1 with reseed off)
+CREATE FUNCTION pg_temp.adaptor_vector(m text, c int) RETURNS real[] LANGUAGE sql AS $$
+	SELECT array(SELECT unnest(floral.tensor_to_real(floral_parameter(m, 'U', 1, c))))
+	       || array(SELECT unnest(floral.tensor_to_real(floral_parameter(m, 'V', 1, c))))
+	       || array(SELECT unnest(floral.tensor_to_real(floral_parameter(m, 'beta', 1, c))))
+$$;
+CREATE TABLE bl_dist AS
+SELECT a, b, (SELECT sqrt(sum((x - y) ^ 2)) FROM unnest(pg_temp.adaptor_vector('bl_probe', a),
+                                                        pg_temp.adaptor_vector('bl_probe', b)) u(x, y)) AS d
+FROM generate_series(1, 3) a, generate_series(1, 3) b WHERE a <> b;
+SELECT count(*) AS spare_adaptors,
+       min((SELECT min(d) FROM bl_dist WHERE a = s.c AND b IN (SELECT adaptor FROM bl_probe_choice)))
+         < 0.2 * (SELECT max(d) FROM bl_dist) AS spare_was_reseeded
+FROM generate_series(1, 3) s(c) WHERE s.c NOT IN (SELECT adaptor FROM bl_probe_choice);
+SELECT floral_create_model('bl_bad', '{8,4}', 'regression', 2, 1, '{"router": "oracle"}');
+SELECT floral_create_model('bl_bad', '{8,4}', 'regression', 2, 1, '{"adaptor_init": "gaussian"}');
+SELECT floral_create_model('bl_bad', '{8,4}', 'regression', 1, 1, '{"reseed": true}');
+
+DROP TABLE bl_a, bl_uv, bl_x, bl, bl_mse, bl_choice, bl_pred, bl_probe_choice, bl_dist;
 SELECT floral_drop_model(name) FROM floral.models WHERE name LIKE 'bl_%' ORDER BY name;

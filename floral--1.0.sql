@@ -327,7 +327,9 @@ BEGIN
 	o := floral._options(options, jsonb_build_object(
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
-			'server_lr', 1.0, 'private_adaptors', false, 'dp_clip', null, 'dp_noise', 0),
+			'server_lr', 1.0, 'private_adaptors', false, 'ensemble', false,
+			'router', 'paper', 'adaptor_init', 'paper', 'reseed', false,
+			'dp_clip', null, 'dp_noise', 0),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
 						  'option "activation" must be "relu", "tanh" or "identity"');
@@ -343,6 +345,19 @@ BEGIN
 						  'option "server_lr" must be in (0, 10]');
 	PERFORM floral._check(NOT (o->>'private_adaptors')::boolean OR adaptors >= 1,
 						  'option "private_adaptors" needs at least one adaptor');
+	PERFORM floral._check(jsonb_typeof(o->'ensemble') = 'boolean',
+						  'option "ensemble" must be true or false');
+	PERFORM floral._check(NOT (o->>'ensemble')::boolean OR adaptors >= 1,
+						  'option "ensemble" needs at least one member (adaptors >= 1)');
+	PERFORM floral._check(NOT ((o->>'ensemble')::boolean AND (o->>'private_adaptors')::boolean),
+						  'options "ensemble" and "private_adaptors" exclude each other');
+	PERFORM floral._check(o->>'router' IN ('paper', 'probe'),
+						  'option "router" must be "paper" or "probe"');
+	PERFORM floral._check(o->>'adaptor_init' IN ('paper', 'random'),
+						  'option "adaptor_init" must be "paper" or "random"');
+	PERFORM floral._check(NOT (o->>'reseed')::boolean OR (adaptors >= 2 AND NOT (o->>'private_adaptors')::boolean
+														  AND NOT (o->>'ensemble')::boolean),
+						  'option "reseed" needs a shared bank of at least two adaptors');
 	PERFORM floral._check(jsonb_typeof(o->'dp_clip') IN ('null', 'number')
 						  AND coalesce((o->>'dp_clip')::real, 1) > 0,
 						  'option "dp_clip" must be a positive number');
@@ -351,7 +366,8 @@ BEGIN
 						  'option "dp_noise" must be >= 0, and needs "dp_clip"');
 
 	FOR i IN 1 .. n - 1 LOOP
-		ranks := ranks || CASE WHEN adaptors = 0 THEN 0
+		-- an Ensemble's members are full layers: no factors, no rank
+		ranks := ranks || CASE WHEN adaptors = 0 OR (o->>'ensemble')::boolean THEN 0
 							   ELSE floral._rank(rank, layers[i], layers[i + 1]) END;
 	END LOOP;
 	PERFORM floral._check((SELECT bool_and(r BETWEEN 0 AND 100000) FROM unnest(ranks) r),
@@ -369,7 +385,7 @@ BEGIN
 		VALUES (name, 0, floral._initial_parameters(name));
 END $$;
 COMMENT ON FUNCTION floral_create_model(text, int[], text, int, real, jsonb) IS
-	'create a FLoRAL model: base MLP with the given widths and a bank of low-rank adaptors';
+	'create a FLoRAL model: base MLP with the given widths and a bank of low-rank adaptors (options: private_adaptors for Local Adaptor, ensemble for C full models mixed at the output)';
 
 CREATE FUNCTION floral_drop_model(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -591,6 +607,19 @@ DECLARE
 BEGIN
 	PERFORM floral._model_options(model);
 	SELECT * INTO m FROM floral.models x WHERE x.name = model;
+	IF coalesce((m.options->>'ensemble')::boolean, false) THEN
+		-- an Ensemble: each member (numbered like an adaptor) is a full MLP
+		FOR c IN 1 .. m.adaptors LOOP
+			FOR l IN 1 .. cardinality(m.layers) - 1 LOOP
+				layer := l; adaptor := c;
+				part := 'W'; shape := ARRAY[m.layers[l + 1], m.layers[l]];
+				parameters := m.layers[l + 1]::bigint * m.layers[l]; RETURN NEXT;
+				part := 'b'; shape := ARRAY[m.layers[l + 1]];
+				parameters := m.layers[l + 1]; RETURN NEXT;
+			END LOOP;
+		END LOOP;
+		RETURN;
+	END IF;
 	FOR l IN 1 .. cardinality(m.layers) - 1 LOOP
 		layer := l; adaptor := NULL;
 		part := 'W'; shape := ARRAY[m.layers[l + 1], m.layers[l]];
@@ -608,7 +637,19 @@ BEGIN
 		END LOOP;
 	END LOOP;
 END $$;
-COMMENT ON FUNCTION floral_layers(text) IS 'every parameter of a model with its shape and size';
+COMMENT ON FUNCTION floral_layers(text) IS 'every parameter of a model with its shape and size (an Ensemble''s members are numbered in adaptor)';
+
+CREATE FUNCTION floral.shared_parameters(model text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+	-- what rounds, contributions and branch updates carry: everything but a
+	-- private bank (Local Adaptor), which stays on its tenant's row
+	SELECT sum(l.parameters)::bigint
+	FROM @extschema@.floral_layers(model) l, floral.models m
+	WHERE m.name = model
+	  AND (l.part IN ('W', 'b') OR NOT coalesce((m.options->>'private_adaptors')::boolean, false))
+$$;
+COMMENT ON FUNCTION floral.shared_parameters(text) IS
+	'the number of federated parameters of a model: what a round and a branch update hold';
 
 CREATE FUNCTION floral_rollback(model text, round int) RETURNS int
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -664,10 +705,15 @@ COMMENT ON FUNCTION floral_prune(text, int) IS
 
 CREATE VIEW floral.model_summary AS
 SELECT m.name, m.task, m.layers, m.adaptors, m.ranks, m.round,
+	   -- an Ensemble has no base: its C members are its bank
+	   CASE WHEN coalesce((m.options->>'ensemble')::boolean, false) THEN 0 ELSE
 	   (SELECT sum(m.layers[i + 1]::bigint * m.layers[i] + m.layers[i + 1])
-		  FROM generate_subscripts(m.layers, 1) i WHERE i < cardinality(m.layers)) AS base_parameters,
+		  FROM generate_subscripts(m.layers, 1) i WHERE i < cardinality(m.layers)) END AS base_parameters,
+	   CASE WHEN coalesce((m.options->>'ensemble')::boolean, false) THEN
+	   (SELECT m.adaptors * sum(m.layers[i + 1]::bigint * m.layers[i] + m.layers[i + 1])
+		  FROM generate_subscripts(m.layers, 1) i WHERE i < cardinality(m.layers)) ELSE
 	   (SELECT coalesce(sum(m.adaptors * (m.ranks[i]::bigint * (m.layers[i] + m.layers[i + 1]) + m.layers[i + 1])), 0)
-		  FROM generate_subscripts(m.layers, 1) i WHERE i < cardinality(m.layers)) AS adaptor_parameters,
+		  FROM generate_subscripts(m.layers, 1) i WHERE i < cardinality(m.layers)) END AS adaptor_parameters,
 	   (SELECT count(*) FROM floral.tenants t WHERE t.model = m.name) AS tenants,
 	   (SELECT count(*) FROM floral.rounds r WHERE r.model = m.name) AS rounds_kept,
 	   m.options
@@ -922,6 +968,7 @@ DECLARE
 	why text;
 	norm double precision;
 	n int;
+	nw int;
 BEGIN
 	IF model IS NULL OR branch IS NULL OR round IS NULL THEN
 		RAISE EXCEPTION 'model, branch and round must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -944,7 +991,7 @@ BEGIN
 	ELSIF NOT floral._selected(model, cur, branch) THEN
 		st := 'rejected';
 		why := format('branch %s was not selected for round %s', branch, cur);
-	ELSIF octet_length(sums) > ((SELECT sum(x.parameters) FROM @extschema@.floral_layers(model) x) * 4 + 1024) * 4 / 3 * 1.02 + 1024 THEN
+	ELSIF octet_length(sums) > (floral.shared_parameters(model) * 4 + 1024) * 4 / 3 * 1.02 + 1024 THEN
 		-- refused before decoding: a huge payload costs nothing more here
 		-- (base64 makes 4 characters of 3 bytes, plus a newline every 76)
 		st := 'rejected';
@@ -960,7 +1007,9 @@ BEGIN
 			why := 'sums: ' || SQLERRM;
 		END;
 		IF st = 'accepted' THEN
-			SELECT sum(x.parameters) INTO n FROM @extschema@.floral_layers(model) x;
+			n := floral.shared_parameters(model);
+			-- one weight M_c per shared adaptor: none for private ones
+			nw := CASE WHEN coalesce((m.options->>'private_adaptors')::boolean, false) THEN 0 ELSE m.adaptors END;
 			-- every part of an accepted update must be there: the checks
 			-- below (and floral._update_norm, which is STRICT) would let a
 			-- NULL through, and the merge cannot use it
@@ -976,12 +1025,12 @@ BEGIN
 			ELSIF tenants IS NULL OR tenants < 1 THEN
 				st := 'rejected';
 				why := format('tenants must be a count of at least 1, not %s', tenants);
-			ELSIF weights IS NULL OR coalesce(cardinality(weights), 0) <> m.adaptors
+			ELSIF weights IS NULL OR coalesce(cardinality(weights), 0) <> nw
 				  OR coalesce(array_ndims(weights), 1) <> 1
 				  OR EXISTS (SELECT 1 FROM unnest(weights) w
 							 WHERE w IS NULL OR NOT (w >= 0 AND w <= examples * 1.0001)) THEN
 				st := 'rejected';
-				why := format('weights must be %s numbers between 0 and the examples', m.adaptors);
+				why := format('weights must be %s numbers between 0 and the examples', nw);
 			ELSIF loss_sum IS NULL OR NOT (loss_sum >= 0 AND loss_sum < 'Infinity') THEN
 				st := 'rejected';
 				why := 'loss_sum must be finite';
@@ -1404,7 +1453,7 @@ BEGIN
 	END IF;
 	IF params IS NOT NULL THEN
 		t := floral.tensor_from_bytea(params);
-		IF floral.tensor_shape(t) <> ARRAY[(SELECT sum(x.parameters)::int FROM @extschema@.floral_layers(model) x)] THEN
+		IF floral.tensor_shape(t) <> ARRAY[floral.shared_parameters(model)::int] THEN
 			RAISE EXCEPTION 'the coordinator sent round % of model "%" with the wrong number of parameters', round, model
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = format('It has shape %s.', floral.tensor_shape(t));

@@ -11,7 +11,8 @@
 # local epoch (batch 32, lr 0.1, router_lr = lr) with floral_train, then
 # floral_aggregate merges the round.  Methods:
 #   fedavg    FedAvg                     adaptors 0
-#   local     Local Adaptor              adaptors 1, rank 0.1, private_adaptors
+#   local     Local Adaptor              adaptors 1, rank 0.01 (ranks 1/1), private_adaptors
+#   ensemble  Ensemble                   adaptors 4, ensemble: 4 full models mixed at the output
 #   floral1   FLoRAL(1%)                 adaptors 4, rank 0.01
 #   floral10  FLoRAL(10%)                adaptors 4, rank 0.1
 #   oracle10  FLoRAL(10%), oracle router adaptors 4, rank 0.1, every tenant's
@@ -25,7 +26,7 @@
 #   bash bench/paper.sh --measure   # 10 rounds of every job, extrapolated to --full
 # Knobs (override the mode's defaults):
 #   --rounds N  --seeds "1 2"  --per-round K  --eval-every E  --workers W
-#   --methods "fedavg local floral1 floral10 oracle10"  --tasks "rotate label_shift"
+#   --methods "fedavg local ensemble floral1 floral10 oracle10"  --tasks "rotate label_shift"
 #   --tag NAME (file name part, default the mode)  --no-deps (skip install-deps.sh)
 #
 # Jobs (task, method, seed) run in --workers (2) parallel sessions of one
@@ -46,7 +47,7 @@ DATE=$(date +%Y-%m-%d)
 
 MODE=full
 ROUNDS= SEEDS= PER_ROUND= EVAL_EVERY=10 WORKERS=2 TAG= DEPS=1
-METHODS="oracle10 floral10 local floral1 fedavg"
+METHODS="ensemble oracle10 floral10 local floral1 fedavg"
 TASKS="rotate label_shift"
 TENANTS=300
 GROUPS_N=4
@@ -77,7 +78,8 @@ case $MODE in
 esac
 : "${TAG:=$MODE}"
 for m in $METHODS; do
-	case $m in fedavg|local|floral1|floral10|oracle10) ;; *) echo "paper.sh: unknown method $m" >&2; exit 2 ;; esac
+	case $m in fedavg|local|ensemble|floral1|floral10|oracle10|floral10p|floral10v|floral10pv|floral1p|floral1pv|floral10pr|floral10pvr|floral1pr|floral1pvr) ;;
+		*) echo "paper.sh: unknown method $m" >&2; exit 2 ;; esac
 done
 for t in $TASKS; do
 	case $t in rotate|label_shift) ;; *) echo "paper.sh: unknown task $t" >&2; exit 2 ;; esac
@@ -120,7 +122,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# PAPER_PORT picks the port (the socket is in $WORK and nothing listens on
+# TCP, but the port number names the socket file and the shared memory key)
+PORT=${PAPER_PORT:-$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log "initdb + start on port $PORT (socket in $WORK)"
 "${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
 	|| { cat "$WORK/initdb.log" >&2; exit 1; }
@@ -270,9 +274,19 @@ q "CREATE TABLE paper_reference (method text PRIMARY KEY, label text, ord int,
    INSERT INTO paper_reference VALUES
      ('fedavg',   'FedAvg',                      1, 91.5, 25.8, 79.4, 22.9),
      ('local',    'Local Adaptor',               2, 86.6, 84.5, 80.6, 80.1),
-     ('floral1',  'FLoRAL(1%)',                  3, 91.3, 89.7, 82.6, 83.6),
-     ('floral10', 'FLoRAL(10%)',                 4, 91.8, 93.1, 82.7, 84.1),
-     ('oracle10', 'FLoRAL(10%), oracle router',  5, NULL, NULL, 85.2, 85.1)" >/dev/null
+     ('ensemble', 'Ensemble',                    3, 92.0, 93.8, 82.4, 82.8),
+     ('floral1',  'FLoRAL(1%)',                  4, 91.3, 89.7, 82.6, 83.6),
+     ('floral10', 'FLoRAL(10%)',                 5, 91.8, 93.1, 82.7, 84.1),
+     ('oracle10', 'FLoRAL(10%), oracle router',  6, NULL, NULL, 85.2, 85.1),
+     ('floral10p',  'FLoRAL(10%), probe router',                7, NULL, NULL, NULL, NULL),
+     ('floral10v',  'FLoRAL(10%), random V',                    8, NULL, NULL, NULL, NULL),
+     ('floral10pv', 'FLoRAL(10%), probe router + random V',     9, NULL, NULL, NULL, NULL),
+     ('floral1p',   'FLoRAL(1%), probe router',                10, NULL, NULL, NULL, NULL),
+     ('floral1pv',  'FLoRAL(1%), probe router + random V',     11, NULL, NULL, NULL, NULL),
+     ('floral10pr', 'FLoRAL(10%), probe router + reseed',      12, NULL, NULL, NULL, NULL),
+     ('floral10pvr', 'FLoRAL(10%), probe + random V + reseed', 13, NULL, NULL, NULL, NULL),
+     ('floral1pr',  'FLoRAL(1%), probe router + reseed',       14, NULL, NULL, NULL, NULL),
+     ('floral1pvr', 'FLoRAL(1%), probe + random V + reseed',   15, NULL, NULL, NULL, NULL)" >/dev/null
 
 # accuracy cell for (method, task): mean over seeds of the final round,
 # "mean (min-max)" with more than one seed
@@ -305,8 +319,8 @@ SEEDS_N=$(wc -w <<<"$SEEDS")
 	          || coalesce((SELECT $CELL FROM ($FINAL) f WHERE f.method = ref.method AND f.task = 'rotate'), 'n/a') || ' | '
 	          || coalesce((SELECT $CELL FROM ($FINAL) f WHERE f.method = ref.method AND f.task = 'label_shift'), 'n/a') || ' | '
 	          || coalesce(to_char(ref.mnist_rotate, 'FM990.0') || ' / ' || to_char(ref.mnist_label_shift, 'FM990.0'),
-	                      '93.9 / 93.7 (oracle with FLoRAL(1%))') || ' | '
-	          || to_char(ref.fmnist_rotate, 'FM990.0') || ' / ' || to_char(ref.fmnist_label_shift, 'FM990.0') || ' | '
+	                      CASE WHEN ref.method = 'oracle10' THEN '93.9 / 93.7 (oracle with FLoRAL(1%))' ELSE 'n/a' END) || ' | '
+	          || coalesce(to_char(ref.fmnist_rotate, 'FM990.0') || ' / ' || to_char(ref.fmnist_label_shift, 'FM990.0'), 'n/a') || ' | '
 	          || to_char(avg(c.wall_s), 'FM99990') || ' | ' || to_char(avg(c.train_s_per_round), 'FM990.000') || ' |'
 	     FROM paper_reference ref JOIN paper_costs c USING (method)
 	     GROUP BY ref.method, ref.label, ref.ord, ref.mnist_rotate, ref.mnist_label_shift, ref.fmnist_rotate, ref.fmnist_label_shift
@@ -338,25 +352,26 @@ SEEDS_N=$(wc -w <<<"$SEEDS")
 	     WHERE f.router_purity IS NOT NULL
 	     GROUP BY f.task, ref.label, ref.ord ORDER BY f.task DESC, ref.ord"
 	echo
-	echo "Cost per method (784-200-10; *shared* = federated parameters: base, plus the adaptor bank unless private;" \
-	     "*per tenant* = parameters each tenant keeps: C mixture logits, plus its private adaptor for Local Adaptor;" \
-	     "*bytes up per round* = what a branch sends per round as binary payload before base64:" \
-	     "4 × shared parameters + 4 × C mixture weights + 20 bytes of scalars (examples, loss sum, tenants);" \
-	     "*round tensor* = \`octet_length(floral.tensor_send(params))\` of a stored round (the download, before base64);" \
-	     "*as sent today* = round tensor + 4 × C + 20: floral's branch update carries one sums tensor of the whole" \
-	     "parameter layout, which for Local Adaptor includes the private adaptor's slot (never aggregated);" \
+	echo "Cost per method (784-200-10; *shared* = federated parameters: base, plus the adaptor bank unless private" \
+	     "(an Ensemble has no base: its bank is its C full models); *per tenant* = parameters each tenant keeps:" \
+	     "C mixture logits, plus its private adaptor for Local Adaptor;" \
+	     "*round tensor* = \`octet_length(floral.tensor_send(params))\` of the last stored round (what a branch downloads per round, before base64);" \
+	     "*update* = \`octet_length(floral.tensor_send(sums))\` of \`floral._branch_update\` over the last round's" \
+	     "contributions (what a branch uploads per round, before base64, besides N, the C weights M_c and two scalars);" \
+	     "*contribution* = bytes of the last round's \`floral.contributions.sums\` (float8 sums, one row per training call);" \
+	     "all three measured on the stored rows;" \
 	     "*train s/round* = mean wall seconds of \`floral_train\` + \`floral_aggregate\` for $PER_ROUND tenants," \
 	     "with $WORKERS jobs running at once on $(nproc) cores):"
 	echo
-	echo "| method | adaptors | ranks | shared parameters | per tenant | bytes up per round | as sent today | round tensor bytes | train s/round |"
+	echo "| method | adaptors | ranks | shared parameters | per tenant | round tensor bytes | update bytes | contribution bytes | train s/round |"
 	echo "|---|---|---|---|---|---|---|---|---|"
 	q "SELECT '| ' || ref.label || ' | ' || c.adaptors || CASE WHEN c.private_adaptors THEN ' (private)' ELSE '' END || ' | '
 	          || array_to_string(c.ranks, '/') || ' | ' || c.shared_parameters || ' | ' || c.tenant_parameters || ' | '
-	          || (4 * c.shared_parameters + 4 * c.adaptors + 20) || ' | ' || (c.round_tensor_bytes + 4 * c.adaptors + 20) || ' | '
-	          || c.round_tensor_bytes || ' | '
+	          || c.round_tensor_bytes || ' | ' || c.update_bytes || ' | ' || c.contribution_bytes || ' | '
 	          || to_char(avg(c.train_s_per_round), 'FM990.000') || ' |'
 	     FROM paper_costs c JOIN paper_reference ref USING (method)
-	     GROUP BY ref.label, ref.ord, c.adaptors, c.private_adaptors, c.ranks, c.shared_parameters, c.tenant_parameters, c.round_tensor_bytes
+	     GROUP BY ref.label, ref.ord, c.adaptors, c.private_adaptors, c.ranks, c.shared_parameters, c.tenant_parameters,
+	              c.round_tensor_bytes, c.update_bytes, c.contribution_bytes
 	     ORDER BY ref.ord"
 	echo
 	echo "Tree: $REPO @ $GIT_REV; installed floral.so sha256 $SO_SUM at the start of the jobs" \

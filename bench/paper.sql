@@ -50,20 +50,39 @@ CREATE TABLE paper_costs (
 	shared_parameters bigint NOT NULL,	-- federated: base (+ adaptor bank unless private)
 	tenant_parameters bigint NOT NULL,	-- stored per tenant: C logits (+ private adaptor)
 	round_tensor_bytes bigint NOT NULL,	-- octet_length(floral.tensor_send(params)) of the last round
+	update_bytes bigint NOT NULL,		-- octet_length(floral.tensor_send(sums)) of the last round's branch update
+	contribution_bytes bigint NOT NULL,	-- octet_length(sums) of the last round's floral.contributions row(s)
 	train_s_per_round double precision NOT NULL,	-- mean wall seconds of floral_train + floral_aggregate
 	wall_s		double precision NOT NULL,	-- the whole job, evaluations included
 	PRIMARY KEY (task, method, seed)
 );
 
 -- Method name -> how floral builds it.
-CREATE FUNCTION paper_method(method text, OUT adaptors int, OUT rank real, OUT private boolean, OUT oracle boolean)
+-- local: the paper's Local Adaptor, one private adaptor at the 1% budget
+-- (ranks [1,1] for 784-200-10); ensemble: C = 4 full models mixed at the
+-- output by the tenant's mixture.
+CREATE FUNCTION paper_method(method text, OUT adaptors int, OUT rank real, OUT private boolean,
+							 OUT oracle boolean, OUT options jsonb)
 LANGUAGE sql IMMUTABLE AS $$
-	SELECT m.a, m.r, m.p, m.o
-	FROM (VALUES ('fedavg',    0, 0.1::real, false, false),
-				 ('local',     1, 0.1::real, true,  false),
-				 ('floral1',   4, 0.01::real, false, false),
-				 ('floral10',  4, 0.1::real, false, false),
-				 ('oracle10',  4, 0.1::real, false, true)) AS m(n, a, r, p, o)
+	SELECT m.a, m.r, m.p, m.o, m.x::jsonb
+	FROM (VALUES ('fedavg',    0, 0.1::real, false, false, '{}'),
+				 ('local',     1, 0.01::real, true, false, '{}'),
+				 ('ensemble',  4, 0.1::real, false, false, '{"ensemble": true}'),
+				 ('floral1',   4, 0.01::real, false, false, '{}'),
+				 ('floral10',  4, 0.1::real, false, false, '{}'),
+				 ('oracle10',  4, 0.1::real, false, true, '{}'),
+				 -- router variants (src/router.c, model.c): the probe router,
+				 -- adaptors with V drawn at initialisation, and both
+				 ('floral10p', 4, 0.1::real, false, false, '{"router": "probe"}'),
+				 ('floral10v', 4, 0.1::real, false, false, '{"adaptor_init": "random"}'),
+				 ('floral10pv', 4, 0.1::real, false, false, '{"router": "probe", "adaptor_init": "random"}'),
+				 ('floral1p',  4, 0.01::real, false, false, '{"router": "probe"}'),
+				 ('floral1pv', 4, 0.01::real, false, false, '{"router": "probe", "adaptor_init": "random"}'),
+				 ('floral10pr', 4, 0.1::real, false, false, '{"router": "probe", "reseed": true}'),
+				 ('floral10pvr', 4, 0.1::real, false, false, '{"router": "probe", "adaptor_init": "random", "reseed": true}'),
+				 ('floral1pr', 4, 0.01::real, false, false, '{"router": "probe", "reseed": true}'),
+				 ('floral1pvr', 4, 0.01::real, false, false, '{"router": "probe", "adaptor_init": "random", "reseed": true}')
+			) AS m(n, a, r, p, o, x)
 	WHERE m.n = method
 $$;
 
@@ -117,6 +136,8 @@ DECLARE
 	purity float8;
 	nadapt int;
 	sel text[];
+	upd_bytes bigint;
+	contrib_bytes bigint;
 	r int;
 	s record;
 BEGIN
@@ -134,7 +155,7 @@ BEGIN
 	DELETE FROM paper_costs x WHERE x.task = task AND x.method = method AND x.seed = seed;
 
 	PERFORM floral_create_model(model, '{784,200,10}', 'classification', spec.adaptors, spec.rank,
-		jsonb_build_object('seed', seed, 'private_adaptors', spec.private));
+		jsonb_build_object('seed', seed, 'private_adaptors', spec.private) || spec.options);
 	IF spec.oracle THEN
 		-- the optimal router: tenant k pinned to the one-hot of group k mod 4
 		PERFORM floral_set_mixture(model, p.tenant,
@@ -154,6 +175,14 @@ BEGIN
 					format('SELECT tenant, features, label FROM %I WHERE tenant = ANY (%L::text[]) ORDER BY id',
 						   task || '_train', sel),
 					train_opts) f;
+			IF r = rounds THEN
+				-- what the last round stores and would send as a branch:
+				-- measured on the real rows, not computed from the layout
+				SELECT sum(octet_length(c.sums)) INTO contrib_bytes
+					FROM floral.contributions c WHERE c.model = model AND c.round = r - 1;
+				SELECT octet_length(floral.tensor_send(u.sums)) INTO upd_bytes
+					FROM floral._branch_update(model, r - 1) u;
+			END IF;
 			PERFORM floral_aggregate(model);
 			-- keep only the newest round: 500 kept rounds per model would
 			-- fill the disk for nothing
@@ -186,6 +215,7 @@ BEGIN
 		s.adaptors + CASE WHEN spec.private THEN s.adaptor_parameters ELSE 0 END,
 		(SELECT octet_length(floral.tensor_send(x.params)) FROM floral.rounds x
 		  WHERE x.model = model ORDER BY x.round DESC LIMIT 1),
+		coalesce(upd_bytes, 0), coalesce(contrib_bytes, 0),
 		train_s / greatest(rounds, 1),
 		extract(epoch FROM clock_timestamp() - t_job));
 	PERFORM floral_drop_model(model);

@@ -16,11 +16,14 @@ set xlabel "round"
 set ylabel "personalised test accuracy (%)"
 set grid
 set key bottom right noenhanced box opaque
-# colours that stay apart on white: FedAvg, Local Adaptor, FLoRAL(1%), FLoRAL(10%), oracle
+# colours that stay apart on white, one per column in the order paper.sh writes them
 set linetype 1 lc rgb "#555555" pt 7
 set linetype 2 lc rgb "#1f77b4" pt 5
 set linetype 3 lc rgb "#2ca02c" pt 9
 set linetype 4 lc rgb "#d62728" pt 11
 set linetype 5 lc rgb "#9467bd" pt 13
+set linetype 6 lc rgb "#ff7f0e" pt 15
+set linetype 7 lc rgb "#17becf" pt 3
+set linetype 8 lc rgb "#8c564b" pt 1
 set yrange [0:100]
 plot for [i=2:nmethods+1] datafile using 1:i with linespoints pointsize 0.5 lw 2 title columnheader(i)

@@ -11,9 +11,10 @@
  * The same sums serve federation: a branch database sends the sums of its
  * own calls (floral._branch_update), the coordinator adds the branches'
  * sums and divides (floral._merge_updates).  An update therefore carries
- * N_B, M_B and one vector laid out like the parameters, holding
+ * N_B, M_B and one vector laid out like the shared parameters, holding
  * sum n_k base_k in the base part and sum n_k pi_kc adaptor_kc in the part
- * of adaptor c; nothing about a single tenant.
+ * of adaptor c (no part at all for private adaptors); nothing about a
+ * single tenant.
  */
 #include "postgres.h"
 
@@ -85,22 +86,19 @@ add_round_updates(const FloralSpec *spec, int32 round, FloralSums *sums)
 		}
 		raw = SPI_getbinval(tup, desc, 3, &isnull);
 		t = DatumGetTensorP(raw);
-		if (tensor_numel(t) != spec->nparams)
+		if (tensor_numel(t) != SPEC_SHARED_SIZE(spec))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("an accepted update of model \"%s\" has the wrong size", spec->name)));
 		floral_read_real_array(SPI_getbinval(tup, desc, 2, &isnull), w,
-							   spec->nadaptors, "update weights");
-		for (int c = 0; c < spec->nadaptors; c++)
+							   SPEC_SHARED_ADAPTORS(spec), "update weights");
+		for (int c = 0; c < SPEC_SHARED_ADAPTORS(spec); c++)
 			M[c] = w[c];
 		floral_sums_add_partial(sums, DatumGetFloat8(SPI_getbinval(tup, desc, 1, &isnull)), M,
 								DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull)),
 								DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull)), 0.0);
-		/* the update is laid out like the parameters; only the shared part counts */
-		floral_sums_add_floats(sums, 0, TENSOR_DATA(t), spec->base_size);
-		if (!spec->private_adaptors)
-			floral_sums_add_floats(sums, spec->base_size,
-								   TENSOR_DATA(t) + spec->adaptor_offset, spec->adaptor_size);
+		/* the update is laid out like the sums: what is federated, nothing else */
+		floral_sums_add_floats(sums, 0, TENSOR_DATA(t), sums->nsums);
 		if ((Pointer) t != DatumGetPointer(raw))
 			pfree(t);
 		SPI_freetuptable(SPI_tuptable);
@@ -140,7 +138,8 @@ store_next_round(const FloralSpec *spec, FloralSums *sums, const float *prev)
 
 	a[0] = CStringGetTextDatum(spec->name);
 	a[1] = Int32GetDatum(new_round);
-	a[2] = floral_tensor_datum(next, spec->nparams);
+	/* only what is federated: a private bank is not part of a round */
+	a[2] = floral_tensor_datum(next, SPEC_SHARED_SIZE(spec));
 	a[3] = Int32GetDatum(sums->tenants);
 	a[4] = Int64GetDatum((int64) rint(sums->N));
 	a[5] = Float8GetDatum(sums->loss_sum / sums->N);
@@ -301,17 +300,16 @@ floral_branch_update(PG_FUNCTION_ARGS)
 	if (spec->dp_noise > 0)
 		add_dp_noise(spec, &sums);
 
-	/* laid out like the parameters; private adaptors travel as zeros */
-	t = tensor_new_1d(spec->nparams);
+	/* laid out like the shared parameters: private adaptors do not travel */
+	t = tensor_new_1d(sums.nsums);
 	data = TENSOR_DATA(t);
-	memset(data, 0, sizeof(float) * spec->nparams);
 	for (int64 i = 0; i < sums.nsums; i++)
 		data[i] = (float) sums.v[i];
-	for (int c = 0; c < spec->nadaptors; c++)
+	for (int c = 0; c < SPEC_SHARED_ADAPTORS(spec); c++)
 		M[c] = (float) sums.M[c];
 
 	values[0] = Float8GetDatum(sums.N);
-	values[1] = floral_real_array(M, spec->nadaptors);
+	values[1] = floral_real_array(M, SPEC_SHARED_ADAPTORS(spec));
 	values[2] = PointerGetDatum(t);
 	values[3] = Float8GetDatum(sums.loss_sum);
 	values[4] = Int32GetDatum(sums.tenants);
@@ -358,9 +356,9 @@ floral_update_norm(PG_FUNCTION_ARGS)
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 
-	if (tensor_numel(t) != spec->nparams || N <= 0)
+	if (tensor_numel(t) != SPEC_SHARED_SIZE(spec) || N <= 0)
 		PG_RETURN_FLOAT8(INFINITY);
-	floral_read_real_array(PointerGetDatum(wa), M, spec->nadaptors, "weights");
+	floral_read_real_array(PointerGetDatum(wa), M, SPEC_SHARED_ADAPTORS(spec), "weights");
 	/*
 	 * The averages become float4 parameters: one that overflows float4
 	 * would poison every merge it takes part in, so it makes the norm

@@ -293,7 +293,10 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "(options->>'precondition_eps')::real, "
 			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
 			 "(options->>'private_adaptors')::boolean, "
-			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0) "
+			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0), "
+			 "coalesce((options->>'ensemble')::boolean, false), "
+			 "coalesce(options->>'router', 'paper'), coalesce(options->>'adaptor_init', 'paper'), "
+			 "coalesce((options->>'reseed')::boolean, false) "
 			 "FROM floral.models WHERE name = $1%s", lock_clause[row_lock]);
 	args[0] = CStringGetTextDatum(model);
 	if (row_lock != FLORAL_LOCK_NONE)
@@ -335,6 +338,10 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	spec->private_adaptors = DatumGetBool(get_notnull(14));
 	spec->dp_clip = DatumGetFloat4(get_notnull(15));
 	spec->dp_noise = DatumGetFloat4(get_notnull(16));
+	spec->ensemble = DatumGetBool(get_notnull(17));
+	spec->router = floral_router_from_name(TextDatumGetCString(get_notnull(18)));
+	spec->random_v = floral_adaptor_init_from_name(TextDatumGetCString(get_notnull(19)));
+	spec->reseed = DatumGetBool(get_notnull(20));
 	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -368,13 +375,21 @@ floral_load_round(const FloralSpec *spec, int32 round, MemoryContext cxt)
 
 	old = MemoryContextSwitchTo(cxt);
 	t = DatumGetTensorP(get_notnull(1));
-	if (tensor_numel(t) != spec->nparams)
+	if (tensor_numel(t) != SPEC_SHARED_SIZE(spec))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("round %d of model \"%s\" has " INT64_FORMAT " parameters, expected " INT64_FORMAT,
-						round, spec->name, tensor_numel(t), spec->nparams)));
+						round, spec->name, tensor_numel(t), SPEC_SHARED_SIZE(spec))));
 	params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
-	memcpy(params, TENSOR_DATA(t), sizeof(float) * spec->nparams);
+	memcpy(params, TENSOR_DATA(t), sizeof(float) * SPEC_SHARED_SIZE(spec));
+
+	/*
+	 * A round holds only what is federated.  Private adaptors are not in it:
+	 * the bank part is the one a new tenant starts from, drawn again from
+	 * the model's seed, so that the vector has the whole layout.
+	 */
+	if (spec->private_adaptors)
+		floral_init_private_bank(spec, params + spec->adaptor_offset);
 	MemoryContextSwitchTo(old);
 	SPI_freetuptable(SPI_tuptable);
 	return params;

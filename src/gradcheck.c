@@ -276,8 +276,10 @@ floral_gradient_check(PG_FUNCTION_ARGS)
 			nz[c] = (up - down) / (2 * eps);
 		}
 		put_row(rsinfo, "logits", C, dz, nz);
-		put_precondition_row(rsinfo, net, params + spec->adaptor_offset,
-							 grad + spec->adaptor_offset);
+		/* an Ensemble has no factors to precondition */
+		if (!spec->ensemble)
+			put_precondition_row(rsinfo, net, params + spec->adaptor_offset,
+								 grad + spec->adaptor_offset);
 	}
 	return (Datum) 0;
 }

@@ -22,6 +22,7 @@
 
 #include "miscadmin.h"
 
+#include "ensemble.h"
 #include "nn.h"
 
 FloralNet *
@@ -65,6 +66,8 @@ floral_net_create(const FloralSpec *spec, int max_batch)
 	net->inv = palloc(sizeof(float) * max_r * max_r);
 	net->chol = palloc(sizeof(double) * 2 * max_r * max_r);
 	net->pscratch = palloc(sizeof(float) * max_r * widest);
+	if (spec->ensemble)
+		floral_ensemble_net_init(net);
 	return net;
 }
 
@@ -155,6 +158,8 @@ floral_forward(FloralNet *net, const float *base, const float *bank, int B)
 	int			C = spec->nadaptors;
 	const float *in = net->X;
 
+	if (spec->ensemble)
+		return floral_ensemble_forward(net, bank, B);
 	Assert(B <= net->max_batch);
 	for (int l = 0; l < spec->nlayers; l++)
 	{
@@ -234,6 +239,16 @@ floral_mixture_init(const FloralSpec *spec, const float *base, const float *bank
 		mix->am[c] = spec->alpha * Max(pi[c], spec->min_prob);
 	for (int l = 0; l < spec->nlayers; l++)
 		total += spec->layers[l].out;
+	if (spec->ensemble)
+	{
+		/* members are mixed at the output, with m_c alone; no mixed biases */
+		for (int c = 0; c < C; c++)
+			mix->am[c] = Max(pi[c], spec->min_prob);
+		mix->bias[0] = palloc0(sizeof(float) * total);
+		for (int l = 1; l < spec->nlayers; l++)
+			mix->bias[l] = mix->bias[l - 1] + spec->layers[l - 1].out;
+		return;
+	}
 	bias = palloc(sizeof(float) * total);
 	for (int l = 0; l < spec->nlayers; l++)
 	{
@@ -283,6 +298,8 @@ floral_forward_mixed(FloralNet *net, const float *base,
 	int			C = spec->nadaptors;
 	const float *in = net->X;
 
+	if (spec->ensemble)
+		return floral_ensemble_forward_mixed(net, mix, B);
 	Assert(B <= net->max_batch);
 	for (int l = 0; l < spec->nlayers; l++)
 	{
@@ -346,6 +363,8 @@ floral_forward_row(FloralNet *net, const float *base, const FloralMixture *mix,
 	const float *in = x;
 	const float *bank = mix->bank;
 
+	if (spec->ensemble)
+		return floral_ensemble_forward_row(net, mix, x);
 	for (int l = 0; l < spec->nlayers; l++)
 	{
 		const FloralLayer *layer = &spec->layers[l];
@@ -593,6 +612,11 @@ floral_backward(FloralNet *net, const float *base, const float *bank, int B,
 	float	   *dZ = net->dZ;
 	float	   *dX = net->dX;
 
+	if (spec->ensemble)
+	{
+		floral_ensemble_backward(net, (float *) bank, B, gbank, false, 0.0f);
+		return;
+	}
 	for (int c = 0; c < C; c++)
 		net->dm[c] = 0.0;
 
@@ -791,6 +815,9 @@ floral_precondition(FloralNet *net, const float *bank, float *gbank)
 	const FloralSpec *spec = net->spec;
 	float	   *tmp = net->pscratch;
 
+	/* an Ensemble has no factors to precondition */
+	if (spec->ensemble)
+		return;
 	for (int l = 0; l < spec->nlayers; l++)
 	{
 		const FloralLayer *layer = &spec->layers[l];
@@ -932,6 +959,11 @@ floral_sgd_step(FloralNet *net, float *base, float *bank, int B, float lr)
 	float	   *dZ = net->dZ;
 	float	   *dX = net->dX;
 
+	if (spec->ensemble)
+	{
+		floral_ensemble_backward(net, bank, B, NULL, true, lr);
+		return;
+	}
 	for (int c = 0; c < C; c++)
 		net->dm[c] = 0.0;
 

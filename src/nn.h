@@ -37,6 +37,13 @@ typedef struct FloralNet
 	double	   *chol;			/* its Cholesky factor and that one's inverse */
 	float	   *pscratch;		/* a gradient block, r x widest */
 
+	/*
+	 * Ensemble (ensemble.h): one plain net per member, sharing X, over a
+	 * spec that describes one member as a base without adaptors.
+	 */
+	FloralSpec *member_spec;
+	struct FloralNet *member[FLORAL_MAX_ADAPTORS];
+
 	/* the mixture used by the last forward pass */
 	float		pi[FLORAL_MAX_ADAPTORS];
 	float		m[FLORAL_MAX_ADAPTORS];

@@ -30,8 +30,21 @@ floral_initial_parameters(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	MemoryContextSwitchTo(cxt);
-	t = tensor_new_1d(spec->nparams);
-	floral_init_params(spec, TENSOR_DATA(t));
+	if (spec->private_adaptors)
+	{
+		/* a round holds only what is federated: the base (model.h) */
+		float	   *all = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
+
+		floral_init_params(spec, all);
+		t = tensor_new_1d(spec->base_size);
+		memcpy(TENSOR_DATA(t), all, sizeof(float) * spec->base_size);
+		pfree(all);
+	}
+	else
+	{
+		t = tensor_new_1d(spec->nparams);
+		floral_init_params(spec, TENSOR_DATA(t));
+	}
 	PG_RETURN_TENSOR_P(t);
 }
 
@@ -77,7 +90,27 @@ floral_parameter(PG_FUNCTION_ARGS)
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 
-	if (strcmp(part, "W") == 0 || strcmp(part, "b") == 0)
+	if (spec->ensemble && (strcmp(part, "W") == 0 || strcmp(part, "b") == 0))
+	{
+		/* an Ensemble member is named like an adaptor */
+		if (adaptor_no < 1 || adaptor_no > spec->nadaptors)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("model \"%s\" is an ensemble of members 1 to %d, not %s",
+							model, spec->nadaptors, PG_ARGISNULL(3) ? "none" : psprintf("%d", adaptor_no)),
+					 errhint("Name the member as the adaptor argument.")));
+		offset = (int64) (adaptor_no - 1) * spec->member_size +
+			((part[0] == 'W') ? layer->W : layer->b);
+		ndim = (part[0] == 'W') ? 2 : 1;
+		dims[0] = layer->out;
+		dims[1] = layer->in;
+	}
+	else if (spec->ensemble)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" is an ensemble: its members have W and b, no part \"%s\"",
+						model, part)));
+	else if (strcmp(part, "W") == 0 || strcmp(part, "b") == 0)
 	{
 		if (!PG_ARGISNULL(3))
 			ereport(ERROR,

@@ -31,6 +31,7 @@
 #include "nn.h"
 #include "parallel.h"
 #include "rng.h"
+#include "router.h"
 #include "source.h"
 #include "sums.h"
 #include "train.h"
@@ -246,6 +247,10 @@ floral_train_one(FloralTrainer *tr, const FloralTenantRows *trows,
 	if (spec->private_adaptors && start_bank)
 		memcpy(params + spec->adaptor_offset, start_bank, sizeof(float) * spec->adaptor_size);
 	floral_rng_seed(&rng, (uint64) opts->seed, (uint64) spec->round, trows->name);
+	/* option router "probe": start from the one-hot probe's posterior */
+	if (spec->router == FLORAL_ROUTER_PROBE && pinned == NULL && spec->nadaptors >= 2)
+		floral_router_probe(tr->net, tr->rows, trows, params,
+							params + spec->adaptor_offset, opts->batch_size, tr->Y, z);
 	loss = train_tenant(tr, trows, opts, z, pinned, true, &rng);
 	final_mixture(spec, tr->net, z, pinned, pi);
 	if (spec->dp_clip > 0)

@@ -21,12 +21,15 @@ OBJS = \
 	src/gradcheck.o \
 	src/progress.o \
 	src/sums.o \
-	src/contributions.o
+	src/contributions.o \
+	src/secagg.o \
+	src/privacy.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
-SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+# libcrypto (OpenSSL, which PostgreSQL links too): secure aggregation's primitives
+SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lcrypto
 
 REGRESS = tensor model train aggregate predict predict_batch errors gradcheck synthetic cancel privileges privacy readonly settings
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf

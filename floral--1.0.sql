@@ -1650,6 +1650,7 @@ DECLARE
 	s record;
 	t record;
 	a record;
+	acts text[] := '{}';
 	failed boolean := false;
 	msg text := '';
 BEGIN
@@ -1698,12 +1699,15 @@ BEGIN
 					FOR i IN 1 .. 8 LOOP
 						a := floral._branch_phase_secagg(model, pulled.round);
 						COMMIT;
+						IF a.action IS NOT NULL THEN
+							acts := acts || a.action;
+						END IF;
 						EXIT WHEN a.error IS NOT NULL OR NOT a.more;
 					END LOOP;
+					msg := msg || format('round %s: secure aggregation: %s', pulled.round,
+										 coalesce(array_to_string(acts, '; '), ''));
 					IF a.error IS NOT NULL THEN
-						msg := msg || format('round %s: secure aggregation failed: %s', pulled.round, a.error);
-					ELSE
-						msg := msg || format('round %s: secure aggregation: %s', pulled.round, a.action);
+						msg := msg || CASE WHEN acts = '{}' THEN '' ELSE '; ' END || 'failed: ' || a.error;
 					END IF;
 				END IF;
 			ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
@@ -1942,7 +1946,7 @@ BEGIN
 		END IF;
 	ELSIF r.stage IN ('share', 'mask', 'unmask') THEN
 		IF r.stage = 'share' THEN
-			SELECT pg_catalog.array_agg(DISTINCT s.sender ORDER BY s.sender COLLATE "C") INTO names
+			SELECT pg_catalog.array_agg(DISTINCT s.sender COLLATE "C" ORDER BY s.sender COLLATE "C") INTO names
 				FROM floral.secagg_shares s
 				WHERE s.model = r.model AND s.round = r.round AND s.attempt = r.attempt;
 			n := cardinality(r.participants);
@@ -1951,7 +1955,7 @@ BEGIN
 				WHERE i.model = r.model AND i.round = r.round AND i.attempt = r.attempt;
 			n := cardinality(r.sharers);
 		ELSE
-			SELECT pg_catalog.array_agg(DISTINCT v.holder ORDER BY v.holder COLLATE "C") INTO names
+			SELECT pg_catalog.array_agg(DISTINCT v.holder COLLATE "C" ORDER BY v.holder COLLATE "C") INTO names
 				FROM floral.secagg_reveals v
 				WHERE v.model = r.model AND v.round = r.round AND v.attempt = r.attempt;
 			n := cardinality(r.senders);

@@ -327,7 +327,8 @@ BEGIN
 	o := floral._options(options, jsonb_build_object(
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
-			'server_lr', 1.0, 'private_adaptors', false, 'dp_clip', null, 'dp_noise', 0),
+			'server_lr', 1.0, 'private_adaptors', false, 'dp_clip', null, 'dp_noise', 0,
+			'dp_max_examples', null),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
 						  'option "activation" must be "relu", "tanh" or "identity"');
@@ -346,9 +347,13 @@ BEGIN
 	PERFORM floral._check(jsonb_typeof(o->'dp_clip') IN ('null', 'number')
 						  AND coalesce((o->>'dp_clip')::real, 1) > 0,
 						  'option "dp_clip" must be a positive number');
+	PERFORM floral._check(jsonb_typeof(o->'dp_max_examples') IN ('null', 'number')
+						  AND coalesce((o->>'dp_max_examples')::real, 1) > 0,
+						  'option "dp_max_examples" must be a positive number');
 	PERFORM floral._check((o->>'dp_noise')::real >= 0
-						  AND ((o->>'dp_noise')::real = 0 OR o->>'dp_clip' IS NOT NULL),
-						  'option "dp_noise" must be >= 0, and needs "dp_clip"');
+						  AND ((o->>'dp_noise')::real = 0
+							   OR (o->>'dp_clip' IS NOT NULL AND o->>'dp_max_examples' IS NOT NULL)),
+						  'option "dp_noise" must be >= 0, and needs "dp_clip" and "dp_max_examples"');
 
 	FOR i IN 1 .. n - 1 LOOP
 		ranks := ranks || CASE WHEN adaptors = 0 THEN 0
@@ -2615,6 +2620,41 @@ EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
 
+
+------------------------------------------------------------------------
+-- Differential privacy accounting
+------------------------------------------------------------------------
+CREATE FUNCTION floral_dp_epsilon(noise double precision, sampling double precision, rounds int,
+		delta double precision DEFAULT 1e-5, OUT epsilon double precision, OUT best_order int)
+	AS 'MODULE_PATHNAME', 'floral_dp_epsilon' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral_dp_epsilon(double precision, double precision, int, double precision) IS
+	'privacy accountant: cumulative epsilon at delta of rounds of the (Poisson-)sampled Gaussian mechanism with noise multiplier noise, by RDP at integer orders 2..256 (Mironov, Talwar, Zhang 2019)';
+
+-- What a model's federated updates have spent.  Each round a tenant is in
+-- (at most once: a tenant contributes once per round) is the Gaussian
+-- mechanism of aggregate.c with noise multiplier dp_noise; the rounds are
+-- the model's rounds so far, an upper bound on those any one tenant was in.
+-- Branches are sampled by a public hash, not at random, so no
+-- amplification by sampling is claimed: sampling is 1.
+CREATE VIEW floral.privacy_ledger AS
+SELECT m.name AS model,
+	   (m.options->>'dp_clip')::real AS dp_clip,
+	   (m.options->>'dp_noise')::real AS dp_noise,
+	   (m.options->>'dp_max_examples')::real AS dp_max_examples,
+	   CASE WHEN (m.options->>'dp_noise')::real > 0
+			THEN (m.options->>'dp_max_examples')::float8 * sqrt(2 + (m.options->>'dp_clip')::float8 ^ 2) END
+		   AS sensitivity,
+	   1.0::float8 AS sampling,
+	   m.round AS rounds,
+	   1e-5::float8 AS delta,
+	   e.epsilon, e.best_order,
+	   CASE WHEN (m.options->>'dp_noise')::real > 0
+			THEN 'tenant-level (epsilon, delta)-DP, adding or removing one tenant, of every update this model''s branches sent (N, M and the sums), over all its rounds so far'
+			ELSE 'none: the model adds no noise' END AS guarantee
+FROM floral.models m
+CROSS JOIN LATERAL @extschema@.floral_dp_epsilon((m.options->>'dp_noise')::float8, 1.0, m.round, 1e-5) e;
+COMMENT ON VIEW floral.privacy_ledger IS 'each model''s differential privacy spent so far: cumulative (epsilon, delta = 1e-5) of its federated updates by the RDP accountant, with the mechanism''s parameters';
+
 ------------------------------------------------------------------------
 -- Privileges
 --
@@ -2680,10 +2720,12 @@ GRANT EXECUTE ON FUNCTION floral_predict_batch(text, text, boolean),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
 	floral._check_integer(jsonb, text, bigint, bigint), floral._require_read_committed(text),
 	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision),
-	floral._step_check(text, real[], real[], real[], bigint, real)
+	floral._step_check(text, real[], real[], real[], bigint, real),
+	floral_dp_epsilon(double precision, double precision, int, double precision)
 	TO floral_reader;
 GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,
-	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress
+	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress,
+	floral.privacy_ledger
 	TO floral_reader;
 
 -- trainers: their tenants' state, never the shared parameters or a pin

@@ -293,7 +293,8 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "(options->>'precondition_eps')::real, "
 			 "(options->>'server_lr')::real, (options->>'seed')::bigint, "
 			 "(options->>'private_adaptors')::boolean, "
-			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0) "
+			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0), "
+			 "coalesce((options->>'dp_max_examples')::real, 0) "
 			 "FROM floral.models WHERE name = $1%s", lock_clause[row_lock]);
 	args[0] = CStringGetTextDatum(model);
 	if (row_lock != FLORAL_LOCK_NONE)
@@ -335,6 +336,7 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	spec->private_adaptors = DatumGetBool(get_notnull(14));
 	spec->dp_clip = DatumGetFloat4(get_notnull(15));
 	spec->dp_noise = DatumGetFloat4(get_notnull(16));
+	spec->dp_max_examples = DatumGetFloat4(get_notnull(17));
 	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),

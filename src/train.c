@@ -594,7 +594,14 @@ floral_train_internal(PG_FUNCTION_ARGS)
 					elog(ERROR, "could not write floral.history");
 			}
 		}
-		if (floral_sums_defer_tenant(&sums, (double) trows->nrows, pi, tr->params, loss,
+		/*
+		 * Differential privacy bounds one tenant's weight, so that one
+		 * tenant moves N, M and the sums by a known amount (aggregate.c,
+		 * add_dp_noise).
+		 */
+		if (floral_sums_defer_tenant(&sums, spec->dp_max_examples > 0 ?
+									 Min((double) trows->nrows, (double) spec->dp_max_examples) :
+									 (double) trows->nrows, pi, tr->params, loss,
 									 trows->name) || sums.npending == nbufs)
 			flush_sums(&sums, global, &opts);
 

@@ -1476,7 +1476,7 @@ END $$;
 
 -- Sum this branch's contributions to a round into an update in the outbox
 -- and retire them (floral's owner: only floral deletes contributions).
-CREATE FUNCTION floral._branch_collect(model text, round int, secure boolean,
+CREATE FUNCTION floral._branch_collect(model text, round int, secure boolean DEFAULT false,
 		OUT examples double precision, OUT tenants int)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -1620,7 +1620,7 @@ EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
 
-CREATE FUNCTION floral._branch_phase_train(model text, round int, secure boolean,
+CREATE FUNCTION floral._branch_phase_train(model text, round int, secure boolean DEFAULT false,
 		OUT tenants int, OUT examples double precision, OUT error text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable

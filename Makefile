@@ -24,14 +24,17 @@ OBJS = \
 	src/contributions.o \
 	src/parallel.o \
 	src/ensemble.o \
-	src/router.o
+	src/router.o \
+	src/secagg.o \
+	src/privacy.o
 
 # -O3: lets GCC vectorise the element-wise loops around the BLAS calls
 PG_CFLAGS = -O3
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
-SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+# libcrypto (OpenSSL, which PostgreSQL links too): secure aggregation's primitives
+SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lcrypto
 
-REGRESS = tensor model train aggregate predict predict_batch errors gradcheck synthetic baselines cancel privileges privacy readonly settings
+REGRESS = tensor model train aggregate predict predict_batch errors gradcheck synthetic baselines cancel privileges privacy accountant secagg readonly settings
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf
 
 TAP_TESTS = 1

@@ -329,7 +329,7 @@ BEGIN
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
 			'server_lr', 1.0, 'private_adaptors', false, 'ensemble', false,
 			'router', 'paper', 'adaptor_init', 'paper', 'reseed', false,
-			'dp_clip', null, 'dp_noise', 0),
+			'dp_clip', null, 'dp_noise', 0, 'dp_max_examples', null),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
 						  'option "activation" must be "relu", "tanh" or "identity"');
@@ -361,9 +361,13 @@ BEGIN
 	PERFORM floral._check(jsonb_typeof(o->'dp_clip') IN ('null', 'number')
 						  AND coalesce((o->>'dp_clip')::real, 1) > 0,
 						  'option "dp_clip" must be a positive number');
+	PERFORM floral._check(jsonb_typeof(o->'dp_max_examples') IN ('null', 'number')
+						  AND coalesce((o->>'dp_max_examples')::real, 1) > 0,
+						  'option "dp_max_examples" must be a positive number');
 	PERFORM floral._check((o->>'dp_noise')::real >= 0
-						  AND ((o->>'dp_noise')::real = 0 OR o->>'dp_clip' IS NOT NULL),
-						  'option "dp_noise" must be >= 0, and needs "dp_clip"');
+						  AND ((o->>'dp_noise')::real = 0
+							   OR (o->>'dp_clip' IS NOT NULL AND o->>'dp_max_examples' IS NOT NULL)),
+						  'option "dp_noise" must be >= 0, and needs "dp_clip" and "dp_max_examples"');
 
 	FOR i IN 1 .. n - 1 LOOP
 		-- an Ensemble's members are full layers: no factors, no rank
@@ -676,6 +680,7 @@ BEGIN
 		WHERE t.model = floral_rollback.model AND t.start_round > floral_rollback.round;
 	-- at a coordinator, the undone rounds are collected again from scratch
 	DELETE FROM floral.updates u WHERE u.model = floral_rollback.model AND u.round >= floral_rollback.round;
+	DELETE FROM floral.secagg_rounds s WHERE s.model = floral_rollback.model AND s.round >= floral_rollback.round;
 	UPDATE floral.federations f SET round_started_at = now() WHERE f.model = floral_rollback.model;
 	UPDATE floral.models m SET round = floral_rollback.round WHERE m.name = floral_rollback.model;
 	RETURN round;
@@ -774,6 +779,8 @@ CREATE TABLE floral.federations (
 	deadline	interval NOT NULL DEFAULT '10 minutes',
 	fraction	real NOT NULL DEFAULT 1 CHECK (fraction > 0 AND fraction <= 1),
 	max_update_norm double precision CHECK (max_update_norm > 0),
+	secure_aggregation boolean NOT NULL DEFAULT false,
+	secagg_threshold int CHECK (secagg_threshold >= 2),
 	round_started_at timestamptz NOT NULL DEFAULT now(),
 	created_at	timestamptz NOT NULL DEFAULT now()
 );
@@ -796,7 +803,7 @@ CREATE TABLE floral.updates (
 	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
 	round		int NOT NULL,
 	branch		text NOT NULL,
-	status		text NOT NULL CHECK (status IN ('accepted', 'merged', 'stale', 'rejected')),
+	status		text NOT NULL CHECK (status IN ('accepted', 'merged', 'stale', 'rejected', 'secure')),
 	reason		text,
 	examples	double precision,
 	weights		real[],
@@ -822,7 +829,13 @@ BEGIN
 	PERFORM floral._model_options(model);
 	o := floral._options(options, jsonb_build_object(
 			'min_branches', 1, 'deadline', '10 minutes', 'fraction', 1.0,
-			'max_update_norm', null), 'floral_coordinator_setup');
+			'max_update_norm', null, 'secure_aggregation', false, 'secagg_threshold', null),
+		'floral_coordinator_setup');
+	PERFORM floral._check(jsonb_typeof(o->'secagg_threshold') IN ('null', 'number')
+						  AND coalesce((o->>'secagg_threshold')::numeric, 2) >= 2
+						  AND coalesce((o->>'secagg_threshold')::numeric, 2) <= 1024
+						  AND coalesce((o->>'secagg_threshold')::numeric, 2) = trunc(coalesce((o->>'secagg_threshold')::numeric, 2)),
+						  'option "secagg_threshold" must be an integer from 2 to 1024');
 	PERFORM floral._check((o->>'min_branches')::numeric >= 1
 						  AND (o->>'min_branches')::numeric = trunc((o->>'min_branches')::numeric),
 						  'option "min_branches" must be a positive integer');
@@ -831,15 +844,18 @@ BEGIN
 	PERFORM floral._check(jsonb_typeof(o->'max_update_norm') IN ('null', 'number')
 						  AND coalesce((o->>'max_update_norm')::float8, 1) > 0,
 						  'option "max_update_norm" must be a positive number');
-	INSERT INTO floral.federations AS f (model, min_branches, deadline, fraction, max_update_norm)
+	INSERT INTO floral.federations AS f (model, min_branches, deadline, fraction, max_update_norm,
+										 secure_aggregation, secagg_threshold)
 		VALUES (model, (o->>'min_branches')::numeric::int, (o->>'deadline')::interval,
-				(o->>'fraction')::real, (o->>'max_update_norm')::float8)
+				(o->>'fraction')::real, (o->>'max_update_norm')::float8,
+				(o->>'secure_aggregation')::boolean, (o->>'secagg_threshold')::numeric::int)
 		ON CONFLICT ON CONSTRAINT federations_pkey DO UPDATE SET
 			min_branches = excluded.min_branches, deadline = excluded.deadline,
-			fraction = excluded.fraction, max_update_norm = excluded.max_update_norm;
+			fraction = excluded.fraction, max_update_norm = excluded.max_update_norm,
+			secure_aggregation = excluded.secure_aggregation, secagg_threshold = excluded.secagg_threshold;
 END $$;
 COMMENT ON FUNCTION floral_coordinator_setup(text, jsonb) IS
-	'coordinator: federate a model (options min_branches, deadline, fraction, max_update_norm)';
+	'coordinator: federate a model (options min_branches, deadline, fraction, max_update_norm, secure_aggregation, secagg_threshold)';
 
 CREATE FUNCTION floral_coordinator_add_branch(model text, branch text, role name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -921,12 +937,14 @@ END $$;
 COMMENT ON FUNCTION floral.fed_spec(text, text) IS 'coordinator API: the model''s specification, for a branch that joins';
 
 CREATE FUNCTION floral.fed_round(model text, branch text,
-		OUT round int, OUT selected boolean, OUT round_id text, OUT have_update boolean)
+		OUT round int, OUT selected boolean, OUT round_id text, OUT have_update boolean,
+		OUT secure boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
 	PERFORM floral._fed_branch(model, branch);
 	SELECT m.round INTO round FROM floral.models m WHERE m.name = model;
+	SELECT f.secure_aggregation INTO secure FROM floral.federations f WHERE f.model = fed_round.model;
 	selected := floral._selected(model, round, branch);
 	-- a round number can come back after a rollback: its creation time
 	-- tells the branch whether the parameters it holds are still the ones
@@ -937,7 +955,7 @@ BEGIN
 	UPDATE floral.branches b SET last_round_seen = fed_round.round
 		WHERE b.model = fed_round.model AND b.branch = fed_round.branch;
 END $$;
-COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round, its identity, whether the branch trains in it and whether its update has arrived';
+COMMENT ON FUNCTION floral.fed_round(text, text) IS 'coordinator API: the current round, its identity, whether the branch trains in it, whether its update has arrived, and whether updates are aggregated securely';
 
 CREATE FUNCTION floral.fed_params(model text, branch text, round int) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -991,6 +1009,10 @@ BEGIN
 	ELSIF NOT floral._selected(model, cur, branch) THEN
 		st := 'rejected';
 		why := format('branch %s was not selected for round %s', branch, cur);
+	ELSIF f.secure_aggregation THEN
+		-- never stored: the coordinator must not hold a branch's own update
+		st := 'rejected';
+		why := 'secure aggregation is on: updates travel masked (floral.fed_secagg_input)';
 	ELSIF octet_length(sums) > (floral.shared_parameters(model) * 4 + 1024) * 4 / 3 * 1.02 + 1024 THEN
 		-- refused before decoding: a huge payload costs nothing more here
 		-- (base64 makes 4 characters of 3 bytes, plus a newline every 76)
@@ -1089,6 +1111,8 @@ DECLARE
 	answered int;
 	late boolean;
 	new_round int;
+	sa floral.secagg_rounds;
+	why text;
 BEGIN
 	SELECT * INTO f FROM floral.federations x WHERE x.model = floral_coordinator_step.model;
 	IF NOT FOUND THEN
@@ -1100,6 +1124,34 @@ BEGIN
 	-- no update may be accepted for the round while it is counted and merged
 	PERFORM floral._lock_model(model);
 	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model FOR UPDATE;
+	IF f.secure_aggregation THEN
+		-- the stages move on as the branches' messages arrive; here they
+		-- also move on at the deadline, and a round whose reveals are in
+		-- is unmasked and merged
+		sa := floral._secagg_advance(model);
+		IF sa.stage <> 'ready' THEN
+			RETURN format('round %s: secure aggregation, attempt %s, stage %s (%s)', cur, sa.attempt, sa.stage,
+						  CASE sa.stage
+							WHEN 'advertise' THEN format('%s keys advertised', (SELECT count(*) FROM floral.secagg_keys k
+								WHERE k.model = sa.model AND k.round = sa.round AND k.attempt = sa.attempt))
+							WHEN 'share' THEN format('%s of %s participants shared', (SELECT count(DISTINCT x.sender) FROM floral.secagg_shares x
+								WHERE x.model = sa.model AND x.round = sa.round AND x.attempt = sa.attempt), cardinality(sa.participants))
+							WHEN 'mask' THEN format('%s of %s masked updates', (SELECT count(*) FROM floral.secagg_inputs x
+								WHERE x.model = sa.model AND x.round = sa.round AND x.attempt = sa.attempt), cardinality(sa.sharers))
+							ELSE format('%s of %s revealed', (SELECT count(DISTINCT x.holder) FROM floral.secagg_reveals x
+								WHERE x.model = sa.model AND x.round = sa.round AND x.attempt = sa.attempt), cardinality(sa.senders)) END);
+		END IF;
+		why := floral._secagg_finish(model);
+		IF why IS NOT NULL THEN
+			RETURN format('round %s: the secure sum was rejected: %s', cur, why);
+		END IF;
+		new_round := floral._merge_updates(model);
+		PERFORM floral._secagg_merged(model, cur, new_round);
+		UPDATE floral.federations x SET round_started_at = now() WHERE x.model = floral_coordinator_step.model;
+		RETURN format('round %s merged securely from %s of %s branches (masks of %s recovered); round %s started',
+					  cur, cardinality(sa.senders), cardinality(sa.participants),
+					  cardinality(sa.sharers) - cardinality(sa.senders), new_round);
+	END IF;
 	SELECT count(*) INTO selected FROM floral.branches b
 		WHERE b.model = floral_coordinator_step.model AND b.active
 		  AND floral._selected(model, cur, b.branch);
@@ -1128,21 +1180,7 @@ END $$;
 COMMENT ON FUNCTION floral_coordinator_step(text) IS
 	'coordinator job: merge the current round once its quorum has arrived (safe to run any time, concurrently)';
 
-CREATE VIEW floral.federation_rounds AS
-SELECT r.model, r.round,
-	   r.created_at AS started_at,
-	   n.created_at AS merged_at,
-	   (SELECT array_agg(u.branch ORDER BY u.branch) FROM floral.updates u
-		 WHERE u.model = r.model AND u.round = r.round AND u.status IN ('accepted', 'merged')) AS branches,
-	   (SELECT array_agg(u.branch || ': ' || u.status ORDER BY u.branch) FROM floral.updates u
-		 WHERE u.model = r.model AND u.round = r.round AND u.status IN ('stale', 'rejected')) AS not_used,
-	   n.tenants, n.examples, n.loss,
-	   (SELECT sum(u.bytes) FROM floral.updates u WHERE u.model = r.model AND u.round = r.round) AS bytes_received
-FROM floral.rounds r
-JOIN floral.federations f ON f.model = r.model
-LEFT JOIN floral.rounds n ON n.model = r.model AND n.round = r.round + 1;
-COMMENT ON VIEW floral.federation_rounds IS 'coordinator: each round, when it started and was merged, which branches made it, examples and loss';
-
+-- floral.federation_rounds is defined with secure aggregation's tables, below
 CREATE VIEW floral.federation_branches AS
 SELECT b.model, b.branch, b.active, b.last_contact, now() - b.last_contact AS silent_for,
 	   b.last_round_seen,
@@ -1192,6 +1230,7 @@ CREATE TABLE floral.outbox (
 	sums		floral.tensor NOT NULL,
 	loss_sum	double precision NOT NULL,
 	tenants		int NOT NULL,
+	secure		boolean NOT NULL DEFAULT false,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	sent_at		timestamptz,
 	answer		text,
@@ -1199,6 +1238,7 @@ CREATE TABLE floral.outbox (
 	PRIMARY KEY (model, round)
 );
 COMMENT ON TABLE floral.outbox IS 'branch: the update of each round; kept until the coordinator has it';
+COMMENT ON COLUMN floral.outbox.secure IS 'the federation aggregates securely: this update only ever leaves masked (floral._branch_phase_secagg)';
 SELECT pg_catalog.pg_extension_config_dump('floral.branch_links', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.outbox', '');
 
@@ -1405,7 +1445,7 @@ END $$;
 -- Ask the coordinator for its newest round (network only: no lock, nothing
 -- written).  params is set only when the local copy is not that round.
 CREATE FUNCTION floral._branch_fetch(model text, OUT round int, OUT selected boolean,
-		OUT have_update boolean, OUT round_id text, OUT params bytea)
+		OUT have_update boolean, OUT round_id text, OUT params bytea, OUT secure boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1416,9 +1456,10 @@ DECLARE
 BEGIN
 	SELECT * INTO r FROM floral._remote(model,
 		format('SELECT * FROM floral.fed_round(%L, %L)', model, l.branch),
-		'round int, selected boolean, round_id text, have_update boolean')
-		AS t(round int, selected boolean, round_id text, have_update boolean);
+		'round int, selected boolean, round_id text, have_update boolean, secure boolean')
+		AS t(round int, selected boolean, round_id text, have_update boolean, secure boolean);
 	round := r.round;
+	secure := coalesce(r.secure, false);
 	selected := r.selected;
 	have_update := r.have_update;
 	round_id := r.round_id;
@@ -1483,7 +1524,7 @@ END $$;
 
 -- Sum this branch's contributions to a round into an update in the outbox
 -- and retire them (floral's owner: only floral deletes contributions).
-CREATE FUNCTION floral._branch_collect(model text, round int,
+CREATE FUNCTION floral._branch_collect(model text, round int, secure boolean DEFAULT false,
 		OUT examples double precision, OUT tenants int)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -1498,8 +1539,8 @@ BEGIN
 	SELECT pg_catalog.array_agg(DISTINCT c.call) INTO calls FROM floral.contributions c
 		WHERE c.model = _branch_collect.model AND c.round = _branch_collect.round;
 	SELECT * INTO u FROM floral._branch_update(model, round, coalesce(calls, '{}'));
-	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants)
-		VALUES (model, round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants);
+	INSERT INTO floral.outbox (model, round, examples, weights, sums, loss_sum, tenants, secure)
+		VALUES (model, round, u.examples, u.weights, u.sums, u.loss_sum, u.tenants, secure);
 	DELETE FROM floral.contributions c WHERE c.model = _branch_collect.model
 		AND c.round = _branch_collect.round AND c.call = ANY (calls);
 	examples := u.examples;
@@ -1521,7 +1562,7 @@ DECLARE
 	sent int := 0;
 BEGIN
 	FOR o IN SELECT * FROM floral.outbox x WHERE x.model = _branch_flush.model AND x.sent_at IS NULL
-			 ORDER BY x.round LOOP
+			 AND NOT x.secure ORDER BY x.round LOOP
 		payload := encode(floral.tensor_send(o.sums), 'base64');
 		q := format('SELECT floral.fed_submit(%L, %L, %s, %s, %L, %L, %s, %s)',
 					model, l.branch, o.round, o.examples, o.weights, payload, o.loss_sum, o.tenants);
@@ -1598,7 +1639,7 @@ COMMENT ON FUNCTION floral_branch_leave(text) IS
 -- own errors, so that the step always reaches its end and releases its
 -- lock; what went wrong is returned and kept in floral.branch_links.
 CREATE FUNCTION floral._branch_phase_pull(model text, OUT round int, OUT selected boolean,
-		OUT have_update boolean, OUT error text)
+		OUT have_update boolean, OUT secure boolean, OUT error text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1609,6 +1650,7 @@ BEGIN
 	round := f.round;
 	selected := f.selected;
 	have_update := f.have_update;
+	secure := f.secure;
 	-- back from the network: install the round in a short local transaction
 	PERFORM floral._branch_sync(model, f.round, f.round_id, f.params);
 	PERFORM floral._branch_note(model, true, NULL, NULL);
@@ -1626,7 +1668,7 @@ EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
 
-CREATE FUNCTION floral._branch_phase_train(model text, round int,
+CREATE FUNCTION floral._branch_phase_train(model text, round int, secure boolean DEFAULT false,
 		OUT tenants int, OUT examples double precision, OUT error text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -1637,7 +1679,7 @@ BEGIN
 	PERFORM floral._branch_act_as(model);
 	PERFORM floral._branch_void_sent(model, round);
 	PERFORM floral_train(model, l.source, l.train_options);
-	u := floral._branch_collect(model, round);
+	u := floral._branch_collect(model, round, secure);
 	tenants := u.tenants;
 	examples := u.examples;
 EXCEPTION WHEN OTHERS THEN
@@ -1660,6 +1702,9 @@ DECLARE
 	pulled record;
 	s record;
 	t record;
+	a record;
+	acts text[] := '{}';
+	failed boolean := false;
 	msg text := '';
 BEGIN
 	PERFORM floral._branch_link(model);
@@ -1689,6 +1734,35 @@ BEGIN
 			END IF;
 			IF NOT pulled.selected THEN
 				msg := msg || format('round %s: not selected', pulled.round);
+			ELSIF pulled.secure THEN
+				-- secure aggregation: train once, then as many of its stages
+				-- as the other branches have made possible, each committed
+				IF NOT pulled.have_update AND NOT EXISTS (SELECT 1 FROM floral.outbox x
+						WHERE x.model = floral_branch_step.model AND x.round = pulled.round) THEN
+					t := floral._branch_phase_train(model, pulled.round, true);
+					COMMIT;
+					failed := t.error IS NOT NULL;
+					IF failed THEN
+						msg := msg || format('round %s: training failed: %s', pulled.round, t.error);
+					ELSE
+						msg := msg || format('round %s: trained %s tenants on %s rows; ', pulled.round, t.tenants, t.examples);
+					END IF;
+				END IF;
+				IF NOT failed THEN
+					FOR i IN 1 .. 8 LOOP
+						a := floral._branch_phase_secagg(model, pulled.round);
+						COMMIT;
+						IF a.action IS NOT NULL THEN
+							acts := acts || a.action;
+						END IF;
+						EXIT WHEN a.error IS NOT NULL OR NOT a.more;
+					END LOOP;
+					msg := msg || format('round %s: secure aggregation: %s', pulled.round,
+										 coalesce(array_to_string(acts, '; '), ''));
+					IF a.error IS NOT NULL THEN
+						msg := msg || CASE WHEN acts = '{}' THEN '' ELSE '; ' END || 'failed: ' || a.error;
+					END IF;
+				END IF;
 			ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
 						  WHERE x.model = floral_branch_step.model AND x.round = pulled.round
 						  AND x.sent_at IS NOT NULL AND s.sent > 0) THEN
@@ -1696,7 +1770,7 @@ BEGIN
 				msg := msg || format('round %s: already trained', pulled.round);
 			ELSE
 				-- 3. train the local tenants (local only, the model lock held shared)
-				t := floral._branch_phase_train(model, pulled.round);
+				t := floral._branch_phase_train(model, pulled.round, false);
 				COMMIT;
 				IF t.error IS NOT NULL THEN
 					msg := msg || format('round %s: training failed: %s', pulled.round, t.error);
@@ -1733,6 +1807,901 @@ SELECT l.model, l.branch, l.owner AS runs_as, m.round AS local_round, l.last_con
 	   l.connect_timeout, l.statement_timeout
 FROM floral.branch_links l LEFT JOIN floral.models m ON m.name = l.model;
 COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with each coordinator, and the role its steps run as';
+
+------------------------------------------------------------------------
+-- Secure aggregation (a federation option): the coordinator learns the
+-- sum of the round's branch updates and nothing about any one of them.
+--
+-- Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+-- Machine Learning", CCS 2017, with double masking, run as extra stages of
+-- a round.  Every message goes from a branch to the coordinator (branches
+-- open every connection and never reach each other); what one branch says
+-- to another travels sealed through the coordinator.  Per round and
+-- attempt, with U1 >= U2 >= U3 the branches still there at each stage:
+--
+--   advertise  each selected branch sends two fresh X25519 public keys
+--              (c: to seal shares, s: to agree pairwise masks); U1 = those
+--              that did, t = floor(|U1| / 2) + 1 unless configured higher
+--   share      each branch of U1 splits its s key and a fresh self-mask
+--              seed b into t-of-|U1| Shamir shares and sends each branch
+--              of U1 its pair, sealed with ChaCha20-Poly1305; U2 = senders
+--   mask       each branch of U2 sends its update in fixed point (step
+--              2^-20, modulo 2^64) plus PRG(b) plus one pairwise mask per
+--              other branch of U2; U3 = senders
+--   unmask     each branch of U3 opens the shares it holds and reveals, for
+--              every branch of U2, the share of b if it is in U3, else the
+--              share of s; never both for one branch (it records its
+--              answer first and never gives another)
+--   ready      t reveals are in: the coordinator recovers the b of U3 and
+--              the s of U2 \ U3, removes the masks and merges the sum
+--
+-- A stage closes when every branch expected has answered, or after the
+-- federation's deadline with at least t (at least 2, and min_branches, for
+-- advertise); with fewer than t past the deadline the round starts again
+-- as a new attempt with fresh keys.  All cryptography is in src/secagg.c.
+------------------------------------------------------------------------
+CREATE FUNCTION floral._secagg_keypair(OUT private bytea, OUT public bytea)
+	AS 'MODULE_PATHNAME', 'floral_secagg_keypair' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION floral._secagg_keypair() IS 'secure aggregation: a fresh X25519 key pair (raw 32-byte keys)';
+CREATE FUNCTION floral._secagg_public(private bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'floral_secagg_public' LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION floral._secagg_public(bytea) IS 'secure aggregation: the X25519 public key of a private key';
+CREATE FUNCTION floral._secagg_seed() RETURNS bytea
+	AS 'MODULE_PATHNAME', 'floral_secagg_seed' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION floral._secagg_seed() IS 'secure aggregation: 32 random bytes (a self-mask seed)';
+CREATE FUNCTION floral._secagg_make_shares(model text, round int, attempt int, sender text,
+		c_private bytea, s_private bytea, b_seed bytea, threshold int,
+		recipients text[], c_publics bytea[]) RETURNS bytea[]
+	AS 'MODULE_PATHNAME', 'floral_secagg_make_shares' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION floral._secagg_make_shares(text, int, int, text, bytea, bytea, bytea, int, text[], bytea[]) IS
+	'secure aggregation: t-of-n Shamir shares of the s key and the self-mask seed, one sealed pair per recipient';
+CREATE FUNCTION floral._secagg_open_share(model text, round int, attempt int, sender text,
+		recipient text, c_private bytea, sender_c_public bytea, sealed bytea,
+		OUT x int, OUT s_share bytea, OUT b_share bytea)
+	AS 'MODULE_PATHNAME', 'floral_secagg_open_share' LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION floral._secagg_open_share(text, int, int, text, text, bytea, bytea, bytea) IS
+	'secure aggregation: open a sealed share; an altered or replayed one fails with 28000';
+CREATE FUNCTION floral._secagg_combine(xs int[], shares bytea[], threshold int) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'floral_secagg_combine' LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION floral._secagg_combine(int[], bytea[], int) IS
+	'secure aggregation: the secret behind at least threshold Shamir shares';
+CREATE FUNCTION floral._secagg_quantize(examples double precision, weights real[], sums floral.tensor,
+		loss_sum double precision, tenants int) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'floral_secagg_quantize' LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION floral._secagg_quantize(double precision, real[], floral.tensor, double precision, int) IS
+	'secure aggregation: an update in fixed point (step 2^-20, 64-bit words), before masking';
+CREATE FUNCTION floral._secagg_mask(model text, round int, attempt int, branch text,
+		s_private bytea, b_seed bytea, peers text[], s_publics bytea[], quantized bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'floral_secagg_mask' LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION floral._secagg_mask(text, int, int, text, bytea, bytea, text[], bytea[], bytea) IS
+	'secure aggregation: a quantized update plus its self mask and pairwise masks';
+CREATE FUNCTION floral._secagg_unmask(model text, round int, attempt int, masked bytea[],
+		senders text[], sender_s_publics bytea[], sender_b_seeds bytea[],
+		dropped text[], dropped_s_privates bytea[], adaptors int,
+		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
+		OUT loss_sum double precision, OUT tenants int)
+	AS 'MODULE_PATHNAME', 'floral_secagg_unmask' LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION floral._secagg_unmask(text, int, int, bytea[], text[], bytea[], bytea[], text[], bytea[], int) IS
+	'secure aggregation: the sum of the masked updates, with the self masks and the dropped branches'' masks removed';
+
+-- coordinator side -----------------------------------------------------
+CREATE TABLE floral.secagg_rounds (
+	model		text NOT NULL REFERENCES floral.federations ON DELETE CASCADE ON UPDATE CASCADE,
+	round		int NOT NULL,
+	attempt		int NOT NULL DEFAULT 1 CHECK (attempt >= 1),
+	stage		text NOT NULL DEFAULT 'advertise'
+				CHECK (stage IN ('advertise', 'share', 'mask', 'unmask', 'ready', 'merged')),
+	threshold	int,
+	participants text[],
+	sharers		text[],
+	senders		text[],
+	stage_started_at timestamptz NOT NULL DEFAULT now(),
+	bytes_in	bigint NOT NULL DEFAULT 0,
+	bytes_out	bigint NOT NULL DEFAULT 0,
+	note		text,
+	merged_into	int,
+	PRIMARY KEY (model, round)
+);
+COMMENT ON TABLE floral.secagg_rounds IS 'coordinator: the secure-aggregation state of each round (stage, threshold, the branches still in at each stage, bytes relayed)';
+COMMENT ON COLUMN floral.secagg_rounds.participants IS 'U1: the branches whose keys were advertised in time';
+COMMENT ON COLUMN floral.secagg_rounds.sharers IS 'U2: the branches of U1 that sent their sealed shares; masks are agreed among them';
+COMMENT ON COLUMN floral.secagg_rounds.senders IS 'U3: the branches of U2 whose masked update arrived; their sum is merged';
+COMMENT ON COLUMN floral.secagg_rounds.bytes_in IS 'bytes branches sent for this round''s secure aggregation (keys, shares, masked updates, reveals; hex and base64 as they travel)';
+
+CREATE TABLE floral.secagg_keys (
+	model		text NOT NULL,
+	round		int NOT NULL,
+	attempt		int NOT NULL,
+	branch		text NOT NULL,
+	c_public	bytea NOT NULL CHECK (octet_length(c_public) = 32),
+	s_public	bytea NOT NULL CHECK (octet_length(s_public) = 32),
+	PRIMARY KEY (model, round, attempt, branch),
+	FOREIGN KEY (model, round) REFERENCES floral.secagg_rounds ON DELETE CASCADE ON UPDATE CASCADE
+);
+COMMENT ON TABLE floral.secagg_keys IS 'coordinator: the public keys each branch advertised, relayed to the others';
+
+CREATE TABLE floral.secagg_shares (
+	model		text NOT NULL,
+	round		int NOT NULL,
+	attempt		int NOT NULL,
+	sender		text NOT NULL,
+	recipient	text NOT NULL,
+	sealed		bytea NOT NULL,
+	PRIMARY KEY (model, round, attempt, sender, recipient),
+	FOREIGN KEY (model, round) REFERENCES floral.secagg_rounds ON DELETE CASCADE ON UPDATE CASCADE
+);
+COMMENT ON TABLE floral.secagg_shares IS 'coordinator: sealed shares in transit from one branch to another (the coordinator cannot open them)';
+
+CREATE TABLE floral.secagg_inputs (
+	model		text NOT NULL,
+	round		int NOT NULL,
+	attempt		int NOT NULL,
+	branch		text NOT NULL,
+	masked		bytea NOT NULL,
+	PRIMARY KEY (model, round, attempt, branch),
+	FOREIGN KEY (model, round) REFERENCES floral.secagg_rounds ON DELETE CASCADE ON UPDATE CASCADE
+);
+COMMENT ON TABLE floral.secagg_inputs IS 'coordinator: each branch''s masked update (64-bit words, network order); alone it says nothing of the update';
+
+CREATE TABLE floral.secagg_reveals (
+	model		text NOT NULL,
+	round		int NOT NULL,
+	attempt		int NOT NULL,
+	holder		text NOT NULL,
+	owner		text NOT NULL,
+	kind		text NOT NULL CHECK (kind IN ('self', 'pair')),
+	x			int NOT NULL,
+	share		bytea NOT NULL CHECK (octet_length(share) = 66),
+	PRIMARY KEY (model, round, attempt, holder, owner),
+	FOREIGN KEY (model, round) REFERENCES floral.secagg_rounds ON DELETE CASCADE ON UPDATE CASCADE
+);
+COMMENT ON TABLE floral.secagg_reveals IS 'coordinator: the shares survivors revealed: of the self-mask seed of a branch that sent (kind self), or of the mask key of one that dropped (kind pair)';
+SELECT pg_catalog.pg_extension_config_dump('floral.secagg_rounds', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.secagg_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.secagg_shares', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.secagg_inputs', '');
+SELECT pg_catalog.pg_extension_config_dump('floral.secagg_reveals', '');
+
+-- Bring the current round's secure aggregation as far as it can go (the
+-- caller holds nothing; the round's row is locked here, which orders every
+-- secure-aggregation call of the round).  Returns the round's row.
+CREATE FUNCTION floral._secagg_advance(model text) RETURNS floral.secagg_rounds
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	f floral.federations;
+	r floral.secagg_rounds;
+	cur int;
+	late boolean;
+	names text[];
+	n int;
+	selected int;
+	t int;
+BEGIN
+	SELECT * INTO f FROM floral.federations x WHERE x.model = _secagg_advance.model;
+	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model;
+	INSERT INTO floral.secagg_rounds AS s (model, round) VALUES (model, cur)
+		ON CONFLICT ON CONSTRAINT secagg_rounds_pkey DO NOTHING;
+	SELECT * INTO r FROM floral.secagg_rounds x
+		WHERE x.model = _secagg_advance.model AND x.round = cur FOR UPDATE;
+	late := now() > r.stage_started_at + f.deadline;
+	IF r.stage = 'advertise' THEN
+		SELECT pg_catalog.array_agg(k.branch ORDER BY k.branch COLLATE "C") INTO names FROM floral.secagg_keys k
+			WHERE k.model = r.model AND k.round = r.round AND k.attempt = r.attempt;
+		n := coalesce(cardinality(names), 0);
+		SELECT count(*) INTO selected FROM floral.branches b
+			WHERE b.model = r.model AND b.active AND floral._selected(r.model, r.round, b.branch);
+		IF n >= 2 AND (n >= selected OR (late AND n >= f.min_branches)) THEN
+			t := least(n, greatest(coalesce(f.secagg_threshold, 0), n / 2 + 1));
+			UPDATE floral.secagg_rounds x SET stage = 'share', participants = names, threshold = t,
+				stage_started_at = now()
+				WHERE x.model = r.model AND x.round = r.round RETURNING * INTO r;
+		END IF;
+	ELSIF r.stage IN ('share', 'mask', 'unmask') THEN
+		IF r.stage = 'share' THEN
+			SELECT pg_catalog.array_agg(DISTINCT s.sender COLLATE "C" ORDER BY s.sender COLLATE "C") INTO names
+				FROM floral.secagg_shares s
+				WHERE s.model = r.model AND s.round = r.round AND s.attempt = r.attempt;
+			n := cardinality(r.participants);
+		ELSIF r.stage = 'mask' THEN
+			SELECT pg_catalog.array_agg(i.branch ORDER BY i.branch COLLATE "C") INTO names FROM floral.secagg_inputs i
+				WHERE i.model = r.model AND i.round = r.round AND i.attempt = r.attempt;
+			n := cardinality(r.sharers);
+		ELSE
+			SELECT pg_catalog.array_agg(DISTINCT v.holder COLLATE "C" ORDER BY v.holder COLLATE "C") INTO names
+				FROM floral.secagg_reveals v
+				WHERE v.model = r.model AND v.round = r.round AND v.attempt = r.attempt;
+			n := cardinality(r.senders);
+		END IF;
+		IF coalesce(cardinality(names), 0) >= n
+		   OR (late AND coalesce(cardinality(names), 0) >= r.threshold) THEN
+			UPDATE floral.secagg_rounds x SET
+				stage = CASE r.stage WHEN 'share' THEN 'mask' WHEN 'mask' THEN 'unmask' ELSE 'ready' END,
+				sharers = CASE WHEN r.stage = 'share' THEN names ELSE x.sharers END,
+				senders = CASE WHEN r.stage = 'mask' THEN names ELSE x.senders END,
+				stage_started_at = now()
+				WHERE x.model = r.model AND x.round = r.round RETURNING * INTO r;
+		ELSIF late THEN
+			-- too few are left to recover anything: start again with fresh
+			-- keys (nothing of this attempt is ever revealed)
+			DELETE FROM floral.updates u WHERE u.model = r.model AND u.round = r.round AND u.status = 'secure';
+			UPDATE floral.secagg_rounds x SET attempt = x.attempt + 1, stage = 'advertise',
+				threshold = NULL, participants = NULL, sharers = NULL, senders = NULL,
+				stage_started_at = now(),
+				note = format('attempt %s stopped at stage %s: %s of %s answered, the threshold is %s',
+							  r.attempt, r.stage, coalesce(cardinality(names), 0), n, r.threshold)
+				WHERE x.model = r.model AND x.round = r.round RETURNING * INTO r;
+		END IF;
+	END IF;
+	RETURN r;
+END $$;
+
+-- The prologue of every remote call of secure aggregation: the caller may
+-- act as the branch, the federation aggregates securely, the round is the
+-- current one and the attempt its current one.  Returns the round's row,
+-- locked and advanced.
+CREATE FUNCTION floral._secagg_call(model text, branch text, round int, attempt int)
+RETURNS floral.secagg_rounds
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds;
+	cur int;
+BEGIN
+	IF model IS NULL OR branch IS NULL OR round IS NULL THEN
+		RAISE EXCEPTION 'model, branch and round must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM floral._fed_branch(model, branch);
+	IF NOT (SELECT f.secure_aggregation FROM floral.federations f WHERE f.model = _secagg_call.model) THEN
+		RAISE EXCEPTION 'model "%" does not aggregate securely', model
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	SELECT m.round INTO cur FROM floral.models m WHERE m.name = model;
+	IF _secagg_call.round <> cur THEN
+		RAISE EXCEPTION 'round % of model "%" is not the current round (%)', _secagg_call.round, model, cur
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	r := floral._secagg_advance(model);
+	IF attempt IS NOT NULL AND attempt <> r.attempt THEN
+		RAISE EXCEPTION 'attempt % of round % of model "%" is over (the round is at attempt %)',
+				attempt, cur, model, r.attempt
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	RETURN r;
+END $$;
+
+CREATE FUNCTION floral._secagg_count(model text, round int, bytes_in bigint, bytes_out bigint) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE floral.secagg_rounds x SET bytes_in = x.bytes_in + $3, bytes_out = x.bytes_out + $4
+		WHERE x.model = $1 AND x.round = $2
+$$;
+
+CREATE FUNCTION floral._secagg_hex(v text, len int, what text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+	b bytea;
+BEGIN
+	BEGIN
+		b := pg_catalog.decode(v, 'hex');
+	EXCEPTION WHEN OTHERS THEN
+		b := NULL;
+	END;
+	IF b IS NULL OR (len IS NOT NULL AND pg_catalog.octet_length(b) <> len) THEN
+		RAISE EXCEPTION '% must be % bytes in hex', what, len USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN b;
+END $$;
+
+-- remote API, called by branches over dblink
+CREATE FUNCTION floral.fed_secagg_state(model text, branch text, round int,
+		OUT attempt int, OUT stage text, OUT threshold int, OUT participants text[],
+		OUT sharers text[], OUT senders text[], OUT advertised boolean, OUT shared boolean,
+		OUT sent boolean, OUT revealed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, NULL);
+BEGIN
+	attempt := r.attempt;
+	stage := r.stage;
+	threshold := r.threshold;
+	participants := r.participants;
+	sharers := r.sharers;
+	senders := r.senders;
+	advertised := EXISTS (SELECT 1 FROM floral.secagg_keys k WHERE k.model = r.model AND k.round = r.round
+						  AND k.attempt = r.attempt AND k.branch = fed_secagg_state.branch);
+	shared := EXISTS (SELECT 1 FROM floral.secagg_shares s WHERE s.model = r.model AND s.round = r.round
+					  AND s.attempt = r.attempt AND s.sender = fed_secagg_state.branch);
+	sent := EXISTS (SELECT 1 FROM floral.secagg_inputs i WHERE i.model = r.model AND i.round = r.round
+					AND i.attempt = r.attempt AND i.branch = fed_secagg_state.branch);
+	revealed := EXISTS (SELECT 1 FROM floral.secagg_reveals v WHERE v.model = r.model AND v.round = r.round
+						AND v.attempt = r.attempt AND v.holder = fed_secagg_state.branch);
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_state(text, text, int) IS
+	'coordinator API, secure aggregation: the round''s attempt, stage, threshold, the branches in at each stage, and what this branch has sent';
+
+CREATE FUNCTION floral.fed_secagg_advertise(model text, branch text, round int, attempt int,
+		c_public text, s_public text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+	c bytea := floral._secagg_hex(c_public, 32, 'c_public');
+	s bytea := floral._secagg_hex(s_public, 32, 's_public');
+BEGIN
+	IF r.stage <> 'advertise' THEN
+		RETURN 'closed';
+	ELSIF NOT floral._selected(model, round, branch) THEN
+		RETURN 'rejected';
+	END IF;
+	INSERT INTO floral.secagg_keys AS k (model, round, attempt, branch, c_public, s_public)
+		VALUES (model, round, attempt, branch, c, s)
+		ON CONFLICT ON CONSTRAINT secagg_keys_pkey DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+	PERFORM floral._secagg_count(model, round, octet_length(c_public) + octet_length(s_public), 0);
+	PERFORM floral._secagg_advance(model);
+	RETURN 'accepted';
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_advertise(text, text, int, int, text, text) IS
+	'coordinator API, secure aggregation: a branch''s two public keys for the round (hex)';
+
+CREATE FUNCTION floral.fed_secagg_keys(model text, branch text, round int, attempt int)
+RETURNS TABLE (peer text, c_public text, s_public text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+BEGIN
+	IF r.stage = 'advertise' OR NOT branch = ANY (r.participants) THEN
+		RAISE EXCEPTION 'branch "%" has no keys to fetch in round % of model "%"', branch, round, model
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The round is at stage %s.', r.stage);
+	END IF;
+	PERFORM floral._secagg_count(model, round, 0, 130 * cardinality(r.participants));
+	RETURN QUERY SELECT k.branch, encode(k.c_public, 'hex'), encode(k.s_public, 'hex')
+		FROM floral.secagg_keys k
+		WHERE k.model = r.model AND k.round = r.round AND k.attempt = r.attempt
+		  AND k.branch = ANY (r.participants)
+		ORDER BY k.branch COLLATE "C";
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_keys(text, text, int, int) IS
+	'coordinator API, secure aggregation: the public keys of the round''s participants (hex), relayed';
+
+CREATE FUNCTION floral.fed_secagg_share(model text, branch text, round int, attempt int,
+		recipients text[], sealed text[]) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+	b bytea[];
+BEGIN
+	IF r.stage <> 'share' OR NOT branch = ANY (r.participants) THEN
+		RETURN 'closed';
+	END IF;
+	IF recipients IS DISTINCT FROM r.participants OR sealed IS NULL
+	   OR cardinality(sealed) <> cardinality(recipients) THEN
+		RAISE EXCEPTION 'shares must go to exactly the round''s participants, in their order'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT pg_catalog.array_agg(floral._secagg_hex(x, 162, 'a sealed share') ORDER BY i) INTO b
+		FROM unnest(sealed) WITH ORDINALITY AS u(x, i);
+	IF EXISTS (SELECT 1 FROM floral.secagg_shares s WHERE s.model = r.model AND s.round = r.round
+			   AND s.attempt = r.attempt AND s.sender = fed_secagg_share.branch) THEN
+		RETURN 'duplicate';
+	END IF;
+	INSERT INTO floral.secagg_shares (model, round, attempt, sender, recipient, sealed)
+		SELECT model, round, attempt, branch, recipients[i], b[i]
+		FROM generate_subscripts(recipients, 1) i;
+	PERFORM floral._secagg_count(model, round, (SELECT sum(octet_length(x)) FROM unnest(sealed) x), 0);
+	PERFORM floral._secagg_advance(model);
+	RETURN 'accepted';
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_share(text, text, int, int, text[], text[]) IS
+	'coordinator API, secure aggregation: a branch''s sealed shares, one per participant (hex)';
+
+CREATE FUNCTION floral.fed_secagg_input(model text, branch text, round int, attempt int,
+		masked text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+	y bytea;
+	words bigint;
+BEGIN
+	IF r.stage <> 'mask' OR NOT branch = ANY (r.sharers) THEN
+		RETURN 'closed';
+	END IF;
+	SELECT 3 + m.adaptors + (SELECT sum(x.parameters) FROM @extschema@.floral_layers(model) x) INTO words
+		FROM floral.models m WHERE m.name = model;
+	-- bounded before decoding (base64: 4 characters per 3 bytes, and newlines)
+	IF masked IS NULL OR octet_length(masked) > words * 8 * 4 / 3 * 1.02 + 1024 THEN
+		RAISE EXCEPTION 'a masked update of model "%" must have % bytes', model, words * 8
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	BEGIN
+		y := decode(masked, 'base64');
+	EXCEPTION WHEN OTHERS THEN
+		y := NULL;
+	END;
+	IF y IS NULL OR octet_length(y) <> words * 8 THEN
+		RAISE EXCEPTION 'a masked update of model "%" must have % bytes', model, words * 8
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO floral.secagg_inputs AS i (model, round, attempt, branch, masked)
+		VALUES (model, round, attempt, branch, y)
+		ON CONFLICT ON CONSTRAINT secagg_inputs_pkey DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+	-- the round's record of who took part; the update itself is only the sum
+	INSERT INTO floral.updates AS u (model, round, branch, status, reason, bytes)
+		VALUES (model, round, branch, 'secure', 'masked: merged only as part of the secure sum', octet_length(masked))
+		ON CONFLICT ON CONSTRAINT updates_pkey DO NOTHING;
+	PERFORM floral._secagg_count(model, round, octet_length(masked), 0);
+	PERFORM floral._secagg_advance(model);
+	RETURN 'accepted';
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_input(text, text, int, int, text) IS
+	'coordinator API, secure aggregation: a branch''s masked update (base64 of 64-bit words)';
+
+CREATE FUNCTION floral.fed_secagg_inbox(model text, branch text, round int, attempt int)
+RETURNS TABLE (sender text, sealed text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+BEGIN
+	IF r.stage <> 'unmask' OR NOT branch = ANY (r.senders) THEN
+		RAISE EXCEPTION 'branch "%" has no shares to open in round % of model "%"', branch, round, model
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('The round is at stage %s.', r.stage);
+	END IF;
+	PERFORM floral._secagg_count(model, round, 0, 324 * cardinality(r.sharers));
+	RETURN QUERY SELECT s.sender, encode(s.sealed, 'hex') FROM floral.secagg_shares s
+		WHERE s.model = r.model AND s.round = r.round AND s.attempt = r.attempt
+		  AND s.recipient = fed_secagg_inbox.branch AND s.sender = ANY (r.sharers)
+		ORDER BY s.sender COLLATE "C";
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_inbox(text, text, int, int) IS
+	'coordinator API, secure aggregation: the sealed shares addressed to this branch (hex)';
+
+CREATE FUNCTION floral.fed_secagg_reveal(model text, branch text, round int, attempt int,
+		owners text[], kinds text[], xs int[], shares text[]) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds := floral._secagg_call(model, branch, round, attempt);
+	me int;
+BEGIN
+	IF r.stage <> 'unmask' OR NOT branch = ANY (r.senders) THEN
+		RETURN 'closed';
+	END IF;
+	me := array_position(r.participants, branch);
+	IF owners IS DISTINCT FROM r.sharers OR cardinality(kinds) <> cardinality(owners)
+	   OR cardinality(xs) <> cardinality(owners) OR cardinality(shares) <> cardinality(owners)
+	   OR EXISTS (SELECT 1 FROM generate_subscripts(owners, 1) i
+				  WHERE kinds[i] IS DISTINCT FROM CASE WHEN owners[i] = ANY (r.senders) THEN 'self' ELSE 'pair' END
+					 OR xs[i] IS DISTINCT FROM me) THEN
+		RAISE EXCEPTION 'a reveal must hold one share for every branch that shared: of the self-mask seed of those that sent, of the mask key of the others'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF EXISTS (SELECT 1 FROM floral.secagg_reveals v WHERE v.model = r.model AND v.round = r.round
+			   AND v.attempt = r.attempt AND v.holder = fed_secagg_reveal.branch) THEN
+		RETURN 'duplicate';
+	END IF;
+	INSERT INTO floral.secagg_reveals (model, round, attempt, holder, owner, kind, x, share)
+		SELECT model, round, attempt, branch, owners[i], kinds[i], xs[i], floral._secagg_hex(shares[i], 66, 'a share')
+		FROM generate_subscripts(owners, 1) i;
+	PERFORM floral._secagg_count(model, round, (SELECT sum(octet_length(x)) FROM unnest(shares) x), 0);
+	PERFORM floral._secagg_advance(model);
+	RETURN 'accepted';
+END $$;
+COMMENT ON FUNCTION floral.fed_secagg_reveal(text, text, int, int, text[], text[], int[], text[]) IS
+	'coordinator API, secure aggregation: the shares a surviving branch reveals for the unmasking';
+
+-- The coordinator's last stage: recover the self-mask seeds of the senders
+-- and the mask keys of the branches that dropped, remove the masks, check
+-- the sum like any update and record it as the round's one accepted
+-- update.  The caller (floral_coordinator_step) holds the model lock.
+CREATE FUNCTION floral._secagg_finish(model text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	r floral.secagg_rounds;
+	f floral.federations;
+	m floral.models;
+	v text;
+	kind text;
+	xs int[];
+	shares bytea[];
+	secret bytea;
+	pub bytea;
+	b_seeds bytea[] := '{}';
+	s_pubs bytea[] := '{}';
+	masked bytea[] := '{}';
+	dropped text[] := '{}';
+	d_privs bytea[] := '{}';
+	u record;
+	norm double precision;
+	why text;
+BEGIN
+	SELECT * INTO m FROM floral.models x WHERE x.name = model;
+	SELECT * INTO f FROM floral.federations x WHERE x.model = _secagg_finish.model;
+	SELECT * INTO r FROM floral.secagg_rounds x WHERE x.model = _secagg_finish.model AND x.round = m.round FOR UPDATE;
+	IF NOT FOUND OR r.stage <> 'ready' THEN
+		RETURN NULL;
+	END IF;
+	FOREACH v IN ARRAY r.sharers LOOP
+		kind := CASE WHEN v = ANY (r.senders) THEN 'self' ELSE 'pair' END;
+		SELECT pg_catalog.array_agg(x.x ORDER BY x.holder COLLATE "C"), pg_catalog.array_agg(x.share ORDER BY x.holder COLLATE "C")
+			INTO xs, shares FROM floral.secagg_reveals x
+			WHERE x.model = r.model AND x.round = r.round AND x.attempt = r.attempt
+			  AND x.owner = v AND x.kind = kind;
+		secret := floral._secagg_combine(coalesce(xs, '{}'), coalesce(shares, '{}'), r.threshold);
+		SELECT k.s_public INTO pub FROM floral.secagg_keys k
+			WHERE k.model = r.model AND k.round = r.round AND k.attempt = r.attempt AND k.branch = v;
+		IF kind = 'self' THEN
+			b_seeds := b_seeds || secret;
+			s_pubs := s_pubs || pub;
+			masked := masked || (SELECT i.masked FROM floral.secagg_inputs i
+								 WHERE i.model = r.model AND i.round = r.round AND i.attempt = r.attempt
+								   AND i.branch = v);
+		ELSE
+			-- the recovered key must be the one the branch advertised
+			IF floral._secagg_public(secret) <> pub THEN
+				RAISE EXCEPTION 'the revealed shares of branch "%" do not recover its key', v
+					USING ERRCODE = 'data_corrupted';
+			END IF;
+			dropped := dropped || v;
+			d_privs := d_privs || secret;
+		END IF;
+	END LOOP;
+	SELECT * INTO u FROM floral._secagg_unmask(model, r.round, r.attempt, masked, r.senders, s_pubs, b_seeds,
+											   dropped, d_privs, m.adaptors);
+	-- the checks fed_submit makes of one update, made of the sum
+	IF NOT (u.examples >= 1 AND u.examples < 'Infinity') OR u.tenants < 1 THEN
+		why := format('the secure sum has %s examples and %s tenants', u.examples, u.tenants);
+	ELSIF EXISTS (SELECT 1 FROM unnest(u.weights) w WHERE NOT (w >= -1e-5 AND w <= u.examples * 1.0001)) THEN
+		why := 'the secure sum has weights outside 0 .. examples';
+	ELSE
+		norm := floral._update_norm(model, u.examples, u.weights, u.sums);
+		IF NOT (norm < 'Infinity') THEN
+			why := 'the secure sum averages to a non-finite model';
+		ELSIF norm > f.max_update_norm THEN
+			why := format('the secure sum''s norm %s exceeds the bound %s', round(norm::numeric, 3), f.max_update_norm);
+		END IF;
+	END IF;
+	INSERT INTO floral.updates (model, round, branch, status, reason, examples, weights, sums, loss_sum, tenants)
+		VALUES (model, r.round, '', CASE WHEN why IS NULL THEN 'accepted' ELSE 'rejected' END,
+				coalesce(why, format('the secure sum of %s branches', cardinality(r.senders))),
+				u.examples, coalesce((SELECT pg_catalog.array_agg(greatest(w, 0) ORDER BY i) FROM unnest(u.weights) WITH ORDINALITY AS x(w, i)), '{}'),
+				u.sums, greatest(u.loss_sum, 0), u.tenants)
+		ON CONFLICT ON CONSTRAINT updates_pkey DO UPDATE SET status = excluded.status, reason = excluded.reason,
+			examples = excluded.examples, weights = excluded.weights, sums = excluded.sums,
+			loss_sum = excluded.loss_sum, tenants = excluded.tenants;
+	IF why IS NOT NULL THEN
+		UPDATE floral.secagg_rounds x SET note = why WHERE x.model = r.model AND x.round = r.round;
+	END IF;
+	RETURN why;
+END $$;
+
+CREATE FUNCTION floral._secagg_merged(model text, round int, new_round int) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE floral.secagg_rounds x SET stage = 'merged', merged_into = $3 WHERE x.model = $1 AND x.round = $2;
+	UPDATE floral.updates u SET merged_into = $3 WHERE u.model = $1 AND u.round = $2 AND u.status = 'secure';
+$$;
+
+CREATE VIEW floral.federation_rounds AS
+SELECT r.model, r.round,
+	   r.created_at AS started_at,
+	   n.created_at AS merged_at,
+	   (SELECT array_agg(u.branch ORDER BY u.branch) FROM floral.updates u
+		 WHERE u.model = r.model AND u.round = r.round AND u.branch <> ''
+		   AND (u.status IN ('accepted', 'merged', 'secure'))) AS branches,
+	   (SELECT array_agg(u.branch || ': ' || u.status ORDER BY u.branch) FROM floral.updates u
+		 WHERE u.model = r.model AND u.round = r.round AND u.status IN ('stale', 'rejected')) AS not_used,
+	   n.tenants, n.examples, n.loss,
+	   (SELECT sum(u.bytes) FROM floral.updates u WHERE u.model = r.model AND u.round = r.round) AS bytes_received,
+	   (SELECT s.bytes_in + s.bytes_out FROM floral.secagg_rounds s WHERE s.model = r.model AND s.round = r.round) AS secagg_bytes
+FROM floral.rounds r
+JOIN floral.federations f ON f.model = r.model
+LEFT JOIN floral.rounds n ON n.model = r.model AND n.round = r.round + 1;
+COMMENT ON VIEW floral.federation_rounds IS 'coordinator: each round, when it started and was merged, which branches made it, examples and loss';
+
+CREATE VIEW floral.secagg_status AS
+SELECT s.model, s.round, s.attempt, s.stage, s.threshold,
+	   cardinality(s.participants) AS participants, cardinality(s.sharers) AS sharers,
+	   cardinality(s.senders) AS senders,
+	   (SELECT pg_catalog.array_agg(x ORDER BY x) FROM unnest(s.sharers) x WHERE NOT x = ANY (coalesce(s.senders, '{}'))) AS recovered,
+	   s.bytes_in, s.bytes_out, s.stage_started_at, s.merged_into, s.note
+FROM floral.secagg_rounds s;
+COMMENT ON VIEW floral.secagg_status IS 'coordinator: each round''s secure aggregation: stage, threshold, how many branches were in at each stage, whose masks were recovered after they dropped, bytes relayed';
+
+-- branch side ----------------------------------------------------------
+-- The branch's secrets of a round: its two private keys and the self-mask
+-- seed, and, once it has decided, what it reveals (recorded before it is
+-- sent, and never replaced: a branch never reveals both secrets of one
+-- peer).  Readable by floral's owner only.
+CREATE TABLE floral.secagg_secrets (
+	model		text NOT NULL REFERENCES floral.branch_links ON DELETE CASCADE,
+	round		int NOT NULL,
+	attempt		int NOT NULL,
+	c_private	bytea NOT NULL,
+	s_private	bytea NOT NULL,
+	b_seed		bytea NOT NULL,
+	reveal_senders text[],
+	reveal_owners text[],
+	reveal_kinds text[],
+	reveal_xs	int[],
+	reveal_shares bytea[],
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (model, round, attempt)
+);
+COMMENT ON TABLE floral.secagg_secrets IS 'branch: its secure-aggregation secrets of each round and what it revealed (only floral''s owner reads it)';
+
+CREATE FUNCTION floral._branch_secagg_keys(model text, round int, attempt int,
+		OUT c_public bytea, OUT s_public bytea, OUT created boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	c record;
+	s record;
+BEGIN
+	PERFORM floral._branch_check_caller(model);
+	-- secrets of rounds that are over are of no use any more
+	DELETE FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model AND x.round < _branch_secagg_keys.round;
+	created := NOT EXISTS (SELECT 1 FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model
+						   AND x.round = _branch_secagg_keys.round AND x.attempt = _branch_secagg_keys.attempt);
+	IF created THEN
+		c := floral._secagg_keypair();
+		s := floral._secagg_keypair();
+		INSERT INTO floral.secagg_secrets (model, round, attempt, c_private, s_private, b_seed)
+			VALUES (model, round, attempt, c.private, s.private, floral._secagg_seed());
+	END IF;
+	SELECT floral._secagg_public(x.c_private), floral._secagg_public(x.s_private) INTO c_public, s_public
+		FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model
+		AND x.round = _branch_secagg_keys.round AND x.attempt = _branch_secagg_keys.attempt;
+END $$;
+
+CREATE FUNCTION floral._branch_secagg_secret(model text, round int, attempt int) RETURNS floral.secagg_secrets
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	x floral.secagg_secrets;
+BEGIN
+	PERFORM floral._branch_check_caller(model);
+	SELECT * INTO x FROM floral.secagg_secrets s WHERE s.model = _branch_secagg_secret.model
+		AND s.round = _branch_secagg_secret.round AND s.attempt = _branch_secagg_secret.attempt;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'this branch has no keys for attempt % of round % of model "%"', attempt, round, model
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'The branch sits this attempt out; it takes part again in the next.';
+	END IF;
+	RETURN x;
+END $$;
+
+-- record what the branch reveals; once recorded it never changes
+CREATE FUNCTION floral._branch_secagg_decide(model text, round int, attempt int, senders text[],
+		owners text[], kinds text[], xs int[], shares bytea[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._branch_check_caller(model);
+	UPDATE floral.secagg_secrets x SET reveal_senders = senders, reveal_owners = owners,
+		reveal_kinds = kinds, reveal_xs = xs, reveal_shares = shares
+		WHERE x.model = _branch_secagg_decide.model AND x.round = _branch_secagg_decide.round
+		  AND x.attempt = _branch_secagg_decide.attempt AND x.reveal_owners IS NULL;
+END $$;
+
+-- One action of secure aggregation for the branch, as far as the round's
+-- stage allows: at most one message sent, or one local write.  more: the
+-- step should call again at once.
+CREATE FUNCTION floral._branch_phase_secagg(model text, round int,
+		OUT action text, OUT more boolean, OUT error text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	l floral.branch_links := floral._branch_link(model);
+	st record;
+	k record;
+	sec floral.secagg_secrets;
+	names text[];
+	c_pubs bytea[];
+	s_pubs bytea[];
+	mine record;
+	sealed bytea[];
+	o floral.outbox;
+	y bytea;
+	answer text;
+	q text;
+	p record;
+	owners text[] := '{}';
+	kinds text[] := '{}';
+	xs int[] := '{}';
+	shares bytea[] := '{}';
+	me int;
+BEGIN
+	more := false;
+	PERFORM floral._branch_act_as(model);
+	SELECT * INTO st FROM floral._remote(model,
+		format('SELECT * FROM floral.fed_secagg_state(%L, %L, %s)', model, l.branch, round),
+		'attempt int, stage text, threshold int, participants text[], sharers text[], senders text[], '
+		'advertised boolean, shared boolean, sent boolean, revealed boolean')
+		AS t(attempt int, stage text, threshold int, participants text[], sharers text[], senders text[],
+			 advertised boolean, shared boolean, sent boolean, revealed boolean);
+	IF st.stage IN ('share', 'mask', 'unmask') AND l.branch = ANY (st.participants) THEN
+		-- the keys as the coordinator relays them; this branch's own must be its own
+		SELECT pg_catalog.array_agg(x.peer ORDER BY x.i), pg_catalog.array_agg(decode(x.c, 'hex') ORDER BY x.i),
+			   pg_catalog.array_agg(decode(x.s, 'hex') ORDER BY x.i)
+			INTO names, c_pubs, s_pubs
+			FROM (SELECT t.*, row_number() OVER () AS i FROM floral._remote(model,
+					format('SELECT * FROM floral.fed_secagg_keys(%L, %L, %s, %s)', model, l.branch, round, st.attempt),
+					'peer text, c text, s text') AS t(peer text, c text, s text)) x;
+		mine := floral._branch_secagg_keys(model, round, st.attempt);
+		IF names IS DISTINCT FROM st.participants
+		   OR c_pubs[array_position(names, l.branch)] IS DISTINCT FROM mine.c_public
+		   OR s_pubs[array_position(names, l.branch)] IS DISTINCT FROM mine.s_public
+		   OR (SELECT count(DISTINCT x) FROM unnest(c_pubs || s_pubs) x) <> 2 * cardinality(names) THEN
+			RAISE EXCEPTION 'the coordinator relayed keys that are not the participants'' keys'
+				USING ERRCODE = 'data_corrupted';
+		END IF;
+	END IF;
+
+	IF st.stage = 'advertise' THEN
+		IF st.advertised THEN
+			action := format('attempt %s: keys advertised, waiting for the others', st.attempt);
+			RETURN;
+		END IF;
+		mine := floral._branch_secagg_keys(model, round, st.attempt);
+		IF mine.created THEN
+			-- committed before the public keys go out
+			action := format('attempt %s: keys made', st.attempt);
+			more := true;
+			RETURN;
+		END IF;
+		SELECT t.a INTO answer FROM floral._remote(model,
+			format('SELECT floral.fed_secagg_advertise(%L, %L, %s, %s, %L, %L)', model, l.branch, round,
+				   st.attempt, encode(mine.c_public, 'hex'), encode(mine.s_public, 'hex')),
+			'a text') AS t(a text);
+		action := format('attempt %s: keys advertised (%s)', st.attempt, answer);
+		more := answer = 'accepted';
+	ELSIF NOT l.branch = ANY (coalesce(st.participants, '{}')) THEN
+		action := format('attempt %s: not a participant (keys not advertised in time)', st.attempt);
+	ELSIF st.stage = 'share' THEN
+		IF st.shared THEN
+			action := format('attempt %s: shares sent, waiting for the others', st.attempt);
+			RETURN;
+		END IF;
+		sec := floral._branch_secagg_secret(model, round, st.attempt);
+		sealed := floral._secagg_make_shares(model, round, st.attempt, l.branch, sec.c_private, sec.s_private,
+											 sec.b_seed, st.threshold, names, c_pubs);
+		SELECT t.a INTO answer FROM floral._remote(model,
+			format('SELECT floral.fed_secagg_share(%L, %L, %s, %s, %L, %L)', model, l.branch, round, st.attempt,
+				   names, (SELECT pg_catalog.array_agg(encode(x, 'hex') ORDER BY i) FROM unnest(sealed) WITH ORDINALITY AS u(x, i))),
+			'a text') AS t(a text);
+		action := format('attempt %s: %s shares sent (%s)', st.attempt, cardinality(names), answer);
+		more := answer = 'accepted';
+	ELSIF NOT l.branch = ANY (coalesce(st.sharers, '{}')) THEN
+		action := format('attempt %s: not among the branches that shared', st.attempt);
+	ELSIF st.stage = 'mask' THEN
+		IF st.sent THEN
+			action := format('attempt %s: masked update sent, waiting for the others', st.attempt);
+			RETURN;
+		END IF;
+		SELECT * INTO o FROM floral.outbox x WHERE x.model = _branch_phase_secagg.model AND x.round = _branch_phase_secagg.round;
+		IF NOT FOUND THEN
+			action := format('attempt %s: no update for round %s', st.attempt, round);
+			RETURN;
+		END IF;
+		sec := floral._branch_secagg_secret(model, round, st.attempt);
+		y := floral._secagg_mask(model, round, st.attempt, l.branch, sec.s_private, sec.b_seed, st.sharers,
+			 (SELECT pg_catalog.array_agg(s_pubs[array_position(names, x)] ORDER BY i)
+				FROM unnest(st.sharers) WITH ORDINALITY AS u(x, i)),
+			 floral._secagg_quantize(o.examples, o.weights, o.sums, o.loss_sum, o.tenants));
+		q := format('SELECT floral.fed_secagg_input(%L, %L, %s, %s, %L)', model, l.branch, round, st.attempt,
+					encode(y, 'base64'));
+		SELECT t.a INTO answer FROM floral._remote(model, q, 'a text') AS t(a text);
+		PERFORM floral._branch_mark_sent(model, round, 'secure: ' || answer, length(q));
+		action := format('attempt %s: masked update sent (%s)', st.attempt, answer);
+		more := answer = 'accepted';
+	ELSIF NOT l.branch = ANY (coalesce(st.senders, '{}')) THEN
+		action := format('attempt %s: not among the branches whose update arrived', st.attempt);
+	ELSIF st.stage = 'unmask' THEN
+		IF st.revealed THEN
+			action := format('attempt %s: shares revealed, waiting for the others', st.attempt);
+			RETURN;
+		END IF;
+		sec := floral._branch_secagg_secret(model, round, st.attempt);
+		IF sec.reveal_owners IS NULL THEN
+			-- the paper's rule: too few survivors, and revealing could expose
+			-- a branch's update
+			IF cardinality(st.senders) < st.threshold THEN
+				RAISE EXCEPTION 'only % branches sent, the threshold is %: nothing is revealed',
+					cardinality(st.senders), st.threshold USING ERRCODE = 'object_not_in_prerequisite_state';
+			END IF;
+			me := array_position(st.participants, l.branch);
+			FOR p IN SELECT t.sender, decode(t.sealed, 'hex') AS sealed FROM floral._remote(model,
+						format('SELECT * FROM floral.fed_secagg_inbox(%L, %L, %s, %s)', model, l.branch, round, st.attempt),
+						'sender text, sealed text') AS t(sender text, sealed text) LOOP
+				IF NOT p.sender = ANY (st.sharers) OR p.sender = ANY (owners) THEN
+					RAISE EXCEPTION 'the coordinator relayed a share from "%", which did not share in this attempt', p.sender
+						USING ERRCODE = 'data_corrupted';
+				END IF;
+				-- fails with 28000 if it was altered or is a replay
+				k := floral._secagg_open_share(model, round, st.attempt, p.sender, l.branch, sec.c_private,
+											   c_pubs[array_position(names, p.sender)], p.sealed);
+				IF k.x <> me THEN
+					RAISE EXCEPTION 'the share from "%" is for another point', p.sender
+						USING ERRCODE = 'data_corrupted';
+				END IF;
+				owners := owners || p.sender;
+				kinds := kinds || CASE WHEN p.sender = ANY (st.senders) THEN 'self' ELSE 'pair' END;
+				xs := xs || k.x;
+				shares := shares || CASE WHEN p.sender = ANY (st.senders) THEN k.b_share ELSE k.s_share END;
+			END LOOP;
+			IF owners IS DISTINCT FROM st.sharers THEN
+				RAISE EXCEPTION 'the coordinator relayed shares from %, not from every branch that shared (%)',
+					owners, st.sharers USING ERRCODE = 'data_corrupted';
+			END IF;
+			PERFORM floral._branch_secagg_decide(model, round, st.attempt, st.senders, owners, kinds, xs, shares);
+			action := format('attempt %s: %s shares opened', st.attempt, cardinality(owners));
+			more := true;
+			RETURN;
+		END IF;
+		IF sec.reveal_senders IS DISTINCT FROM st.senders THEN
+			RAISE EXCEPTION 'the coordinator now names other senders (%) than it did (%): nothing more is revealed',
+				st.senders, sec.reveal_senders USING ERRCODE = 'data_corrupted';
+		END IF;
+		SELECT t.a INTO answer FROM floral._remote(model,
+			format('SELECT floral.fed_secagg_reveal(%L, %L, %s, %s, %L, %L, %L, %L)', model, l.branch, round, st.attempt,
+				   sec.reveal_owners, sec.reveal_kinds, sec.reveal_xs,
+				   (SELECT pg_catalog.array_agg(encode(x, 'hex') ORDER BY i) FROM unnest(sec.reveal_shares) WITH ORDINALITY AS u(x, i))),
+			'a text') AS t(a text);
+		action := format('attempt %s: shares revealed (%s)', st.attempt, answer);
+		more := answer = 'accepted';
+	ELSE
+		action := format('attempt %s: waiting for the coordinator to merge', st.attempt);
+	END IF;
+EXCEPTION WHEN OTHERS THEN
+	error := SQLERRM;
+END $$;
+
+
+------------------------------------------------------------------------
+-- Differential privacy accounting
+------------------------------------------------------------------------
+CREATE FUNCTION floral_dp_epsilon(noise double precision, sampling double precision, rounds int,
+		delta double precision DEFAULT 1e-5, OUT epsilon double precision, OUT best_order int)
+	AS 'MODULE_PATHNAME', 'floral_dp_epsilon' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral_dp_epsilon(double precision, double precision, int, double precision) IS
+	'privacy accountant: cumulative epsilon at delta of rounds of the (Poisson-)sampled Gaussian mechanism with noise multiplier noise, by RDP at integer orders 2..256 (Mironov, Talwar, Zhang 2019)';
+
+-- What a model's federated updates have spent.  Each round a tenant is in
+-- (at most once: a tenant contributes once per round) is the Gaussian
+-- mechanism of aggregate.c with noise multiplier dp_noise; the rounds are
+-- the model's rounds so far, an upper bound on those any one tenant was in.
+-- Branches are sampled by a public hash, not at random, so no
+-- amplification by sampling is claimed: sampling is 1.
+CREATE VIEW floral.privacy_ledger AS
+SELECT m.name AS model,
+	   (m.options->>'dp_clip')::real AS dp_clip,
+	   (m.options->>'dp_noise')::real AS dp_noise,
+	   (m.options->>'dp_max_examples')::real AS dp_max_examples,
+	   CASE WHEN (m.options->>'dp_noise')::real > 0
+			THEN (m.options->>'dp_max_examples')::float8 * sqrt(2 + (m.options->>'dp_clip')::float8 ^ 2) END
+		   AS sensitivity,
+	   1.0::float8 AS sampling,
+	   m.round AS rounds,
+	   1e-5::float8 AS delta,
+	   e.epsilon, e.best_order,
+	   CASE WHEN (m.options->>'dp_noise')::real > 0
+			THEN 'tenant-level (epsilon, delta)-DP, adding or removing one tenant, of every update this model''s branches sent (N, M and the sums), over all its rounds so far'
+			ELSE 'none: the model adds no noise' END AS guarantee
+FROM floral.models m
+CROSS JOIN LATERAL @extschema@.floral_dp_epsilon((m.options->>'dp_noise')::float8, 1.0, m.round, 1e-5) e;
+COMMENT ON VIEW floral.privacy_ledger IS 'each model''s differential privacy spent so far: cumulative (epsilon, delta = 1e-5) of its federated updates by the RDP accountant, with the mechanism''s parameters';
 
 ------------------------------------------------------------------------
 -- Privileges
@@ -1799,10 +2768,12 @@ GRANT EXECUTE ON FUNCTION floral_predict_batch(text, text, boolean),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
 	floral._check_integer(jsonb, text, bigint, bigint), floral._require_read_committed(text),
 	floral._rank(real, int, int), floral._gradient_check(text, real[], real[], real[], bigint, double precision),
-	floral._step_check(text, real[], real[], real[], bigint, real)
+	floral._step_check(text, real[], real[], real[], bigint, real),
+	floral_dp_epsilon(double precision, double precision, int, double precision)
 	TO floral_reader;
 GRANT SELECT ON floral.models, floral.rounds, floral.tenants, floral.history, floral.tenant_groups,
-	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress
+	floral.model_summary, floral.tenant_mixtures, floral.history_by_group, floral.progress,
+	floral.privacy_ledger
 	TO floral_reader;
 
 -- trainers: their tenants' state, never the shared parameters or a pin
@@ -1826,11 +2797,17 @@ BEGIN
 	END LOOP;
 END $$;
 GRANT SELECT ON ALL TABLES IN SCHEMA floral TO floral_admin;
+-- a branch's secure-aggregation keys: read only through floral's functions
+REVOKE ALL ON floral.secagg_secrets FROM floral_admin;
 GRANT INSERT, UPDATE, DELETE ON floral.tenant_groups, floral.federations, floral.branches TO floral_admin;
 
 -- branches, at the coordinator: the remote API and nothing else
 GRANT EXECUTE ON FUNCTION floral.fed_spec(text, text), floral.fed_round(text, text),
 	floral.fed_params(text, text, int),
 	floral.fed_submit(text, text, int, double precision, real[], text, double precision, int),
-	floral.fed_goodbye(text, text)
+	floral.fed_goodbye(text, text),
+	floral.fed_secagg_state(text, text, int), floral.fed_secagg_advertise(text, text, int, int, text, text),
+	floral.fed_secagg_keys(text, text, int, int), floral.fed_secagg_share(text, text, int, int, text[], text[]),
+	floral.fed_secagg_input(text, text, int, int, text), floral.fed_secagg_inbox(text, text, int, int),
+	floral.fed_secagg_reveal(text, text, int, int, text[], text[], int[], text[])
 	TO floral_branch;

@@ -152,7 +152,7 @@ CREATE TABLE vg.tcopy (t floral.tensor);
 SELECT floral_create_model('vg', '{8,6,3}', 'classification', 2, 1, '{"seed": 1}');
 SELECT floral_create_model('vgp', '{8,6,3}', 'classification', 1, 1, '{"seed": 2, "private_adaptors": true}');
 SELECT floral_create_model('vgr', '{8,4,2}', 'regression', 2, 0.5,
-	'{"seed": 3, "activation": "tanh", "dp_clip": 1, "dp_noise": 0.1}');
+	'{"seed": 3, "activation": "tanh", "dp_clip": 1, "dp_noise": 0.1, "dp_max_examples": 50}');
 SELECT * FROM floral_train('vg', 'SELECT t, f, y FROM vg.rows', '{"epochs": 2, "batch_size": 8}');
 SELECT floral_aggregate('vg');
 SELECT * FROM floral_train('vg', 'SELECT t, f, y FROM vg.rows ORDER BY f::text');

@@ -21,7 +21,11 @@
 # is stopped and removed.
 #
 # Knobs: DEMO_ROUNDS [50], DEMO_TRAIN [24000 training images],
-#        DEMO_TEST [10000 test images], DEMO_KEEP=1 keeps the work dir.
+#        DEMO_TEST [10000 test images], DEMO_KEEP=1 keeps the work dir,
+#        DEMO_SECURE=1 federates every model with secure aggregation (the
+#        coordinator sees only each round's sum; a round then takes a few
+#        passes of branch steps), DEMO_PGBIN [/usr/lib/postgresql/15/bin]
+#        the PostgreSQL 15 to build against and run (e.g. a relocated copy).
 set -euo pipefail
 
 ROUNDS=${DEMO_ROUNDS:-50}
@@ -29,7 +33,8 @@ TRAIN=${DEMO_TRAIN:-24000}
 TEST=${DEMO_TEST:-10000}
 TENANTS=24
 NGROUPS=4
-PGBIN=/usr/lib/postgresql/15/bin
+PGBIN=${DEMO_PGBIN:-/usr/lib/postgresql/15/bin}
+SECURE=${DEMO_SECURE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -110,6 +115,10 @@ q coord >/dev/null <<-'EOF'
 	SELECT floral_coordinator_setup(name, '{"min_branches": 2, "deadline": "10 minutes"}') FROM floral.models;
 	SELECT floral_coordinator_add_branch(m.name, b) FROM floral.models m, unnest('{b1,b2,b3}'::text[]) b;
 EOF
+if [[ $SECURE == 1 ]]; then
+	say "coordinator: secure aggregation on for every model"
+	q coord >/dev/null -c "SELECT floral_coordinator_setup(name, '{\"min_branches\": 2, \"deadline\": \"10 minutes\", \"secure_aggregation\": true}') FROM floral.models"
+fi
 
 say "branches: loading their own share of Fashion-MNIST (tenant k lives in branch k mod 3, group k mod 4)"
 load() {
@@ -168,13 +177,21 @@ printf '%s\n' "------+-----------------------------+----------------------------
 START=$(date +%s)
 for ((r = 1; r <= ROUNDS; r++)); do
 	t0=$(date +%s.%N)
-	# the three branches work at the same time, each on its own tenants
-	for b in b1 b2 b3; do
-		(for m in "${MODELS[@]}"; do q $b -At -c "CALL floral_branch_step('$m')"; done >"$WORK/$b.step") &
+	# the three branches work at the same time, each on its own tenants;
+	# with secure aggregation a round takes a few passes of steps
+	for ((pass = 1; pass <= 8; pass++)); do
+		for b in b1 b2 b3; do
+			(for m in "${MODELS[@]}"; do q $b -At -c "CALL floral_branch_step('$m')"; done >"$WORK/$b.step") &
+		done
+		wait
+		for m in "${MODELS[@]}"; do q coord -At -c "SELECT floral_coordinator_step('$m')" >"$WORK/coord.step"; done
+		(($(q coord -At -c "SELECT min(round) FROM floral.models") >= r)) && break
 	done
-	wait
-	for m in "${MODELS[@]}"; do q coord -At -c "SELECT floral_coordinator_step('$m')" >"$WORK/coord.step"; done
-	up=$(q coord -At -c "SELECT coalesce(sum(bytes), 0) FROM floral.updates WHERE round = $((r - 1))")
+	if [[ $SECURE == 1 ]]; then
+		up=$(q coord -At -c "SELECT coalesce(sum(bytes_in + bytes_out), 0) FROM floral.secagg_rounds WHERE round = $((r - 1))")
+	else
+		up=$(q coord -At -c "SELECT coalesce(sum(bytes), 0) FROM floral.updates WHERE round = $((r - 1))")
+	fi
 	down=$(q coord -At -c "SELECT 3 * sum(length(encode(floral.tensor_send(params), 'base64')))
 		FROM floral.rounds WHERE round = $((r - 1))")
 	if ((r % 5 == 0 || r == 1 || r == ROUNDS)); then

@@ -24,6 +24,7 @@ PACKAGES=(
 	gnuplot-nox              # benchmark plots
 	python3                  # helper scripts
 	openssl                  # the TLS test makes a throwaway CA
+	libssl-dev               # libcrypto headers: secure aggregation (src/secagg.c)
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -1,6 +1,8 @@
 -- Differential privacy of branch updates: each tenant's update is clipped
--- to dp_clip, and Gaussian noise of std dp_noise * dp_clip * max n_k is added
--- to what a branch sends.  Also: an update holds sums, no tenant's values.
+-- to dp_clip and its weight capped at dp_max_examples, and Gaussian noise of
+-- std dp_noise * dp_max_examples * sqrt(2 + dp_clip^2) is added to N, M and
+-- the sums' distance from the round (aggregate.c, add_dp_noise).  Also: an
+-- update holds sums, no tenant's values.
 CREATE EXTENSION IF NOT EXISTS floral;
 SET max_parallel_workers_per_gather = 0;
 
@@ -22,7 +24,7 @@ LANGUAGE sql AS $$
 SELECT floral_create_model('plain', '{3,16,3}', 'classification', 2, 2, '{"seed": 1}');
 SELECT floral_create_model('clipped', '{3,16,3}', 'classification', 2, 2, '{"seed": 1, "dp_clip": 0.05}');
 SELECT floral_create_model('noisy', '{3,16,3}', 'classification', 2, 2,
-                           '{"seed": 1, "dp_clip": 0.05, "dp_noise": 1.0}');
+                           '{"seed": 1, "dp_clip": 0.05, "dp_noise": 1.0, "dp_max_examples": 100}');
 SELECT m, count(*) FROM unnest('{plain,clipped,noisy}'::text[]) m,
 	unnest('{shop0,shop1,shop2}'::text[]) t,
 	LATERAL floral_train(m, format('SELECT tenant, features, label FROM dp_rows WHERE tenant = %L', t),
@@ -39,16 +41,25 @@ SELECT 'clipped' AS model, max(norm) <= 0.05 * 1.0001 AS clip_holds,
 SELECT a.sums::text = b.sums::text AS deterministic
 FROM floral._branch_update('clipped', 0) a, floral._branch_update('clipped', 0) b;
 
--- noise: two computations differ by noise of std sqrt(2) * 1.0 * 0.05 * 100;
--- the example counts and weights are sent as they are
+-- noise: two computations differ by noise of std sqrt(2) * 1.0 * 100 *
+-- sqrt(2 + 0.05^2) = sqrt(2) * 141.51 on N, on every weight M_c and on
+-- every sum's distance from the round (S - N g for the base); the loss and
+-- the tenant count are not sent
 CREATE TABLE dp_draws AS
-SELECT a.examples = b.examples AS same_examples, a.weights = b.weights AS same_weights,
-	   (SELECT stddev_samp(x - y) / sqrt(2) FROM unnest(a.sums::real[], b.sums::real[]) AS u(x, y)) AS noise_std,
+SELECT a.examples <> b.examples AS noisy_examples, a.weights <> b.weights AS noisy_weights,
+	   a.loss_sum AS loss_sent, a.tenants AS tenants_sent,
+	   (SELECT stddev_samp((x - a.examples * g) - (y - b.examples * g)) / sqrt(2)
+		  FROM unnest(a.sums::real[], b.sums::real[], r.params::real[]) WITH ORDINALITY AS u(x, y, g, i)
+		 WHERE i <= 115) AS noise_std,
 	   (SELECT count(*) FROM unnest(a.sums::real[]) x) AS coordinates
-FROM floral._branch_update('noisy', 0) a, floral._branch_update('noisy', 0) b;
-SELECT same_examples, same_weights, coordinates,
-	   noise_std BETWEEN 5 * 0.85 AND 5 * 1.15 AS noise_std_is_5
+FROM floral._branch_update('noisy', 0) a, floral._branch_update('noisy', 0) b, floral.rounds r
+WHERE r.model = 'noisy' AND r.round = 0;
+SELECT noisy_examples, noisy_weights, loss_sent, tenants_sent, coordinates,
+	   noise_std BETWEEN 141.51 * 0.75 AND 141.51 * 1.25 AS noise_std_is_141_5
 FROM dp_draws;
+-- the weights stay between 0 and the noisy examples, which stay >= 1
+SELECT bool_and(w BETWEEN 0 AND u.examples) AND bool_and(u.examples >= 1) AS weights_in_range
+FROM generate_series(1, 20) g, LATERAL floral._branch_update('noisy', 0 * g) u, unnest(u.weights) w;
 
 -- the noise averages out in the merged model only as much as the privacy allows:
 -- a noisy round still aggregates to finite parameters
@@ -75,6 +86,10 @@ FROM floral._branch_update('wide', 0) u;
 DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_noise": 1}');
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
 DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_clip": -1}');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_clip": 1, "dp_noise": 1}');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM floral_create_model('bad', '{3,3}', 'classification', 2, 1, '{"dp_max_examples": 0}');
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
 
 SELECT floral_drop_model(name) FROM floral.models ORDER BY name;

@@ -220,18 +220,46 @@ floral_aggregate(PG_FUNCTION_ARGS)
 }
 
 /*
- * Differential privacy, second half: Gaussian noise on what the branch
- * sends.  Each tenant's clipped update moves a weighted sum by at most
- * n_k * dp_clip (its weights n_k and n_k pi_kc are at most n_k), so noise of
- * standard deviation dp_noise * dp_clip * max_k n_k on every coordinate is
- * the Gaussian mechanism with noise multiplier dp_noise for one tenant per
- * round.  The weights N and M are sent as they are.  The noise comes from
- * the operating system's strong random source, never from a seed.
+ * Differential privacy, second half: the Gaussian mechanism on what a
+ * branch sends.  One tenant k, with weight w_k <= W = dp_max_examples
+ * (train.c caps it) and its update Delta_k clipped to norm dp_clip = C
+ * around the round's parameters g, moves
+ *
+ *	  N by w_k,	 M by w_k pi_k (norm <= w_k),
+ *	  D = S - (N g_base, M_c g_c) by w_k (Delta_base, pi_kc Delta_c) (norm <= w_k C)
+ *
+ * so (N, M, D) has L2 sensitivity at most W sqrt(2 + C^2) when a tenant is
+ * added or removed.  Noise of standard deviation dp_noise times that goes
+ * on every coordinate of N, M and D; the branch then sends
+ * S' = (N' g_base + D', M'_c g_c + D'_c), N' = max(round(N + noise), 1) and
+ * M'_c = clamp(M_c + noise, 0, N'): only post-processing of the noisy
+ * (N, M, D), so the round is exactly the Gaussian mechanism with noise
+ * multiplier dp_noise, which floral.privacy_ledger accounts for.  (Noise
+ * on S itself would not do: S contains N g, and g is public.)  The loss
+ * and the tenant count would need noise of their own; a noisy branch
+ * sends neither (loss 0, one tenant).  The noise comes from the operating
+ * system's strong random source, never from a seed.
  */
-static void
-add_dp_noise(const FloralSpec *spec, FloralSums *sums)
+static double
+gaussian(pg_prng_state *rng)
 {
-	double		sigma = (double) spec->dp_noise * spec->dp_clip * sums->n_max;
+	double		u1 = pg_prng_double(rng),
+				u2 = pg_prng_double(rng);
+
+	/* Box-Muller; 1 - u1 is in (0, 1], so the log is finite */
+	return sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
+}
+
+static void
+add_dp_noise(const FloralSpec *spec, FloralSums *sums, const float *g)
+{
+	double		sigma = (double) spec->dp_noise * spec->dp_max_examples *
+		sqrt(2.0 + (double) spec->dp_clip * spec->dp_clip);
+	int			C = spec->private_adaptors ? 0 : spec->nadaptors;
+	double	   *bank = sums->v + spec->base_size;
+	double		N2;
+	double		M2[FLORAL_MAX_ADAPTORS];
+	double	   *gbank;
 	pg_prng_state rng;
 	uint64		seed;
 
@@ -240,14 +268,38 @@ add_dp_noise(const FloralSpec *spec, FloralSums *sums)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate random numbers for differential privacy")));
 	pg_prng_seed(&rng, seed);
-	for (int64 i = 0; i < sums->nsums; i++)
-	{
-		double		u1 = pg_prng_double(&rng),
-					u2 = pg_prng_double(&rng);
 
-		/* Box-Muller; 1 - u1 is in (0, 1], so the log is finite */
-		sums->v[i] += sigma * sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
+	/*
+	 * A whole count: a weight clamped to it stays below it as a float4.
+	 * (One draw per value: Min and Max evaluate their arguments twice.)
+	 */
+	N2 = rint(sums->N + sigma * gaussian(&rng));
+	N2 = Max(N2, 1.0);
+	for (int c = 0; c < C; c++)
+	{
+		double		m = sums->M[c] + sigma * gaussian(&rng);
+
+		M2[c] = Min(Max(m, 0.0), N2);
 	}
+
+	/* base: S' = S + (N' - N) g + noise */
+	for (int64 i = 0; i < spec->base_size; i++)
+		sums->v[i] += (N2 - sums->N) * g[i] + sigma * gaussian(&rng);
+	if (C > 0)
+	{
+		/* adaptor c: S'_c = S_c + (M'_c - M_c) g_c + noise, in the bank's layout */
+		gbank = palloc0(sizeof(double) * Max(spec->adaptor_size, 1));
+		for (int c = 0; c < C; c++)
+			floral_adaptor_axpy(spec, c, M2[c] - sums->M[c], g + spec->adaptor_offset, gbank);
+		for (int64 i = 0; i < spec->adaptor_size; i++)
+			bank[i] += gbank[i] + sigma * gaussian(&rng);
+		pfree(gbank);
+	}
+	sums->N = N2;
+	for (int c = 0; c < C; c++)
+		sums->M[c] = M2[c];
+	sums->loss_sum = 0.0;
+	sums->tenants = 1;
 }
 
 /*
@@ -270,6 +322,7 @@ floral_branch_update(PG_FUNCTION_ARGS)
 	FloralTensor *t;
 	float	   *data;
 	float		M[FLORAL_MAX_ADAPTORS];
+	float	   *global = NULL;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "floral._branch_update must return a record");
@@ -289,6 +342,9 @@ floral_branch_update(PG_FUNCTION_ARGS)
 		(void) floral_add_calls_sums(spec, round, PG_GETARG_DATUM(2), &sums);
 	else
 		(void) floral_add_round_sums(spec, round, &sums);
+	/* the round's parameters, around which the noise is added */
+	if (spec->dp_noise > 0 && sums.tenants > 0)
+		global = floral_load_round(spec, round, cxt);
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 
@@ -298,7 +354,13 @@ floral_branch_update(PG_FUNCTION_ARGS)
 				 errmsg("round %d of model \"%s\" has no contributions here", round, model)));
 
 	if (spec->dp_noise > 0)
-		add_dp_noise(spec, &sums);
+	{
+		if (!(spec->dp_max_examples > 0 && spec->dp_clip > 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("model \"%s\" adds noise without \"dp_clip\" and \"dp_max_examples\"", model)));
+		add_dp_noise(spec, &sums, global);
+	}
 
 	/* laid out like the shared parameters: private adaptors do not travel */
 	t = tensor_new_1d(sums.nsums);

@@ -296,7 +296,8 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 			 "coalesce((options->>'dp_clip')::real, 0), coalesce((options->>'dp_noise')::real, 0), "
 			 "coalesce((options->>'ensemble')::boolean, false), "
 			 "coalesce(options->>'router', 'paper'), coalesce(options->>'adaptor_init', 'paper'), "
-			 "coalesce((options->>'reseed')::boolean, false) "
+			 "coalesce((options->>'reseed')::boolean, false), "
+			 "coalesce((options->>'dp_max_examples')::real, 0) "
 			 "FROM floral.models WHERE name = $1%s", lock_clause[row_lock]);
 	args[0] = CStringGetTextDatum(model);
 	if (row_lock != FLORAL_LOCK_NONE)
@@ -342,6 +343,7 @@ floral_load_spec(const char *model, FloralLock lock, FloralSpec *spec)
 	spec->router = floral_router_from_name(TextDatumGetCString(get_notnull(18)));
 	spec->random_v = floral_adaptor_init_from_name(TextDatumGetCString(get_notnull(19)));
 	spec->reseed = DatumGetBool(get_notnull(20));
+	spec->dp_max_examples = DatumGetFloat4(get_notnull(21));
 	if (spec->nadaptors < 0 || spec->nadaptors > FLORAL_MAX_ADAPTORS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),

@@ -91,6 +91,7 @@ typedef struct FloralSpec
 	float		server_lr;
 	float		dp_clip;		/* bound on a tenant's update norm; 0: none */
 	float		dp_noise;		/* Gaussian noise multiplier of a branch's sums */
+	float		dp_max_examples;	/* cap on a tenant's aggregation weight; 0: none */
 	int64		seed;
 	FloralLayer layers[FLORAL_MAX_LAYERS];
 

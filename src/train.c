@@ -658,6 +658,19 @@ write_trained_tenant(TenantStatements *st, const FloralSpec *spec, int64 call_id
 	}
 }
 
+/*
+ * A tenant's weight in the sums, n_k.  Differential privacy bounds it
+ * (dp_max_examples), so that one tenant moves N, M and the sums by a known
+ * amount (aggregate.c, add_dp_noise).
+ */
+static double
+tenant_weight(const FloralSpec *spec, const FloralTenantRows *trows)
+{
+	if (spec->dp_max_examples > 0)
+		return Min((double) trows->nrows, (double) spec->dp_max_examples);
+	return (double) trows->nrows;
+}
+
 /* what the serial and the parallel training paths share */
 typedef struct TrainState
 {
@@ -732,7 +745,7 @@ train_serial(TrainState *ts)
 								start_bank, z, state.pinned ? state.pinned_pi : NULL, pi);
 		write_trained_tenant(&ts->st, spec, ts->call_id, trows, z,
 							 params + spec->adaptor_offset, loss, call->rsinfo);
-		if (floral_sums_defer_tenant(&ts->sums, (double) trows->nrows, pi, params, loss,
+		if (floral_sums_defer_tenant(&ts->sums, tenant_weight(spec, trows), pi, params, loss,
 									 trows->name) || ts->sums.npending == nbufs)
 			flush_sums(&ts->sums, call->global, &call->opts);
 		MemoryContextSwitchTo(old);
@@ -750,8 +763,8 @@ consume_trained(void *arg, int task, float *params, const float *pi, double loss
 
 	/* never more than FLORAL_SUMS_DEFER before a flush (parallel.c, sum_ready) */
 	Assert(ts->sums.npending < FLORAL_SUMS_DEFER);
-	floral_sums_defer_tenant(&ts->sums, (double) trows->nrows, pi, params, loss,
-							 trows->name);
+	floral_sums_defer_tenant(&ts->sums, tenant_weight(ts->call->spec, trows), pi, params,
+							 loss, trows->name);
 }
 
 static void

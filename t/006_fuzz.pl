@@ -1057,7 +1057,7 @@ for my $i (1 .. 160)
 	@widths = (3, 2) if est_params(\@widths, $adaptors, $rank) > 1_000_000;
 	my $o = pick('{}', '{}', '{"activation": "tanh"}', '{"activation": "identity", "alpha": 0.5}', '{"seed": 42}',
 		'{"min_prob": 0}', '{"noise": 0}', '{"precondition": false}', '{"precondition_eps": 1}', '{"server_lr": 10}',
-		'{"private_adaptors": true}', '{"dp_clip": 1, "dp_noise": 1}', '{"seed": -9223372036854775808}');
+		'{"private_adaptors": true}', '{"dp_clip": 1, "dp_noise": 1, "dp_max_examples": 50}', '{"seed": -9223372036854775808}');
 	$o = chance(0.5) ? pick('{"activation": "softmax"}', '{"dp_noise": 1}', '{"server_lr": 10.5}', '{"min_prob": 1}',
 			'{"seed": 1.5}', '{"alpha": -1}', '{"precondition_eps": 0}', '{"dp_clip": 0}', '{"seed": 1e19}')
 	  : random_options(qw(activation seed alpha min_prob noise precondition precondition_eps server_lr

@@ -1,0 +1,384 @@
+# Secure aggregation end to end: one coordinator, three branch clusters,
+# the coordinator logging every statement (log_statement = all).
+#
+#   a. the coordinator's tables and its full statement log hold no branch's
+#      unmasked update: not its payload as a plain federation sends it, not
+#      its values as text, not its fixed-point words; each masked update
+#      differs from the branch's fixed-point update in (nearly) every word.
+#      The same checks find a plain federation's update of the same branch
+#      (so they can fail);
+#   b. the secure sum equals the sum of the branches' own updates to within
+#      the quantisation step (3 branches x 2^-21 per value, plus the float4
+#      rounding of the sum), and the merged rounds equal those of a plain
+#      federation with the same seeds; so does the accuracy;
+#   c. a branch stopped after it sent its shares (the masks are fixed): at
+#      the deadline the round goes on with the other two, its masks are
+#      recovered from the survivors' shares and the round merges to exactly
+#      the sum of the two; no branch had both of its secrets revealed; the
+#      stopped branch takes part again when it is back;
+#   d. a share the coordinator altered, or replayed from an earlier round,
+#      is refused by the branch (it reveals nothing), and a resent message is
+#      answered "duplicate"; plain updates are refused by a secure federation.
+use strict;
+use warnings;
+
+use Time::HiRes qw(usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $TENANTS_PER_BRANCH = 4;
+my $TRAIN_ROWS = 90;
+my $train_src = "SELECT tenant, features, label FROM rows WHERE i <= $TRAIN_ROWS ORDER BY tenant, i";
+my $test_src  = "SELECT tenant, features, label FROM rows WHERE i > $TRAIN_ROWS ORDER BY tenant, i";
+my $train_options = '{"lr": 0.3}';
+
+sub new_node
+{
+	my ($name, $conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'))
+	  if -f 'sql/regress.conf';
+	$node->append_conf('postgresql.conf', $conf) if $conf;
+	$node->start;
+	return $node;
+}
+
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+sub sql
+{
+	my ($node, $query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+sub rows_sql
+{
+	my ($b) = @_;
+	my $lo = $TENANTS_PER_BRANCH * ($b - 1);
+	my $hi = $TENANTS_PER_BRANCH * $b - 1;
+	return qq{
+	CREATE TABLE rows AS
+	SELECT format('b%s_t%s', $b, lpad(t::text, 2, '0')) AS tenant, i,
+	       ARRAY[sin(i * 1.1 + t), cos(i * 0.9 + t * 0.5), sin(i * 0.37) * 2]::real[] AS features,
+	       ((CASE WHEN sin(i * 1.1 + t) > 0.3 THEN 2
+	              WHEN cos(i * 0.9 + t * 0.5) > 0 THEN 1 ELSE 0 END) + t % 2) % 3 AS label
+	  FROM generate_series($lo, $hi) t, generate_series(1, 120) i;
+	};
+}
+
+my $coord = new_node('coordinator', "log_statement = 'all'\n");
+my @branches = map { new_node("branch$_") } 1 .. 3;
+my @names = map { "b$_" } 1 .. 3;
+
+# ms: secure aggregation; mp: the same model, federated plainly
+sql($coord, q{
+	CREATE EXTENSION floral;
+	SELECT floral_create_model(m, '{3,24,3}', 'classification', 2, 2, '{"seed": 3}') FROM unnest('{ms,mp}'::text[]) m;
+	SELECT floral_coordinator_setup('ms', '{"secure_aggregation": true, "deadline": "1 hour"}');
+	SELECT floral_coordinator_setup('mp');
+	SELECT floral_coordinator_add_branch(m, b) FROM unnest('{ms,mp}'::text[]) m, unnest('{b1,b2,b3}'::text[]) b;
+});
+my $conninfo = 'host=' . $coord->host . ' port=' . $coord->port . ' dbname=postgres';
+for my $k (0 .. 2)
+{
+	sql($branches[$k], 'CREATE EXTENSION floral; CREATE EXTENSION dblink;' . rows_sql($k + 1));
+	for my $m ('ms', 'mp')
+	{
+		sql($branches[$k], sprintf(q{SELECT floral_branch_join('%s', '%s', %s, %s, '%s')},
+			$m, $names[$k], lit($conninfo), lit($train_src), $train_options));
+	}
+}
+
+sub round_of
+{
+	my ($node, $m) = @_;
+	return sql($node, "SELECT round FROM floral.models WHERE name = '$m'");
+}
+
+# Step the given branches and the coordinator until the round merges;
+# returns the coordinator's last answer and every branch answer.
+sub run_round
+{
+	my ($m, @live) = @_;
+	my ($last, @said) = ('');
+	for my $pass (1 .. 12)
+	{
+		for my $k (@live)
+		{
+			push @said, "$names[$k]: " . sql($branches[$k], "CALL floral_branch_step('$m')");
+		}
+		$last = sql($coord, "SELECT floral_coordinator_step('$m')");
+		last if $last =~ /merged/;
+	}
+	return ($last, @said);
+}
+
+# ---------------------------------------------------------------- a. nothing unmasked
+
+my ($merged, @said) = run_round('ms', 0, 1, 2);
+note join("\n", @said);
+like($merged, qr/^round 0 merged securely from 3 of 3 branches \(masks of 0 recovered\); round 1 started$/,
+	'secure round 0 merged from three branches');
+is(sql($coord, q{SELECT stage, attempt, threshold, participants, sharers, senders FROM floral.secagg_rounds
+	WHERE model = 'ms' AND round = 0}), 'merged|1|2|{b1,b2,b3}|{b1,b2,b3}|{b1,b2,b3}',
+	'secure round 0: one attempt, threshold 2, every branch in at every stage');
+is(sql($coord, q{SELECT string_agg(branch || ':' || status, ',' ORDER BY branch) FROM floral.updates
+	WHERE model = 'ms' AND round = 0}), ':merged,b1:secure,b2:secure,b3:secure',
+	'the coordinator holds one merged update, the secure sum, and a masked record of each branch');
+
+# What each branch computed, as it would travel in a plain federation: the
+# base64 payload of fed_submit, the tensor as text, the fixed-point words.
+my (@payload, @values, @words);
+for my $k (0 .. 2)
+{
+	my ($b64, $txt, $hex) = split /\|/, sql($branches[$k], q{
+		SELECT replace(encode(floral.tensor_send(sums), 'base64'), E'\n', ''),
+		       sums::text,
+		       encode(floral._secagg_quantize(examples, weights, sums, loss_sum, tenants), 'hex')
+		  FROM floral.outbox WHERE model = 'ms' AND round = 0});
+	push @payload, $b64;
+	push @values, $txt;
+	push @words, $hex;
+}
+# a payload line of fed_submit's base64 (76 characters, as the log shows it),
+# a run of values as text, and fixed-point words (in hex and base64)
+sub needles
+{
+	my ($k) = @_;
+	my $b64 = $payload[$k];
+	my @v = split /,/, substr($values[$k], 1, -1);
+	my $words_b64 = sql($coord, "SELECT replace(encode(decode('$words[$k]', 'hex'), 'base64'), E'\\n', '')");
+	return (substr($b64, 76 * 3, 60), join(',', @v[20 .. 24]), substr($words[$k], 400, 64), substr($words_b64, 300, 60));
+}
+# every row of every floral table of the coordinator, as COPY writes it
+# (tensors as text, bytea in hex), and its statement log
+sub coordinator_text
+{
+	my $dump = '';
+	for my $t (split /\n/, sql($coord, q{SELECT tablename FROM pg_tables WHERE schemaname = 'floral' ORDER BY 1}))
+	{
+		$dump .= sql($coord, "COPY floral.$t TO STDOUT") . "\n";
+	}
+	my $log = slurp_file($coord->logfile);
+	(my $log_joined = $log) =~ s/\n//g;    # base64 lines joined, too
+	return ($dump, $log . $log_joined);
+}
+my ($dump, $log) = coordinator_text();
+my @leaks;
+for my $k (0 .. 2)
+{
+	my @n = needles($k);
+	for my $i (0 .. $#n)
+	{
+		push @leaks, "$names[$k] needle $i in the dump" if index($dump, $n[$i]) >= 0;
+		push @leaks, "$names[$k] needle $i in the log" if index($log, $n[$i]) >= 0;
+	}
+}
+is_deeply(\@leaks, [], 'no branch\'s update (payload, values, fixed-point words) is in the coordinator\'s tables or statement log');
+cmp_ok(length($dump), '>', 10000, 'the coordinator\'s tables were read (' . length($dump) . ' characters)');
+cmp_ok(length($log), '>', 10000, 'the coordinator\'s statement log is there and not small');
+like($log, qr/fed_secagg_input/, 'the log holds the masked updates as they arrived');
+
+# each masked update against the branch's fixed-point update, word by word
+for my $k (0 .. 2)
+{
+	my $masked = sql($coord, "SELECT encode(masked, 'hex') FROM floral.secagg_inputs WHERE model = 'ms' AND round = 0 AND branch = '$names[$k]'");
+	my ($same, $n) = (0, length($words[$k]) / 16);
+	for my $w (0 .. $n - 1)
+	{
+		$same++ if substr($masked, 16 * $w, 16) eq substr($words[$k], 16 * $w, 16);
+	}
+	is(length($masked), length($words[$k]), "$names[$k]: the masked update has the update's size");
+	cmp_ok($same, '<=', 1, "$names[$k]: $same of $n words of the masked update equal the unmasked ones");
+}
+
+# ---------------------------------------------------------------- b. exactness
+
+# the secure sum against the sum of what the branches computed (doubles)
+my $branch_sums = join(' UNION ALL ', map { "SELECT * FROM unnest('$values[$_]'::floral.tensor::real[]) WITH ORDINALITY AS u(v, k)" } 0 .. 2);
+my $secure = sql($coord, q{SELECT sums::text FROM floral.updates WHERE model = 'ms' AND round = 0 AND branch = ''});
+my ($ncoord, $maxdiff, $maxtol) = split /\|/, sql($coord, qq{
+	WITH b AS (SELECT k, sum(v::float8) AS s FROM ($branch_sums) x GROUP BY k),
+	     c AS (SELECT * FROM unnest('$secure'::floral.tensor::real[]) WITH ORDINALITY AS u(v, k))
+	SELECT count(*), max(abs(c.v - b.s)), max(abs(c.v - b.s) / (3 * 2 ^ -21 + abs(b.s) * 2 ^ -23))
+	  FROM b JOIN c USING (k)});
+note "secure sum vs the branches' own sums: $ncoord values, max abs diff $maxdiff, max diff / tolerance $maxtol";
+cmp_ok($ncoord, '>', 100, 'every value of the sum compared');
+cmp_ok($maxtol, '<=', 1, 'secure sum = sum of the branch updates, within 3 x 2^-21 plus float4 rounding');
+my $expect_n = sql($coord, 'SELECT 3 * ' . $TENANTS_PER_BRANCH * $TRAIN_ROWS);
+is(sql($coord, q{SELECT examples, tenants FROM floral.updates WHERE model = 'ms' AND round = 0 AND branch = ''}),
+	"$expect_n|" . 3 * $TENANTS_PER_BRANCH, 'the secure sum holds every example and tenant, exactly');
+
+# now the plain federation's round 0 (same seeds, same data)
+($merged) = run_round('mp', 0, 1, 2);
+like($merged, qr/^round 0 merged from 3 of 3/, 'plain round 0 merged');
+
+# positive control: the same checks find the plain federation's updates
+($dump, $log) = coordinator_text();
+my @found;
+for my $k (0 .. 2)
+{
+	my @n = needles($k);
+	push @found, "$names[$k] payload in the log" if index($log, $n[0]) >= 0;
+	push @found, "$names[$k] values in the dump" if index($dump, $n[1]) >= 0;
+}
+is(scalar(@found), 6, 'control: the plain federation\'s updates are found in the log and the tables (' . join(', ', @found) . ')');
+
+sub compare_rounds
+{
+	my ($r) = @_;
+	return split /\|/, sql($coord, qq{
+		WITH a AS (SELECT * FROM unnest((SELECT params FROM floral.rounds WHERE model = 'ms' AND round = $r)::real[])
+		                         WITH ORDINALITY AS a(v, k)),
+		     b AS (SELECT * FROM unnest((SELECT params FROM floral.rounds WHERE model = 'mp' AND round = $r)::real[])
+		                         WITH ORDINALITY AS b(v, k))
+		SELECT count(*), max(abs(a.v::float8 - b.v::float8)) FROM a JOIN b USING (k)});
+}
+my ($np, $d1) = compare_rounds(1);
+note "round 1, secure vs plain: $np parameters, max abs diff $d1";
+cmp_ok($d1, '<', 1e-6, 'round 1 of the secure federation = the plain one (max abs diff < 1e-6)');
+
+for my $r (1 .. 4)
+{
+	my ($a) = run_round('ms', 0, 1, 2);
+	my ($b) = run_round('mp', 0, 1, 2);
+	like("$a / $b", qr/^round $r merged securely from 3 of 3.* \/ round $r merged from 3 of 3/, "round $r merged in both federations");
+}
+my ($np5, $d5) = compare_rounds(5);
+note "round 5, secure vs plain: max abs diff $d5";
+cmp_ok($d5, '<', 1e-4, 'round 5 of the secure federation = the plain one (max abs diff < 1e-4)');
+
+# accuracy of both on the branches' held-out rows (a step pulls round 5)
+for my $k (0 .. 2)
+{
+	sql($branches[$k], q{CALL floral_branch_step('ms'); CALL floral_branch_step('mp');});
+}
+sub accuracy
+{
+	my ($m) = @_;
+	my ($n, $c) = (0, 0);
+	for my $node (@branches)
+	{
+		my ($e, $a) = split /\|/, sql($node, "SELECT sum(examples), sum(accuracy * examples) FROM floral_evaluate('$m', " . lit($test_src) . ')');
+		$n += $e;
+		$c += $a;
+	}
+	return $c / $n;
+}
+my ($acc_s, $acc_p) = (accuracy('ms'), accuracy('mp'));
+note sprintf('accuracy after 5 rounds: secure %.4f, plain %.4f', $acc_s, $acc_p);
+cmp_ok(abs($acc_s - $acc_p), '<', 0.01, 'the secure federation\'s accuracy equals the plain one\'s (within 0.01)');
+
+# ---------------------------------------------------------------- c. a branch drops after masking
+
+# The branches have trained round 5 of ms (the pull above) and advertised
+# their keys; b3 also sent its shares.
+my $rc = 5;
+# b1, b2 advertised in the step above; b3's step now sends its shares too
+like(sql($branches[2], q{CALL floral_branch_step('ms')}), qr/shares sent/, 'b3 advertised, then sent its sealed shares');
+is(sql($coord, "SELECT stage FROM floral.secagg_rounds WHERE model = 'ms' AND round = $rc"), 'share', 'the round waits for the others\' shares');
+$branches[2]->stop;
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/shares sent.*waiting|shares sent/, 'b1 sent its shares');
+like(sql($branches[1], q{CALL floral_branch_step('ms')}), qr/masked update sent/, 'b2 sent its shares, then its masked update');
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/masked update sent/, 'b1 sent its masked update');
+like(sql($coord, q{SELECT floral_coordinator_step('ms')}), qr/stage mask \(2 of 3 masked updates\)/,
+	'before the deadline the coordinator waits for b3\'s masked update');
+# the deadline passes (one second from the stage's start, long gone)
+sql($coord, q{SELECT floral_coordinator_setup('ms', '{"secure_aggregation": true, "deadline": "1 second"}')});
+sleep 1;
+like(sql($coord, q{SELECT floral_coordinator_step('ms')}), qr/stage unmask/, 'after the deadline: unmask with b1 and b2');
+sql($coord, q{SELECT floral_coordinator_setup('ms', '{"secure_aggregation": true, "deadline": "1 hour"}')});
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/shares revealed/, 'b1 revealed its shares');
+like(sql($branches[1], q{CALL floral_branch_step('ms')}), qr/shares revealed/, 'b2 revealed its shares');
+like(sql($coord, q{SELECT floral_coordinator_step('ms')}),
+	qr/^round $rc merged securely from 2 of 3 branches \(masks of 1 recovered\); round 6 started$/,
+	"round $rc merged from b1 and b2, b3's masks recovered");
+is(sql($coord, "SELECT recovered FROM floral.secagg_status WHERE model = 'ms' AND round = $rc"), '{b3}',
+	'floral.secagg_status names the branch whose masks were recovered');
+
+# the merged sum is exactly b1's and b2's
+my @v2 = map { sql($branches[$_], "SELECT sums::text FROM floral.outbox WHERE model = 'ms' AND round = $rc") } 0 .. 1;
+my $sum2 = join(' UNION ALL ', map { "SELECT * FROM unnest('$_'::floral.tensor::real[]) WITH ORDINALITY AS u(v, k)" } @v2);
+my $secure2 = sql($coord, "SELECT sums::text FROM floral.updates WHERE model = 'ms' AND round = $rc AND branch = ''");
+my (undef, undef, $tol2) = split /\|/, sql($coord, qq{
+	WITH b AS (SELECT k, sum(v::float8) AS s FROM ($sum2) x GROUP BY k),
+	     c AS (SELECT * FROM unnest('$secure2'::floral.tensor::real[]) WITH ORDINALITY AS u(v, k))
+	SELECT count(*), max(abs(c.v - b.s)), max(abs(c.v - b.s) / (2 * 2 ^ -21 + abs(b.s) * 2 ^ -23)) FROM b JOIN c USING (k)});
+cmp_ok($tol2, '<=', 1, 'after recovery the sum is b1 + b2, within the quantisation step');
+is(sql($coord, "SELECT examples, tenants FROM floral.updates WHERE model = 'ms' AND round = $rc AND branch = ''"),
+	2 * $TENANTS_PER_BRANCH * $TRAIN_ROWS . '|' . 2 * $TENANTS_PER_BRANCH, 'the sum holds b1\'s and b2\'s examples, not b3\'s');
+is(sql($coord, qq{SELECT string_agg(owner || ':' || kind || ':' || n, ',' ORDER BY owner)
+	FROM (SELECT owner, string_agg(DISTINCT kind, '+') AS kind, count(*) AS n FROM floral.secagg_reveals
+	      WHERE model = 'ms' AND round = $rc GROUP BY owner) x}),
+	'b1:self:2,b2:self:2,b3:pair:2',
+	'revealed: the self-mask seeds of b1 and b2 and the mask key of b3, never both secrets of one branch');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_inputs WHERE model = 'ms' AND round = $rc AND branch = 'b3'"), 0,
+	'b3 sent no masked update: nothing of its update reached the coordinator');
+is(sql($coord, q{SELECT count(*) FROM floral.secagg_reveals v JOIN floral.secagg_reveals w
+	USING (model, round, attempt, owner) WHERE v.kind <> w.kind}), 0,
+	'in no round did the coordinator get both secrets of one branch');
+
+# b3 is back and takes part in round 6 again
+$branches[2]->start;
+($merged) = run_round('ms', 0, 1, 2);
+like($merged, qr/^round 6 merged securely from 3 of 3/, 'b3 is back: round 6 merged from three branches');
+
+# ---------------------------------------------------------------- d. forged and replayed shares
+
+# round 7: step until every share is in (stage mask), then tamper with the
+# share b2 sealed for b1, as a dishonest coordinator could
+my $rd = 7;
+sql($branches[$_], q{CALL floral_branch_step('ms')}) for 0, 1, 2, 0, 1;
+is(sql($coord, "SELECT stage FROM floral.secagg_rounds WHERE model = 'ms' AND round = $rd"), 'mask',
+	"round $rd: every share is in, b2's masked update too");
+my $orig = sql($coord, "SELECT encode(sealed, 'hex') FROM floral.secagg_shares WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'");
+isnt($orig, '', "round $rd: b2's sealed share for b1 is at the coordinator");
+sql($coord, "UPDATE floral.secagg_shares SET sealed = overlay(sealed PLACING '\\xff'::bytea FROM 40 FOR 1)
+	WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'");
+like(sql($branches[2], q{CALL floral_branch_step('ms')}), qr/masked update sent/, 'b3 sent its masked update');
+# b1's step sends its masked update, the round reaches unmask, b1 opens its shares
+like(sql($branches[0], q{CALL floral_branch_step('ms')}),
+	qr/failed: secure aggregation: the share from branch "b2" to branch "b1" does not authenticate/,
+	'an altered share is refused (ChaCha20-Poly1305 tag)');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_reveals WHERE model = 'ms' AND round = $rd AND holder = 'b1'"), 0,
+	'b1 revealed nothing');
+# replay: the share b2 sealed for b1 in round 6 (same pair, earlier round)
+sql($coord, "UPDATE floral.secagg_shares s SET sealed = o.sealed FROM floral.secagg_shares o
+	WHERE s.model = 'ms' AND s.round = $rd AND s.sender = 'b2' AND s.recipient = 'b1'
+	  AND o.model = 'ms' AND o.round = 6 AND o.sender = 'b2' AND o.recipient = 'b1'");
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/does not authenticate/,
+	'a share replayed from an earlier round is refused');
+# b3's share for b1 presented as b2's (another sender)
+sql($coord, "UPDATE floral.secagg_shares s SET sealed = o.sealed FROM floral.secagg_shares o
+	WHERE s.model = 'ms' AND s.round = $rd AND s.sender = 'b2' AND s.recipient = 'b1'
+	  AND o.model = 'ms' AND o.round = $rd AND o.sender = 'b3' AND o.recipient = 'b1'");
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/does not authenticate/,
+	'a share of another sender is refused');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_reveals WHERE model = 'ms' AND round = $rd AND holder = 'b1'"), 0,
+	'b1 still revealed nothing');
+sql($coord, "UPDATE floral.secagg_shares SET sealed = decode('$orig', 'hex')
+	WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'");
+like(sql($branches[0], q{CALL floral_branch_step('ms')}), qr/shares revealed/, 'with the true share b1 reveals');
+
+# a resent reveal is a duplicate; a plain update is refused
+my $att = sql($coord, "SELECT attempt FROM floral.secagg_rounds WHERE model = 'ms' AND round = $rd");
+my $resend = sql($coord, "SELECT string_agg(encode(share, 'hex'), ',' ORDER BY owner) FROM floral.secagg_reveals WHERE model = 'ms' AND round = $rd AND holder = 'b1'");
+is(sql($coord, "SELECT floral.fed_secagg_reveal('ms', 'b1', $rd, $att, '{b1,b2,b3}', '{self,self,self}', '{1,1,1}', '{$resend}')"),
+	'duplicate', 'a resent reveal is answered "duplicate"');
+($merged) = run_round('ms', 0, 1, 2);
+like($merged, qr/^round $rd merged securely from 3 of 3/, "round $rd merged once the true share was back");
+my $r8 = $rd + 1;
+is(sql($coord, "SELECT floral.fed_submit('ms', 'b2', $r8, 10, '{1,1}', encode(floral.tensor_send(params), 'base64'), 0, 1)
+	FROM floral.rounds WHERE model = 'ms' AND round = $r8"), 'rejected', 'a plain update to a secure federation is rejected');
+is(sql($coord, "SELECT status, sums IS NULL, reason FROM floral.updates WHERE model = 'ms' AND round = $r8 AND branch = 'b2'"),
+	'rejected|t|secure aggregation is on: updates travel masked (floral.fed_secagg_input)',
+	'its values were not stored');
+
+done_testing();

@@ -1504,12 +1504,18 @@ BEGIN
 			VALUES (model, round, t, round_id::timestamptz);
 		-- an update trained on other parameters for this round is void
 		DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round >= _branch_sync.round;
+		-- and so are secure-aggregation keys made for that round: a round
+		-- that came back (a rollback) must never be masked with the same
+		-- keys as before, or two masked updates would give away their
+		-- difference
+		DELETE FROM floral.secagg_secrets x WHERE x.model = _branch_sync.model AND x.round >= _branch_sync.round;
 	END IF;
 	-- rounds the coordinator does not have (it rolled back) are forgotten,
 	-- and so is the start-of-round state of tenants in them: a round of
 	-- that number later is another round
 	DELETE FROM floral.rounds x WHERE x.model = _branch_sync.model AND x.round > _branch_sync.round;
 	DELETE FROM floral.outbox o WHERE o.model = _branch_sync.model AND o.round > _branch_sync.round;
+	DELETE FROM floral.secagg_secrets x WHERE x.model = _branch_sync.model AND x.round > _branch_sync.round;
 	UPDATE floral.tenants x SET start_round = NULL, start_logits = NULL, start_adaptors = NULL,
 		contributed_call = NULL
 		WHERE x.model = _branch_sync.model AND x.start_round > _branch_sync.round;
@@ -2013,8 +2019,11 @@ BEGIN
 				WHERE v.model = r.model AND v.round = r.round AND v.attempt = r.attempt;
 			n := cardinality(r.senders);
 		END IF;
+		-- the sum is merged only from at least min_branches updates, as
+		-- without secure aggregation
 		IF coalesce(cardinality(names), 0) >= n
-		   OR (late AND coalesce(cardinality(names), 0) >= r.threshold) THEN
+		   OR (late AND coalesce(cardinality(names), 0) >=
+			   CASE WHEN r.stage = 'mask' THEN greatest(r.threshold, f.min_branches) ELSE r.threshold END) THEN
 			UPDATE floral.secagg_rounds x SET
 				stage = CASE r.stage WHEN 'share' THEN 'mask' WHEN 'mask' THEN 'unmask' ELSE 'ready' END,
 				sharers = CASE WHEN r.stage = 'share' THEN names ELSE x.sharers END,
@@ -2035,6 +2044,8 @@ BEGIN
 	END IF;
 	RETURN r;
 END $$;
+COMMENT ON FUNCTION floral._secagg_advance(text) IS
+	'coordinator, secure aggregation: close the current round''s stage when everyone expected answered or the deadline passed with enough; start a new attempt with too few';
 
 -- The prologue of every remote call of secure aggregation: the caller may
 -- act as the branch, the federation aggregates securely, the round is the
@@ -2069,12 +2080,16 @@ BEGIN
 	END IF;
 	RETURN r;
 END $$;
+COMMENT ON FUNCTION floral._secagg_call(text, text, int, int) IS
+	'coordinator, secure aggregation: the checks every remote call makes (branch role, option on, current round and attempt); returns the round''s row, locked';
 
 CREATE FUNCTION floral._secagg_count(model text, round int, bytes_in bigint, bytes_out bigint) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	UPDATE floral.secagg_rounds x SET bytes_in = x.bytes_in + $3, bytes_out = x.bytes_out + $4
 		WHERE x.model = $1 AND x.round = $2
 $$;
+COMMENT ON FUNCTION floral._secagg_count(text, int, bigint, bigint) IS
+	'coordinator, secure aggregation: count the bytes a round''s messages carried';
 
 CREATE FUNCTION floral._secagg_hex(v text, len int, what text) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -2091,6 +2106,8 @@ BEGIN
 	END IF;
 	RETURN b;
 END $$;
+COMMENT ON FUNCTION floral._secagg_hex(text, int, text) IS
+	'secure aggregation: decode hex of an exact length, or raise 22023';
 
 -- remote API, called by branches over dblink
 CREATE FUNCTION floral.fed_secagg_state(model text, branch text, round int,
@@ -2386,12 +2403,16 @@ BEGIN
 	END IF;
 	RETURN why;
 END $$;
+COMMENT ON FUNCTION floral._secagg_finish(text) IS
+	'coordinator, secure aggregation: recover the seeds and dropped keys, unmask the sum, check it and record it as the round''s accepted update; returns why it was rejected, or NULL';
 
 CREATE FUNCTION floral._secagg_merged(model text, round int, new_round int) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	UPDATE floral.secagg_rounds x SET stage = 'merged', merged_into = $3 WHERE x.model = $1 AND x.round = $2;
 	UPDATE floral.updates u SET merged_into = $3 WHERE u.model = $1 AND u.round = $2 AND u.status = 'secure';
 $$;
+COMMENT ON FUNCTION floral._secagg_merged(text, int, int) IS
+	'coordinator, secure aggregation: mark a round merged into new_round';
 
 CREATE VIEW floral.federation_rounds AS
 SELECT r.model, r.round,
@@ -2450,8 +2471,14 @@ DECLARE
 	s record;
 BEGIN
 	PERFORM floral._branch_check_caller(model);
-	-- secrets of rounds that are over are of no use any more
-	DELETE FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model AND x.round < _branch_secagg_keys.round;
+	-- secrets of rounds that are over are of no use any more; keys older
+	-- than the update they would mask are never used (the same masks on two
+	-- different updates would give away their difference)
+	DELETE FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model
+		AND (x.round < _branch_secagg_keys.round
+			 OR (x.round = _branch_secagg_keys.round
+				 AND x.created_at < (SELECT o.created_at FROM floral.outbox o
+									 WHERE o.model = _branch_secagg_keys.model AND o.round = _branch_secagg_keys.round)));
 	created := NOT EXISTS (SELECT 1 FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model
 						   AND x.round = _branch_secagg_keys.round AND x.attempt = _branch_secagg_keys.attempt);
 	IF created THEN
@@ -2464,6 +2491,8 @@ BEGIN
 		FROM floral.secagg_secrets x WHERE x.model = _branch_secagg_keys.model
 		AND x.round = _branch_secagg_keys.round AND x.attempt = _branch_secagg_keys.attempt;
 END $$;
+COMMENT ON FUNCTION floral._branch_secagg_keys(text, int, int) IS
+	'branch, secure aggregation: make (once) and return this branch''s public keys of a round''s attempt';
 
 CREATE FUNCTION floral._branch_secagg_secret(model text, round int, attempt int) RETURNS floral.secagg_secrets
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -2481,6 +2510,8 @@ BEGIN
 	END IF;
 	RETURN x;
 END $$;
+COMMENT ON FUNCTION floral._branch_secagg_secret(text, int, int) IS
+	'branch, secure aggregation: this branch''s private keys and seed of a round''s attempt (for the role that joined only)';
 
 -- record what the branch reveals; once recorded it never changes
 CREATE FUNCTION floral._branch_secagg_decide(model text, round int, attempt int, senders text[],
@@ -2494,6 +2525,8 @@ BEGIN
 		WHERE x.model = _branch_secagg_decide.model AND x.round = _branch_secagg_decide.round
 		  AND x.attempt = _branch_secagg_decide.attempt AND x.reveal_owners IS NULL;
 END $$;
+COMMENT ON FUNCTION floral._branch_secagg_decide(text, int, int, text[], text[], text[], int[], bytea[]) IS
+	'branch, secure aggregation: record what this branch reveals in a round''s attempt; never replaced once recorded';
 
 -- One action of secure aggregation for the branch, as far as the round's
 -- stage allows: at most one message sent, or one local write.  more: the
@@ -2667,6 +2700,8 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
+COMMENT ON FUNCTION floral._branch_phase_secagg(text, int) IS
+	'branch step, secure aggregation: one action of the round''s current stage (advertise keys, send shares, send the masked update, open and reveal shares)';
 
 
 ------------------------------------------------------------------------

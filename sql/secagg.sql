@@ -157,6 +157,32 @@ DO $$ BEGIN PERFORM floral.fed_secagg_keys('sa', 'x', 0, 1);
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
 SELECT floral_coordinator_step('sa');
 SELECT model, round, attempt, stage, participants FROM floral.secagg_status;
+-- who may call what: a branch's role the remote API only, an admin never
+-- a branch's secrets
+CREATE ROLE regress_sa_branch IN ROLE floral_branch;
+CREATE ROLE regress_sa_admin IN ROLE floral_admin;
+SELECT floral_coordinator_add_branch('sa', 'y', 'regress_sa_branch');
+SET ROLE regress_sa_branch;
+SELECT stage, advertised FROM floral.fed_secagg_state('sa', 'y', 0);
+DO $$ BEGIN PERFORM floral.fed_secagg_state('sa', 'x', 0);
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM * FROM floral.secagg_keys;
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM floral._secagg_advance('sa');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN PERFORM floral._secagg_keypair();
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+RESET ROLE;
+SET ROLE regress_sa_admin;
+SELECT count(*) AS keys_visible_to_admin FROM floral.secagg_keys;
+DO $$ BEGIN PERFORM * FROM floral.secagg_secrets;
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+DO $$ BEGIN INSERT INTO floral.secagg_inputs VALUES ('sa', 0, 1, 'x', '\x00');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
+RESET ROLE;
+DROP ROLE regress_sa_branch;
+DROP ROLE regress_sa_admin;
+
 SELECT floral_coordinator_setup('sa', '{}');
 DO $$ BEGIN PERFORM floral.fed_secagg_state('sa', 'x', 0);
 EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;

@@ -156,7 +156,7 @@ secagg_add_prg(uint64_t *acc, size_t n, const uint8_t key[SECAGG_KEY_LEN], int s
 {
 	static const uint8_t zeros[PRG_BLOCK * 8];
 	uint8_t		iv[16] = {0};	/* the key is used for this one stream only */
-	uint8_t    *buf = palloc(PRG_BLOCK * 8);
+	uint8_t		buf[PRG_BLOCK * 8];	/* on the stack: no allocation that could fail */
 	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
 	const char *err = NULL;
 
@@ -186,8 +186,7 @@ secagg_add_prg(uint64_t *acc, size_t n, const uint8_t key[SECAGG_KEY_LEN], int s
 		}
 	}
 	EVP_CIPHER_CTX_free(ctx);
-	OPENSSL_cleanse(buf, PRG_BLOCK * 8);
-	pfree(buf);
+	OPENSSL_cleanse(buf, sizeof(buf));
 	return err;
 }
 
@@ -275,13 +274,11 @@ secagg_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t, uint8_t *shares
 	for (; err == NULL && made < t; made++)
 	{
 		coef[made] = BN_secure_new();
+		/* the loop's increment counts this slot, so it is freed below */
 		if (coef[made] == NULL ||
 			(made == 0 ? BN_bin2bn(secret, SECAGG_KEY_LEN, coef[0]) == NULL
 			 : BN_priv_rand_range(coef[made], p) != 1))
-		{
-			made++;
 			err = "could not draw a share polynomial";
-		}
 	}
 	for (int i = 1; err == NULL && i <= n; i++)
 	{

@@ -18,7 +18,8 @@
 #      stopped branch takes part again when it is back;
 #   d. a share the coordinator altered, or replayed from an earlier round,
 #      is refused by the branch (it reveals nothing), and a resent message is
-#      answered "duplicate"; plain updates are refused by a secure federation.
+#      answered "duplicate"; plain updates are refused by a secure federation;
+#   e. a round that comes back after a rollback is masked with fresh keys.
 use strict;
 use warnings;
 
@@ -380,5 +381,23 @@ is(sql($coord, "SELECT floral.fed_submit('ms', 'b2', $r8, 10, '{1,1}', encode(fl
 is(sql($coord, "SELECT status, sums IS NULL, reason FROM floral.updates WHERE model = 'ms' AND round = $r8 AND branch = 'b2'"),
 	'rejected|t|secure aggregation is on: updates travel masked (floral.fed_secagg_input)',
 	'its values were not stored');
+
+# ---------------------------------------------------------------- e. rounds that come back
+
+# After a rollback to round 6, rounds 6 and 7 run again; round 7 is trained
+# again on other parameters and must be masked with fresh keys (the same
+# masks on another update would give away the difference of the two).
+my $keys = "SELECT string_agg(encode(s_public, 'hex') || encode(c_public, 'hex'), ',' ORDER BY branch)
+	FROM floral.secagg_keys WHERE model = 'ms' AND round = ";
+my %before = map { $_ => { map { $_ => 1 } split /,/, sql($coord, $keys . $_) } } 6, 7;
+sql($coord, q{SELECT floral_rollback('ms', 6)});
+for my $r (6, 7)
+{
+	($merged) = run_round('ms', 0, 1, 2);
+	like($merged, qr/^round $r merged securely from 3 of 3/, "after a rollback round $r merges again");
+	my @new = split /,/, sql($coord, $keys . $r);
+	is(scalar(@new), 3, "round $r has three branches' keys again");
+	is(scalar(grep { $before{$r}{$_} } @new), 0, "every key of the new round $r is fresh");
+}
 
 done_testing();

@@ -328,7 +328,7 @@ BEGIN
 			'activation', 'relu', 'seed', 0, 'alpha', 1.0, 'min_prob', 0.01,
 			'noise', 1.0, 'precondition', true, 'precondition_eps', 1e-5,
 			'server_lr', 1.0, 'private_adaptors', false, 'ensemble', false,
-			'router', 'paper', 'adaptor_init', 'paper', 'reseed', false,
+			'router', null, 'adaptor_init', 'paper', 'reseed', null,
 			'dp_clip', null, 'dp_noise', 0, 'dp_max_examples', null),
 		'floral_create_model');
 	PERFORM floral._check(o->>'activation' IN ('relu', 'tanh', 'identity'),
@@ -351,8 +351,20 @@ BEGIN
 						  'option "ensemble" needs at least one member (adaptors >= 1)');
 	PERFORM floral._check(NOT ((o->>'ensemble')::boolean AND (o->>'private_adaptors')::boolean),
 						  'options "ensemble" and "private_adaptors" exclude each other');
-	PERFORM floral._check(o->>'router' IN ('paper', 'probe'),
+	-- router and reseed default to the probe router with re-seeding where
+	-- the model has a shared bank of two or more adaptors (README, "A router
+	-- that closes the oracle gap"), to the paper's router elsewhere
+	IF jsonb_typeof(o->'router') = 'null' THEN
+		o := o || jsonb_build_object('router', CASE WHEN adaptors >= 2 AND NOT (o->>'private_adaptors')::boolean
+														 AND NOT (o->>'ensemble')::boolean THEN 'probe' ELSE 'paper' END);
+	END IF;
+	IF jsonb_typeof(o->'reseed') = 'null' THEN
+		o := o || jsonb_build_object('reseed', adaptors >= 2 AND NOT (o->>'private_adaptors')::boolean
+											   AND NOT (o->>'ensemble')::boolean);
+	END IF;
+	PERFORM floral._check(jsonb_typeof(o->'router') = 'string' AND o->>'router' IN ('paper', 'probe'),
 						  'option "router" must be "paper" or "probe"');
+	PERFORM floral._check(jsonb_typeof(o->'reseed') = 'boolean', 'option "reseed" must be true or false');
 	PERFORM floral._check(o->>'adaptor_init' IN ('paper', 'random'),
 						  'option "adaptor_init" must be "paper" or "random"');
 	PERFORM floral._check(NOT (o->>'reseed')::boolean OR (adaptors >= 2 AND NOT (o->>'private_adaptors')::boolean
@@ -389,7 +401,7 @@ BEGIN
 		VALUES (name, 0, floral._initial_parameters(name));
 END $$;
 COMMENT ON FUNCTION floral_create_model(text, int[], text, int, real, jsonb) IS
-	'create a FLoRAL model: base MLP with the given widths and a bank of low-rank adaptors (options: private_adaptors for Local Adaptor, ensemble for C full models mixed at the output)';
+	'create a FLoRAL model: base MLP with the given widths and a bank of low-rank adaptors (options: private_adaptors for Local Adaptor, ensemble for C full models mixed at the output; router and reseed default to the probe router with re-seeding, "paper" and false give the paper''s FLoRAL)';
 
 CREATE FUNCTION floral_drop_model(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -2798,7 +2810,7 @@ GRANT USAGE ON SCHEMA floral TO PUBLIC;	-- the tensor type; tables and functions
 -- readers
 GRANT EXECUTE ON FUNCTION floral_predict_batch(text, text, boolean),
 	floral_predict(text, text, real[]), floral_predict_proba(text, text, real[]),
-	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text),
+	floral_evaluate(text, text, text), floral_mixture(text, text), floral_layers(text), floral.shared_parameters(text),
 	floral_parameter(text, text, int, int, int), floral_progress(),
 	floral._model_options(text), floral._check(boolean, text), floral._options(jsonb, jsonb, text),
 	floral._check_integer(jsonb, text, bigint, bigint), floral._require_read_committed(text),

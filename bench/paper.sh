@@ -17,11 +17,15 @@
 #   floral10  FLoRAL(10%)                adaptors 4, rank 0.1
 #   oracle10  FLoRAL(10%), oracle router adaptors 4, rank 0.1, every tenant's
 #                                        mixture pinned to its group's one-hot
+#   floral10pr, floral1pr                FLoRAL(10%) / FLoRAL(1%) with router "probe"
+#                                        and reseed (README, "A router that closes the
+#                                        oracle gap"); more variants in paper.sql
 # Metric: personalised test accuracy over all 300 tenants weighted by test
 # examples (floral_evaluate), every --eval-every rounds and at the end.
 #
 # Usage (as root; installs the Debian packages and floral itself first):
-#   bash bench/paper.sh --quick     # 100 rounds, 1 seed, 20% of tenants per round (< 10 min)
+#   bash bench/paper.sh --quick     # start here: 100 rounds, 1 seed, 20% of tenants per round,
+#                                   # every method but floral1pr (about 10 min on 2 free cores)
 #   bash bench/paper.sh --full      # 500 rounds, seeds 1 and 2, 10% of tenants per round
 #   bash bench/paper.sh --measure   # 10 rounds of every job, extrapolated to --full
 # Knobs (override the mode's defaults):
@@ -47,7 +51,7 @@ DATE=$(date +%Y-%m-%d)
 
 MODE=full
 ROUNDS= SEEDS= PER_ROUND= EVAL_EVERY=10 WORKERS=2 TAG= DEPS=1
-METHODS="ensemble oracle10 floral10 local floral1 fedavg"
+METHODS=
 TASKS="rotate label_shift"
 TENANTS=300
 GROUPS_N=4
@@ -72,10 +76,12 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case $MODE in
-	quick)   : "${ROUNDS:=100}" "${SEEDS:=1}" "${PER_ROUND:=60}" ;;
+	quick)   : "${ROUNDS:=100}" "${SEEDS:=1}" "${PER_ROUND:=60}"
+	         : "${METHODS:=ensemble floral10pr oracle10 floral10 local floral1 fedavg}" ;;
 	full)    : "${ROUNDS:=500}" "${SEEDS:=1 2}" "${PER_ROUND:=30}" ;;
 	measure) : "${ROUNDS:=10}" "${SEEDS:=1}" "${PER_ROUND:=30}" ;;
 esac
+: "${METHODS:=ensemble floral10pr floral1pr oracle10 floral10 local floral1 fedavg}"
 : "${TAG:=$MODE}"
 for m in $METHODS; do
 	case $m in fedavg|local|ensemble|floral1|floral10|oracle10|floral10p|floral10v|floral10pv|floral1p|floral1pv|floral10pr|floral10pvr|floral1pr|floral1pvr) ;;

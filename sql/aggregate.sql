@@ -39,12 +39,22 @@ EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
 SELECT round FROM floral.models WHERE name = 'h';
 
 -- an adaptor nobody used keeps its value; server_lr = 0.5 moves half way
-SELECT floral_create_model('s', '{1,1}', 'regression', 2, 1, '{"seed": 1, "server_lr": 0.5}');
+-- (reseed off: an unused adaptor keeps its value, FLORAL.md's formula)
+SELECT floral_create_model('s', '{1,1}', 'regression', 2, 1, '{"seed": 1, "server_lr": 0.5, "reseed": false}');
 UPDATE floral.rounds SET params = '[2,2,2,2,2,2,2,2]' WHERE model = 's';
 SELECT pg_temp.contribution('s', 1, 4, '{1,0}', '{4,4,4,4,4,4,4,4}');
 SELECT floral_aggregate('s');
 -- base and adaptor 1: 2 - 0.5*(2 - 4) = 3; adaptor 2 unused: stays 2
 SELECT params FROM floral.rounds WHERE model = 's' AND round = 1;
+-- by default (reseed on) the unused adaptor 2 becomes a copy of the busiest,
+-- adaptor 1 (3), each value scaled by 1 + 0.1 u: between 2.7 and 3.3, not 3
+SELECT floral_create_model('s2', '{1,1}', 'regression', 2, 1, '{"seed": 1, "server_lr": 0.5}');
+UPDATE floral.rounds SET params = '[2,2,2,2,2,2,2,2]' WHERE model = 's2';
+SELECT pg_temp.contribution('s2', 1, 4, '{1,0}', '{4,4,4,4,4,4,4,4}');
+SELECT floral_aggregate('s2');
+SELECT p[1:3] || p[5] || p[7] AS base_and_adaptor_1,
+       (SELECT bool_and(v BETWEEN 2.7 AND 3.3 AND v <> 3) FROM unnest(ARRAY[p[4], p[6], p[8]]) v) AS adaptor_2_reseeded
+FROM (SELECT floral.tensor_to_real(params) AS p FROM floral.rounds WHERE model = 's2' AND round = 1) r;
 
 -- hierarchical sums: the same calls added in another order give the same
 -- round (the sums are double precision)

@@ -11,7 +11,9 @@
 #           300 tenants x 200 rows
 #   model   784-200-10, FLoRAL(10%): 4 adaptors, rank 0.1, seed 1
 #   train   floral_train(..., '{"epochs":1,"batch_size":32,"lr":0.1}') on a
-#           fresh model each time (a tenant contributes once per round)
+#           fresh model each time (a tenant contributes once per round),
+#           with the default router (probe) and with the paper's
+#           (trainpaper: '{"router":"paper","reseed":false}')
 #   eval    floral_evaluate and floral_personalize on a model after one
 #           round (every tenant has a mixture)
 #   workers SET max_parallel_maintenance_workers = W (W = 0: serial), with
@@ -81,7 +83,7 @@ PERS="SELECT count(*) FROM floral_personalize('base', 'SELECT tenant, features, 
 log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS)"
 {
     printf '%s\n' '\o /dev/null' 'SET floral.timing = on;'
-    for op in train evaluate personalize train5; do
+    for op in train trainpaper evaluate personalize train5; do
         for w in $WORKERS; do
             if [ "$w" = off ]; then
                 setw="SET max_parallel_maintenance_workers = 0; SET floral.max_parallel_workers = 0;"
@@ -94,6 +96,10 @@ log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS
                     train)
                         printf '%s\n' '\timing off' "\\set m t_${w}_$i" \
                             "SELECT floral_create_model(:'m', '$LAYERS', 'classification', 4, 0.1, '{\"seed\":1}');" \
+                            '\timing on' "$TRAIN" ;;
+                    trainpaper)
+                        printf '%s\n' '\timing off' "\\set m p_${w}_$i" \
+                            "SELECT floral_create_model(:'m', '$LAYERS', 'classification', 4, 0.1, '{\"seed\":1,\"router\":\"paper\",\"reseed\":false}');" \
                             '\timing on' "$TRAIN" ;;
                     train5)
                         printf '%s\n' '\timing off' "\\set m e_${w}_$i" \
@@ -118,7 +124,7 @@ grep -E 'NOTICE: +floral_(train|evaluate|personalize):' "$WORK/speed.err" \
 # label each NOTICE with its section: they come in the order of the sections,
 # $REPS per section -> "<op> <workers> <read s> <computed s> <launched>"
 awk -v reps="$REPS" -v ws="$WORKERS" '
-    BEGIN { split("train evaluate personalize train5", ops, " "); nw = split(ws, wl, " ") }
+    BEGIN { split("train trainpaper evaluate personalize train5", ops, " "); nw = split(ws, wl, " ") }
     { sec = int((NR - 1) / reps); print ops[int(sec / nw) + 1], wl[sec % nw + 1], $2, $3, $4 }' \
     "$WORK/notices" >"$WORK/labelled"
 # median of a column (3: read, 4: computed) over the calls of (op, workers), and the workers launched
@@ -133,7 +139,7 @@ report "wall seconds, best of $REPS (setting = max_parallel_maintenance_workers;
 report "call launched; read = the source query, in the leader; rest = locking, training or evaluating,"
 report "summing and writing; read and rest: median of the $REPS calls):"
 printf '  %-12s %8s %9s %8s %8s %8s %9s\n' "call" "setting" "launched" "seconds" "read" "rest" "speed-up" | tee -a "$OUT"
-for op in train evaluate personalize train5; do
+for op in train trainpaper evaluate personalize train5; do
     for w in $WORKERS; do
         t=$(best "$op" "$w")
         rd=$(median "$op" "$w" 3); cp=$(median "$op" "$w" 4); launched=$(launched "$op" "$w")
@@ -146,7 +152,8 @@ report ""
 
 S_TRAIN=$(ratio "$T_train_0" "$T_train_2")
 report "(off: floral.max_parallel_workers = 0, rows in private memory; 0: serial, rows in shared segments;"
-report " train5: the same training call with 5 epochs instead of 1, for information: more work per row read)"
+report " train: the default router (probe, with re-seeding); trainpaper: the paper's router ('{\"router\":\"paper\",\"reseed\":false}');"
+report " train5: the default training call with 5 epochs instead of 1, for information: more work per row read)"
 report ""
 report "floor: train with 2 workers ${S_TRAIN}x faster than serial, floor >= 1.7x: $(pass "$S_TRAIN >= 1.7")"
 

@@ -121,7 +121,7 @@ FROM generate_series(0, $TENANTS - 1) t,
      LATERAL generate_series(t * 1000000, t * 1000000 + 99 + 4 * t) i;
 CREATE INDEX ON rows (tenant, id);
 ANALYZE rows;
-SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.1, '{"seed": 1}');
+SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.1, '{"seed": 1, "router": "paper", "reseed": false}');
 -- warm-up round: every tenant once, so that predictions use a trained model
 SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows ORDER BY tenant, id',
                                   '{"epochs": 1, "batch_size": 32, "lr": 0.05}');

@@ -266,7 +266,7 @@ train_cost() {
         printf '%s\n' "LOAD 'floral';" "$TIMING_SETUP" "SET maintenance_work_mem = '$TRAIN_MWM';"
         for ((i = 0; i < REPS; i++)); do
             printf '%s\n' "$RESET_SQL" \
-                "SELECT floral_create_model('rc_$m', '{$LAYERS}', 'classification', ${M_ADAPTORS[$m]}, ${M_RANK[$m]}, '{\"seed\":1}');" \
+                "SELECT floral_create_model('rc_$m', '{$LAYERS}', 'classification', ${M_ADAPTORS[$m]}, ${M_RANK[$m]}, '{\"seed\":1, \"router\": \"paper\", \"reseed\": false}');" \
                 '\timing on' \
                 "SELECT 'TRAIN', count(*), sum(examples), round((sum(examples * loss) / sum(examples))::numeric, 4)
                    FROM floral_train('rc_$m', 'SELECT tenant, features, label FROM fm_$t', '$TRAIN_OPTS');" \
@@ -397,7 +397,7 @@ if has_part proto; then
         f="$WORK/proto-$m"
         {
             printf '%s\n' "LOAD 'floral';" "$RESET_SQL" \
-                "SELECT floral_create_model('rc_p$m', '{$LAYERS}', 'classification', ${M_ADAPTORS[$m]}, ${M_RANK[$m]}, '{\"seed\":1}');"
+                "SELECT floral_create_model('rc_p$m', '{$LAYERS}', 'classification', ${M_ADAPTORS[$m]}, ${M_RANK[$m]}, '{\"seed\":1, \"router\": \"paper\", \"reseed\": false}');"
             for ((r = 0; r < PROTO_ROUNDS; r++)); do
                 printf '%s\n' '\timing on' \
                     "SELECT 'TRAIN', count(*), sum(examples), sum(examples * loss)
@@ -449,7 +449,7 @@ if has_part memory; then
     report "   polled every 20 ms from outside during it)"
     mem_call() {   # mem_call LABEL TENANT_COLUMN
         psql_ -q -c "$RESET_SQL" >/dev/null
-        q "SELECT floral_create_model('rc_mem', '{$MEM_LAYERS}', 'classification', ${M_ADAPTORS[$mm]}, ${M_RANK[$mm]}, '{\"seed\":1}')" >/dev/null
+        q "SELECT floral_create_model('rc_mem', '{$MEM_LAYERS}', 'classification', ${M_ADAPTORS[$mm]}, ${M_RANK[$mm]}, '{\"seed\":1, \"router\": \"paper\", \"reseed\": false}')" >/dev/null
         MEM_PARAMS=$(q "SELECT base_parameters + adaptor_parameters FROM floral.model_summary WHERE name = 'rc_mem'")
         measure "$1" "$TRAIN_MWM" "SELECT 'TRAIN', count(*), sum(examples) FROM floral_train('rc_mem', 'SELECT $2, features, label FROM mem', '$TRAIN_OPTS');"
         MEM_TEN=$(awk '$1 == "TRAIN" { print $2 }' "$WORK/out.$1")

@@ -141,7 +141,7 @@ train_bench() {
         printf '%s\n' "LOAD 'floral';" "$TIMING_SETUP" "$setup" \
             "SELECT 'MWM ' || current_setting('maintenance_work_mem');"
         for ((i = 0; i < REPS; i++)); do
-            printf '%s\n' "SELECT floral_create_model('$name', '$LAYERS', 'classification', $adaptors, 0.01, '{\"seed\":1}');" \
+            printf '%s\n' "SELECT floral_create_model('$name', '$LAYERS', 'classification', $adaptors, 0.01, '{\"seed\":1, \"router\": \"paper\", \"reseed\": false}');" \
                 '\timing on' \
                 "SELECT count(*) AS tenants, sum(examples) AS examples, round(avg(loss)::numeric, 4) AS loss
                    FROM floral_train('$name', 'SELECT tenant, features, label FROM $table', '$TRAIN_OPTS');" \
@@ -249,7 +249,7 @@ psql_ -At -F ' ' >"$WORK/m.out" 2>"$WORK/m.err" <<EOF || { cat "$WORK/m.err" >&2
 LOAD 'floral';
 $TIMING_SETUP
 SET maintenance_work_mem = '$TRAIN_MWM';
-SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.01, '{"seed":1}');
+SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.01, '{"seed":1, "router": "paper", "reseed": false}');
 SELECT count(*), sum(examples), round(avg(loss)::numeric, 4)
   FROM floral_train('m', 'SELECT tenant, features, label FROM fmnist300', '$TRAIN_OPTS');
 SELECT floral_aggregate('m');

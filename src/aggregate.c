@@ -34,6 +34,7 @@
 #include "catalog.h"
 #include "contributions.h"
 #include "floral.h"
+#include "router.h"
 #include "sums.h"
 
 PG_FUNCTION_INFO_V1(floral_aggregate);
@@ -129,6 +130,9 @@ store_next_round(const FloralSpec *spec, FloralSums *sums, const float *prev)
 
 	next = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 	floral_sums_finish(sums, prev, next, spec->server_lr);
+	/* option reseed: only a new round re-seeds, never an inspection aid */
+	if (spec->reseed && !spec->ensemble && !spec->private_adaptors)
+		(void) floral_reseed_unused(spec, sums->M, next + spec->adaptor_offset);
 	if (!tensor_all_finite(next, spec->nparams))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),

@@ -7,7 +7,6 @@
 
 #include "utils/memutils.h"
 
-#include "router.h"
 #include "sums.h"
 
 /* what is federated: the base, and the bank unless it is private */
@@ -188,6 +187,4 @@ floral_sums_finish(FloralSums *s, const float *prev, float *next, double server_
 	}
 	for (int64 i = 0; i < spec->adaptor_size; i++)
 		next_bank[i] = (float) (prev_bank[i] - lr * (prev_bank[i] - bank[i]));
-	if (spec->reseed && !spec->ensemble)
-		(void) floral_reseed_unused(spec, s->M, next_bank);
 }

@@ -1844,6 +1844,8 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 --   advertise  each selected branch sends two fresh X25519 public keys
 --              (c: to seal shares, s: to agree pairwise masks); U1 = those
 --              that did, t = floor(|U1| / 2) + 1 unless configured higher
+--              (each branch refuses a lower t, and holds the coordinator
+--              to the t it shared with at the later stages)
 --   share      each branch of U1 splits its s key and a fresh self-mask
 --              seed b into t-of-|U1| Shamir shares and sends each branch
 --              of U1 its pair, sealed with ChaCha20-Poly1305; U2 = senders
@@ -1860,7 +1862,9 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 -- A stage closes when every branch expected has answered, or after the
 -- federation's deadline with at least t (at least 2, and min_branches, for
 -- advertise); with fewer than t past the deadline the round starts again
--- as a new attempt with fresh keys.  All cryptography is in src/secagg.c.
+-- as a new attempt with fresh keys; a branch whose update went out masked
+-- in the failed attempt sits the rest of the round out (one update is
+-- never masked twice).  All cryptography is in src/secagg.c.
 ------------------------------------------------------------------------
 CREATE FUNCTION floral._secagg_keypair(OUT private bytea, OUT public bytea)
 	AS 'MODULE_PATHNAME', 'floral_secagg_keypair' LANGUAGE C VOLATILE;

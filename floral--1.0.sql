@@ -2646,6 +2646,17 @@ BEGIN
 						 st.attempt, round, done_in);
 		RETURN;
 	END IF;
+	-- an attempt this branch already shared in never starts again: the
+	-- coordinator restarted the numbering (floral_rollback of the current
+	-- round), and advertising the same keys again would share the same
+	-- secrets twice
+	IF st.stage = 'advertise' AND EXISTS (SELECT 1 FROM floral.secagg_secrets x
+			WHERE x.model = _branch_phase_secagg.model AND x.round = _branch_phase_secagg.round
+			  AND x.attempt = st.attempt AND x.threshold IS NOT NULL) THEN
+		action := format('attempt %s of round %s started again after this branch shared in it; it sits the rest of the round out',
+						 st.attempt, round);
+		RETURN;
+	END IF;
 	IF st.stage IN ('share', 'mask', 'unmask') AND l.branch = ANY (st.participants) THEN
 		-- the keys as the coordinator relays them; this branch's own must be its own
 		SELECT pg_catalog.array_agg(x.peer ORDER BY x.i), pg_catalog.array_agg(decode(x.c, 'hex') ORDER BY x.i),

@@ -24,7 +24,8 @@
 #      aggregation sends nothing to a coordinator that says it is off; a
 #      relayed threshold below a majority, a relayed U2 = {one branch}, and
 #      a new attempt after a branch's masked update went out are refused by
-#      the branches (no share, no masked update, no second masking).
+#      the branches (no share, no masked update, no second masking); after
+#      a rollback of the current round no branch shares its secrets again.
 use strict;
 use warnings;
 
@@ -499,5 +500,15 @@ is(sql($coord, "SELECT count(*) FROM floral.secagg_keys WHERE model = 'ms' AND r
 	'0|0', 'b2 advertised no keys and sent no masked update in attempt 2');
 is(sql($branches[1], "SELECT masked_attempt FROM floral.outbox WHERE model = 'ms' AND round = $ra"), '1',
 	'b2\'s outbox records the one attempt its update was masked in');
+
+# the coordinator restarts the round's numbering (a rollback of the current
+# round): every branch shared in attempt 1 already, so none advertises its
+# keys again (the same secrets would be shared twice)
+sql($coord, "SELECT floral_rollback('ms', $ra)");
+my @g = map { sql($branches[$_], q{CALL floral_branch_step('ms')}) } 0, 1, 2;
+is(scalar(grep { /attempt 1 of round $ra started again after this branch shared in it; it sits the rest of the round out/ } @g), 3,
+	'after a rollback of the current round every branch that shared in attempt 1 sits it out');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_keys WHERE model = 'ms' AND round = $ra"), 0,
+	'no branch advertised its keys again');
 
 done_testing();

@@ -1221,6 +1221,7 @@ CREATE TABLE floral.branch_links (
 	auth		text NOT NULL DEFAULT 'password' CHECK (auth IN ('password', 'certificate')),
 	connect_timeout int NOT NULL DEFAULT 10 CHECK (connect_timeout BETWEEN 1 AND 3600),
 	statement_timeout int NOT NULL DEFAULT 60000 CHECK (statement_timeout BETWEEN 100 AND 86400000),
+	require_secure_aggregation boolean NOT NULL DEFAULT false,
 	joined_at	timestamptz NOT NULL DEFAULT now(),
 	last_contact timestamptz,
 	last_error	text,
@@ -1233,6 +1234,7 @@ COMMENT ON COLUMN floral.branch_links.coordinator IS 'libpq conninfo of the coor
 COMMENT ON COLUMN floral.branch_links.owner IS 'the role that joined: the step runs the source and connects as this role';
 COMMENT ON COLUMN floral.branch_links.auth IS 'password: dblink_connect (a role that is not a superuser must send a password); certificate: dblink_connect_u (a superuser must grant it)';
 COMMENT ON COLUMN floral.branch_links.statement_timeout IS 'milliseconds a call on the coordinator may take (SET statement_timeout there)';
+COMMENT ON COLUMN floral.branch_links.require_secure_aggregation IS 'the branch sends its updates only masked: when the coordinator says secure aggregation is off it trains and sends nothing (no downgrade to plain updates)';
 
 CREATE TABLE floral.outbox (
 	model		text NOT NULL REFERENCES floral.branch_links ON DELETE CASCADE,
@@ -1243,6 +1245,7 @@ CREATE TABLE floral.outbox (
 	loss_sum	double precision NOT NULL,
 	tenants		int NOT NULL,
 	secure		boolean NOT NULL DEFAULT false,
+	masked_attempt int,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	sent_at		timestamptz,
 	answer		text,
@@ -1250,6 +1253,7 @@ CREATE TABLE floral.outbox (
 	PRIMARY KEY (model, round)
 );
 COMMENT ON TABLE floral.outbox IS 'branch: the update of each round; kept until the coordinator has it';
+COMMENT ON COLUMN floral.outbox.masked_attempt IS 'secure aggregation: the attempt in which this update was (about to be) sent masked; recorded before it goes out, and the update is never masked in another attempt (the difference of two sums would give it away)';
 COMMENT ON COLUMN floral.outbox.secure IS 'the federation aggregates securely: this update only ever leaves masked (floral._branch_phase_secagg)';
 SELECT pg_catalog.pg_extension_config_dump('floral.branch_links', '');
 SELECT pg_catalog.pg_extension_config_dump('floral.outbox', '');
@@ -1327,7 +1331,8 @@ END $$;
 
 -- Local writes of a branch, as floral's owner: links, outbox, status.
 CREATE FUNCTION floral._branch_link_put(model text, branch text, coordinator text, source text,
-		train_options jsonb, auth text, connect_timeout int, statement_timeout int) RETURNS void
+		train_options jsonb, auth text, connect_timeout int, statement_timeout int,
+		require_secure_aggregation boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
@@ -1336,13 +1341,14 @@ BEGIN
 		PERFORM floral._branch_check_caller(model);
 	END IF;
 	INSERT INTO floral.branch_links AS l (model, branch, coordinator, source, train_options, owner,
-										  auth, connect_timeout, statement_timeout)
+										  auth, connect_timeout, statement_timeout, require_secure_aggregation)
 		VALUES (model, branch, coordinator, source, train_options, floral._caller(),
-				auth, connect_timeout, statement_timeout)
+				auth, connect_timeout, statement_timeout, require_secure_aggregation)
 		ON CONFLICT ON CONSTRAINT branch_links_pkey DO UPDATE SET
 			branch = excluded.branch, coordinator = excluded.coordinator, source = excluded.source,
 			train_options = excluded.train_options, owner = excluded.owner, auth = excluded.auth,
 			connect_timeout = excluded.connect_timeout, statement_timeout = excluded.statement_timeout,
+			require_secure_aggregation = excluded.require_secure_aggregation,
 			joined_at = now();
 END $$;
 
@@ -1579,8 +1585,9 @@ DECLARE
 	answer text;
 	sent int := 0;
 BEGIN
+	-- a link that requires secure aggregation never sends a plain update
 	FOR o IN SELECT * FROM floral.outbox x WHERE x.model = _branch_flush.model AND x.sent_at IS NULL
-			 AND NOT x.secure ORDER BY x.round LOOP
+			 AND NOT x.secure AND NOT l.require_secure_aggregation ORDER BY x.round LOOP
 		payload := encode(floral.tensor_send(o.sums), 'base64');
 		q := format('SELECT floral.fed_submit(%L, %L, %s, %s, %L, %L, %s, %s)',
 					model, l.branch, o.round, o.examples, o.weights, payload, o.loss_sum, o.tenants);
@@ -1607,7 +1614,8 @@ BEGIN
 	PERFORM floral._options(train_options, jsonb_build_object(
 			'epochs', 1, 'batch_size', 32, 'lr', 0.1, 'router_lr', null, 'seed', 0), 'floral_train');
 	o := floral._options(options, jsonb_build_object(
-			'auth', 'password', 'connect_timeout', 10, 'statement_timeout', 60000), 'floral_branch_join');
+			'auth', 'password', 'connect_timeout', 10, 'statement_timeout', 60000,
+			'require_secure_aggregation', false), 'floral_branch_join');
 	PERFORM floral._check(o->>'auth' IN ('password', 'certificate'),
 						  'option "auth" must be "password" or "certificate"');
 	PERFORM floral._check_integer(o, 'connect_timeout', 1, 3600);
@@ -1615,7 +1623,8 @@ BEGIN
 	-- the link records the caller: every later step runs as this role
 	PERFORM floral._branch_link_put(model, branch, coordinator, source, coalesce(train_options, '{}'),
 									o->>'auth', (o->>'connect_timeout')::numeric::int,
-									(o->>'statement_timeout')::numeric::int);
+									(o->>'statement_timeout')::numeric::int,
+									(o->>'require_secure_aggregation')::boolean);
 	SELECT * INTO s FROM floral._remote(model,
 		format('SELECT * FROM floral.fed_spec(%L, %L)', model, branch),
 		'task text, layers int[], adaptors int, rank real, options jsonb')
@@ -1636,7 +1645,7 @@ BEGIN
 	PERFORM floral._branch_note(model, true, NULL, NULL);
 END $$;
 COMMENT ON FUNCTION floral_branch_join(text, text, text, text, jsonb, jsonb) IS
-	'branch: take part in a coordinator''s model, training the tenants of source; every step runs as the role that joined (options auth, connect_timeout, statement_timeout)';
+	'branch: take part in a coordinator''s model, training the tenants of source; every step runs as the role that joined (options auth, connect_timeout, statement_timeout, require_secure_aggregation)';
 
 CREATE FUNCTION floral_branch_leave(model text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -1717,6 +1726,7 @@ CREATE PROCEDURE floral_branch_step(model text, INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
+	l floral.branch_links;
 	pulled record;
 	s record;
 	t record;
@@ -1725,7 +1735,7 @@ DECLARE
 	failed boolean := false;
 	msg text := '';
 BEGIN
-	PERFORM floral._branch_link(model);
+	l := floral._branch_link(model);
 	-- inside a transaction block this fails at once, before anything is held
 	COMMIT;
 	IF NOT floral._branch_step_lock(model) THEN
@@ -1767,7 +1777,7 @@ BEGIN
 					END IF;
 				END IF;
 				IF NOT failed THEN
-					FOR i IN 1 .. 8 LOOP
+					FOR i IN 1 .. 12 LOOP
 						a := floral._branch_phase_secagg(model, pulled.round);
 						COMMIT;
 						IF a.action IS NOT NULL THEN
@@ -1781,6 +1791,11 @@ BEGIN
 						msg := msg || CASE WHEN acts = '{}' THEN '' ELSE '; ' END || 'failed: ' || a.error;
 					END IF;
 				END IF;
+			ELSIF l.require_secure_aggregation THEN
+				-- no downgrade: a coordinator that says secure aggregation
+				-- is off gets nothing from this branch
+				msg := msg || format('round %s: refused: the coordinator says secure aggregation is off and this link requires it (require_secure_aggregation): nothing trained or sent',
+									 pulled.round);
 			ELSIF pulled.have_update OR EXISTS (SELECT 1 FROM floral.outbox x
 						  WHERE x.model = floral_branch_step.model AND x.round = pulled.round
 						  AND x.sent_at IS NOT NULL AND s.sent > 0) THEN
@@ -1810,6 +1825,7 @@ BEGIN
 	status := msg;
 	PERFORM floral._branch_note(model, false,
 		CASE WHEN msg LIKE '%unreachable%' OR msg LIKE '%kept in the outbox%' OR msg LIKE '%failed%'
+				  OR msg LIKE '%refused%'
 			 THEN msg END, msg);
 	PERFORM floral._branch_step_unlock(model);
 	COMMIT;
@@ -1840,6 +1856,8 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 --   advertise  each selected branch sends two fresh X25519 public keys
 --              (c: to seal shares, s: to agree pairwise masks); U1 = those
 --              that did, t = floor(|U1| / 2) + 1 unless configured higher
+--              (each branch refuses a lower t, and holds the coordinator
+--              to the t it shared with at the later stages)
 --   share      each branch of U1 splits its s key and a fresh self-mask
 --              seed b into t-of-|U1| Shamir shares and sends each branch
 --              of U1 its pair, sealed with ChaCha20-Poly1305; U2 = senders
@@ -1856,7 +1874,9 @@ COMMENT ON VIEW floral.branch_status IS 'branch: where this branch stands with e
 -- A stage closes when every branch expected has answered, or after the
 -- federation's deadline with at least t (at least 2, and min_branches, for
 -- advertise); with fewer than t past the deadline the round starts again
--- as a new attempt with fresh keys.  All cryptography is in src/secagg.c.
+-- as a new attempt with fresh keys; a branch whose update went out masked
+-- in the failed attempt sits the rest of the round out (one update is
+-- never masked twice).  All cryptography is in src/secagg.c.
 ------------------------------------------------------------------------
 CREATE FUNCTION floral._secagg_keypair(OUT private bytea, OUT public bytea)
 	AS 'MODULE_PATHNAME', 'floral_secagg_keypair' LANGUAGE C VOLATILE;
@@ -2308,6 +2328,12 @@ BEGIN
 		RETURN 'closed';
 	END IF;
 	me := array_position(r.participants, branch);
+	IF owners IS NULL OR kinds IS NULL OR xs IS NULL OR shares IS NULL
+	   OR array_position(owners, NULL) IS NOT NULL OR array_position(kinds, NULL) IS NOT NULL
+	   OR array_position(xs, NULL) IS NOT NULL OR array_position(shares, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'a reveal must not be or hold NULL'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
 	IF owners IS DISTINCT FROM r.sharers OR cardinality(kinds) <> cardinality(owners)
 	   OR cardinality(xs) <> cardinality(owners) OR cardinality(shares) <> cardinality(owners)
 	   OR EXISTS (SELECT 1 FROM generate_subscripts(owners, 1) i
@@ -2464,6 +2490,8 @@ CREATE TABLE floral.secagg_secrets (
 	c_private	bytea NOT NULL,
 	s_private	bytea NOT NULL,
 	b_seed		bytea NOT NULL,
+	threshold	int,
+	mask_sharers text[],
 	reveal_senders text[],
 	reveal_owners text[],
 	reveal_kinds text[],
@@ -2473,6 +2501,48 @@ CREATE TABLE floral.secagg_secrets (
 	PRIMARY KEY (model, round, attempt)
 );
 COMMENT ON TABLE floral.secagg_secrets IS 'branch: its secure-aggregation secrets of each round and what it revealed (only floral''s owner reads it)';
+COMMENT ON COLUMN floral.secagg_secrets.threshold IS 'the threshold this branch split its secrets with: at least a majority of the participants, whatever the coordinator relays; the mask and unmask stages hold the coordinator to it';
+COMMENT ON COLUMN floral.secagg_secrets.mask_sharers IS 'U2 as this branch masked with it (recorded before the masked update goes out); the unmask stage must name the same';
+
+-- record the threshold this branch shares with; once recorded it never changes
+CREATE FUNCTION floral._branch_secagg_threshold(model text, round int, attempt int, threshold int) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+	PERFORM floral._branch_check_caller(model);
+	UPDATE floral.secagg_secrets x SET threshold = _branch_secagg_threshold.threshold
+		WHERE x.model = _branch_secagg_threshold.model AND x.round = _branch_secagg_threshold.round
+		  AND x.attempt = _branch_secagg_threshold.attempt AND x.threshold IS NULL;
+END $$;
+COMMENT ON FUNCTION floral._branch_secagg_threshold(text, int, int, int) IS
+	'branch, secure aggregation: record the threshold this branch splits its secrets with in a round''s attempt; never replaced once recorded';
+
+-- Record, before the masked update goes out, that the round's update is
+-- masked in this attempt and with which U2.  An update masked in one
+-- attempt is never masked in another: two masked sums of one round that
+-- differ by this branch would give its update away.
+CREATE FUNCTION floral._branch_secagg_masking(model text, round int, attempt int, sharers text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	done_in int;
+BEGIN
+	PERFORM floral._branch_check_caller(model);
+	UPDATE floral.outbox x SET masked_attempt = _branch_secagg_masking.attempt
+		WHERE x.model = _branch_secagg_masking.model AND x.round = _branch_secagg_masking.round
+		  AND x.masked_attempt IS NULL;
+	SELECT x.masked_attempt INTO done_in FROM floral.outbox x
+		WHERE x.model = _branch_secagg_masking.model AND x.round = _branch_secagg_masking.round;
+	IF done_in IS DISTINCT FROM attempt THEN
+		RAISE EXCEPTION 'the update of round % of model "%" was masked in attempt % already: it is never masked again',
+			round, model, done_in USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	UPDATE floral.secagg_secrets x SET mask_sharers = _branch_secagg_masking.sharers
+		WHERE x.model = _branch_secagg_masking.model AND x.round = _branch_secagg_masking.round
+		  AND x.attempt = _branch_secagg_masking.attempt AND x.mask_sharers IS NULL;
+END $$;
+COMMENT ON FUNCTION floral._branch_secagg_masking(text, int, int, text[]) IS
+	'branch, secure aggregation: record, before it is sent, that the round''s update is masked in this attempt with these sharers (never in another attempt)';
 
 CREATE FUNCTION floral._branch_secagg_keys(model text, round int, attempt int,
 		OUT c_public bytea, OUT s_public bytea, OUT created boolean)
@@ -2567,6 +2637,8 @@ DECLARE
 	xs int[] := '{}';
 	shares bytea[] := '{}';
 	me int;
+	done_in int;
+	tmin int;
 BEGIN
 	more := false;
 	PERFORM floral._branch_act_as(model);
@@ -2576,6 +2648,27 @@ BEGIN
 		'advertised boolean, shared boolean, sent boolean, revealed boolean')
 		AS t(attempt int, stage text, threshold int, participants text[], sharers text[], senders text[],
 			 advertised boolean, shared boolean, sent boolean, revealed boolean);
+	-- an update that went out masked in one attempt is never masked in
+	-- another of the same round (the two sums would differ by it): the
+	-- branch sits the rest of the round out
+	SELECT x.masked_attempt INTO done_in FROM floral.outbox x
+		WHERE x.model = _branch_phase_secagg.model AND x.round = _branch_phase_secagg.round;
+	IF done_in IS NOT NULL AND done_in IS DISTINCT FROM st.attempt THEN
+		action := format('attempt %s: this branch''s update of round %s was masked in attempt %s already; it sits the rest of the round out',
+						 st.attempt, round, done_in);
+		RETURN;
+	END IF;
+	-- an attempt this branch already shared in never starts again: the
+	-- coordinator restarted the numbering (floral_rollback of the current
+	-- round), and advertising the same keys again would share the same
+	-- secrets twice
+	IF st.stage = 'advertise' AND EXISTS (SELECT 1 FROM floral.secagg_secrets x
+			WHERE x.model = _branch_phase_secagg.model AND x.round = _branch_phase_secagg.round
+			  AND x.attempt = st.attempt AND x.threshold IS NOT NULL) THEN
+		action := format('attempt %s of round %s started again after this branch shared in it; it sits the rest of the round out',
+						 st.attempt, round);
+		RETURN;
+	END IF;
 	IF st.stage IN ('share', 'mask', 'unmask') AND l.branch = ANY (st.participants) THEN
 		-- the keys as the coordinator relays them; this branch's own must be its own
 		SELECT pg_catalog.array_agg(x.peer ORDER BY x.i), pg_catalog.array_agg(decode(x.c, 'hex') ORDER BY x.i),
@@ -2586,6 +2679,7 @@ BEGIN
 					'peer text, c text, s text') AS t(peer text, c text, s text)) x;
 		mine := floral._branch_secagg_keys(model, round, st.attempt);
 		IF names IS DISTINCT FROM st.participants
+		   OR (SELECT count(DISTINCT x) FROM unnest(names) x) <> cardinality(names)
 		   OR c_pubs[array_position(names, l.branch)] IS DISTINCT FROM mine.c_public
 		   OR s_pubs[array_position(names, l.branch)] IS DISTINCT FROM mine.s_public
 		   OR (SELECT count(DISTINCT x) FROM unnest(c_pubs || s_pubs) x) <> 2 * cardinality(names) THEN
@@ -2620,8 +2714,29 @@ BEGIN
 			RETURN;
 		END IF;
 		sec := floral._branch_secagg_secret(model, round, st.attempt);
+		IF sec.threshold IS NULL THEN
+			-- the threshold is this branch's, not the coordinator's: at
+			-- least a majority of the participants (a coordinator that
+			-- could ask fewer holders would get b from some and s from
+			-- others of one branch), higher only if the coordinator asks
+			tmin := greatest(2, cardinality(names) / 2 + 1);
+			IF st.threshold IS NULL OR st.threshold < tmin OR st.threshold > cardinality(names) THEN
+				RAISE EXCEPTION 'the coordinator relayed threshold % for % participants; this branch shares with at least %: nothing is shared',
+					coalesce(st.threshold::text, 'NULL'), cardinality(names), tmin
+					USING ERRCODE = 'data_corrupted';
+			END IF;
+			-- committed before any share goes out
+			PERFORM floral._branch_secagg_threshold(model, round, st.attempt, st.threshold);
+			action := format('attempt %s: threshold %s of %s', st.attempt, st.threshold, cardinality(names));
+			more := true;
+			RETURN;
+		END IF;
+		IF st.threshold IS DISTINCT FROM sec.threshold THEN
+			RAISE EXCEPTION 'the coordinator now relays threshold % instead of %: nothing is shared',
+				st.threshold, sec.threshold USING ERRCODE = 'data_corrupted';
+		END IF;
 		sealed := floral._secagg_make_shares(model, round, st.attempt, l.branch, sec.c_private, sec.s_private,
-											 sec.b_seed, st.threshold, names, c_pubs);
+											 sec.b_seed, sec.threshold, names, c_pubs);
 		SELECT t.a INTO answer FROM floral._remote(model,
 			format('SELECT floral.fed_secagg_share(%L, %L, %s, %s, %L, %L)', model, l.branch, round, st.attempt,
 				   names, (SELECT pg_catalog.array_agg(encode(x, 'hex') ORDER BY i) FROM unnest(sealed) WITH ORDINALITY AS u(x, i))),
@@ -2641,6 +2756,29 @@ BEGIN
 			RETURN;
 		END IF;
 		sec := floral._branch_secagg_secret(model, round, st.attempt);
+		IF sec.threshold IS NULL THEN
+			RAISE EXCEPTION 'this branch recorded no threshold for attempt %: nothing is sent', st.attempt
+				USING ERRCODE = 'object_not_in_prerequisite_state';
+		END IF;
+		IF sec.mask_sharers IS NULL THEN
+			-- U2 as relayed: at least this branch's threshold of distinct
+			-- participants, or the masks would hide too little
+			IF cardinality(st.sharers) < sec.threshold
+			   OR (SELECT count(DISTINCT x) FROM unnest(st.sharers) x) <> cardinality(st.sharers)
+			   OR EXISTS (SELECT 1 FROM unnest(st.sharers) x WHERE x IS NULL OR NOT x = ANY (names)) THEN
+				RAISE EXCEPTION 'the coordinator relayed % as the branches that shared: not % or more distinct participants (the threshold): nothing is sent',
+					st.sharers, sec.threshold USING ERRCODE = 'data_corrupted';
+			END IF;
+			-- committed before the masked update goes out
+			PERFORM floral._branch_secagg_masking(model, round, st.attempt, st.sharers);
+			action := format('attempt %s: masking among %s branches', st.attempt, cardinality(st.sharers));
+			more := true;
+			RETURN;
+		END IF;
+		IF sec.mask_sharers IS DISTINCT FROM st.sharers THEN
+			RAISE EXCEPTION 'the coordinator now relays other branches that shared (%) than it did (%): nothing is sent',
+				st.sharers, sec.mask_sharers USING ERRCODE = 'data_corrupted';
+		END IF;
 		y := floral._secagg_mask(model, round, st.attempt, l.branch, sec.s_private, sec.b_seed, st.sharers,
 			 (SELECT pg_catalog.array_agg(s_pubs[array_position(names, x)] ORDER BY i)
 				FROM unnest(st.sharers) WITH ORDINALITY AS u(x, i)),
@@ -2662,9 +2800,23 @@ BEGIN
 		IF sec.reveal_owners IS NULL THEN
 			-- the paper's rule: too few survivors, and revealing could expose
 			-- a branch's update
-			IF cardinality(st.senders) < st.threshold THEN
+			IF sec.threshold IS NULL OR sec.mask_sharers IS NULL THEN
+				RAISE EXCEPTION 'this branch did not mask in attempt %: nothing is revealed', st.attempt
+					USING ERRCODE = 'object_not_in_prerequisite_state';
+			END IF;
+			IF st.sharers IS DISTINCT FROM sec.mask_sharers THEN
+				RAISE EXCEPTION 'the coordinator now relays other branches that shared (%) than this branch masked with (%): nothing is revealed',
+					st.sharers, sec.mask_sharers USING ERRCODE = 'data_corrupted';
+			END IF;
+			IF (SELECT count(DISTINCT x) FROM unnest(st.senders) x) <> cardinality(st.senders)
+			   OR EXISTS (SELECT 1 FROM unnest(st.senders) x WHERE x IS NULL OR NOT x = ANY (sec.mask_sharers)) THEN
+				RAISE EXCEPTION 'the coordinator names senders % that are not distinct branches that shared: nothing is revealed',
+					st.senders USING ERRCODE = 'data_corrupted';
+			END IF;
+			-- the paper's rule, with this branch's own threshold
+			IF cardinality(st.senders) < sec.threshold THEN
 				RAISE EXCEPTION 'only % branches sent, the threshold is %: nothing is revealed',
-					cardinality(st.senders), st.threshold USING ERRCODE = 'object_not_in_prerequisite_state';
+					cardinality(st.senders), sec.threshold USING ERRCODE = 'object_not_in_prerequisite_state';
 			END IF;
 			me := array_position(st.participants, l.branch);
 			FOR p IN SELECT t.sender, decode(t.sealed, 'hex') AS sealed FROM floral._remote(model,

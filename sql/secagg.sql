@@ -51,9 +51,17 @@ SELECT * FROM floral._secagg_unmask('m', 1, 1, (SELECT array_agg(y ORDER BY n) F
          (SELECT array_agg(b ORDER BY n) FROM sa_p WHERE n <> 'c'),
          '{c}', (SELECT array_agg((s).private) FROM sa_p WHERE n = 'c'), 2);
 -- masks are bound to their round: unmasking as another round gives noise
-SELECT (u.sums::real[])[1] <> 6 AS other_round_is_noise
-  FROM floral._secagg_unmask('m', 2, 1, (SELECT array_agg(y ORDER BY n) FROM sa_y), '{a,b,c}',
-         (SELECT array_agg((s).public ORDER BY n) FROM sa_p), (SELECT array_agg(b ORDER BY n) FROM sa_p), '{}', '{}', 2) u;
+-- (or a tenant count no int holds, refused with 22003)
+DO $$
+DECLARE
+	u record;
+BEGIN
+	SELECT * INTO u FROM floral._secagg_unmask('m', 2, 1, (SELECT array_agg(y ORDER BY n) FROM sa_y), '{a,b,c}',
+		(SELECT array_agg((s).public ORDER BY n) FROM sa_p), (SELECT array_agg(b ORDER BY n) FROM sa_p), '{}', '{}', 2);
+	RAISE NOTICE 'other round is noise: %', (u.sums::real[])[1] <> 6;
+EXCEPTION WHEN numeric_value_out_of_range THEN
+	RAISE NOTICE 'other round is noise: true';
+END $$;
 
 -- the fixed point: step 2^-20, rounding to the nearest
 SELECT (u.sums::real[])[1] AS quantised_back, (u.sums::real[])[1] = 1 * 2 ^ -20 AS one_step
@@ -61,6 +69,27 @@ SELECT (u.sums::real[])[1] AS quantised_back, (u.sums::real[])[1] = 1 * 2 ^ -20 
        LATERAL floral._secagg_unmask('m', 1, 1, ARRAY[floral._secagg_mask('m', 1, 1, 'a', (p.s).private, p.b, '{a}', ARRAY[(p.s).public],
          floral._secagg_quantize(1, '{}', '[0.0000012]', 0, 1))], '{a}', ARRAY[(p.s).public], ARRAY[p.b], '{}', '{}', 0) u
  WHERE p.n = 'a';
+
+-- the bound is strict: 1024 branches of |v| < 2^33 stay below 2^63
+SELECT octet_length(floral._secagg_quantize(1, '{}', '[8589933568]', 0, 1)) AS just_below_2_33;
+-- a garbage sum (one masked word altered: the tenant count off by 2^42)
+-- is refused, not wrapped into an int
+DO $$
+DECLARE
+	p record := (SELECT x FROM sa_p x WHERE x.n = 'a');
+	y bytea;
+	u record;
+BEGIN
+	y := floral._secagg_mask('m', 1, 1, 'a', (p.s).private, p.b, '{a}', ARRAY[(p.s).public],
+							 floral._secagg_quantize(1, '{}', '[1]', 0, 1));
+	SELECT * INTO u FROM floral._secagg_unmask('m', 1, 1, ARRAY[y], '{a}', ARRAY[(p.s).public], ARRAY[p.b], '{}', '{}', 0);
+	RAISE NOTICE 'intact: % tenant(s)', u.tenants;
+	SELECT * INTO u FROM floral._secagg_unmask('m', 1, 1, ARRAY[set_byte(y, 8, get_byte(y, 8) # 64)], '{a}',
+		ARRAY[(p.s).public], ARRAY[p.b], '{}', '{}', 0);
+	RAISE NOTICE 'no error: % tenants', u.tenants;
+EXCEPTION WHEN OTHERS THEN
+	RAISE NOTICE 'altered: %: %', SQLSTATE, regexp_replace(SQLERRM, '-?[0-9.e+]+ is', 'N is');
+END $$;
 
 -- every entry point checks what it is given
 DO $$
@@ -86,6 +115,8 @@ BEGIN
 		$q$SELECT floral._secagg_combine('{1,2}', ARRAY[$1, $1], 2)$q$,
 		$q$SELECT floral._secagg_combine(ARRAY[1, 2], ARRAY[decode(repeat('ff', 66), 'hex'), decode(repeat('ff', 66), 'hex')], 2)$q$,
 		$q$SELECT floral._secagg_quantize(1e10, '{}', '[1]', 0, 1)$q$,
+		$q$SELECT floral._secagg_quantize(1, '{}', '[8589934592]', 0, 1)$q$,
+		$q$SELECT floral._secagg_quantize(1, '{}', '[-8589934592]', 0, 1)$q$,
 		$q$SELECT floral._secagg_quantize(1, '{}', '[NaN]', 0, 1)$q$,
 		$q$SELECT floral._secagg_quantize(1, '{NULL}', '[1]', 0, 1)$q$,
 		$q$SELECT floral._secagg_mask('m', 1, 1, 'z', $1, $1, '{a,b}', ARRAY[$2, $2], '\x0000000000000000')$q$,

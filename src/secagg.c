@@ -712,11 +712,11 @@ floral_secagg_combine(PG_FUNCTION_ARGS)
 static uint64_t
 quantize(double v, const char *what)
 {
-	if (!(fabs(v) <= SECAGG_MAX_ABS))
+	if (!(fabs(v) < SECAGG_MAX_ABS))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("secure aggregation: %s value %g is outside the range it can sum", what, v),
-				 errdetail("Values travel in fixed point with step 2^-%d and magnitude at most 2^33.",
+				 errdetail("Values travel in fixed point with step 2^-%d and magnitude below 2^33.",
 						   SECAGG_FRAC_BITS)));
 	return (uint64_t) (int64_t) llround(ldexp(v, SECAGG_FRAC_BITS));
 }
@@ -932,6 +932,7 @@ floral_secagg_unmask(PG_FUNCTION_ARGS)
 	float		M[FLORAL_MAX_ADAPTORS];
 	FloralTensor *t;
 	int64		n;
+	double		tenants;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "floral._secagg_unmask must return a record");
@@ -1000,7 +1001,14 @@ floral_secagg_unmask(PG_FUNCTION_ARGS)
 	values[1] = floral_real_array(M, C);
 	values[2] = PointerGetDatum(t);
 	values[3] = Float8GetDatum(dequantize(acc[2]));
-	values[4] = Int32GetDatum((int32) rint(dequantize(acc[1])));
+	/* a garbage sum (wrong reveals, a forged input) may hold anything */
+	tenants = rint(dequantize(acc[1]));
+	if (!(tenants >= (double) PG_INT32_MIN && tenants <= (double) PG_INT32_MAX))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("secure aggregation: the unmasked tenant count %g is out of range", tenants),
+				 errdetail("The masks were not removed: a reveal or a masked input is wrong.")));
+	values[4] = Int32GetDatum((int32) tenants);
 	pfree(acc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

@@ -42,8 +42,9 @@
 /*
  * Fixed point: a value v travels as round(v * 2^SECAGG_FRAC_BITS), an
  * integer modulo 2^64.  The step is 2^-20 (about 9.5e-7); a branch refuses
- * values of magnitude above 2^33, so that the sum of up to
- * SECAGG_MAX_PARTIES branches never wraps.
+ * values of magnitude 2^33 or more (strictly below: each word is then at
+ * most 2^53 - 1 in magnitude), so that the sum of up to SECAGG_MAX_PARTIES
+ * = 2^10 branches stays below 2^63 and never wraps.
  */
 #define SECAGG_FRAC_BITS	20
 #define SECAGG_MAX_ABS		8589934592.0	/* 2^33 */

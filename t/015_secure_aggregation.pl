@@ -19,7 +19,13 @@
 #   d. a share the coordinator altered, or replayed from an earlier round,
 #      is refused by the branch (it reveals nothing), and a resent message is
 #      answered "duplicate"; plain updates are refused by a secure federation;
-#   e. a round that comes back after a rollback is masked with fresh keys.
+#   e. a round that comes back after a rollback is masked with fresh keys;
+#   f. a dishonest coordinator: a branch whose link requires secure
+#      aggregation sends nothing to a coordinator that says it is off; a
+#      relayed threshold below a majority, a relayed U2 = {one branch}, and
+#      a new attempt after a branch's masked update went out are refused by
+#      the branches (no share, no masked update, no second masking); after
+#      a rollback of the current round no branch shares its secrets again.
 use strict;
 use warnings;
 
@@ -373,6 +379,14 @@ my $att = sql($coord, "SELECT attempt FROM floral.secagg_rounds WHERE model = 'm
 my $resend = sql($coord, "SELECT string_agg(encode(share, 'hex'), ',' ORDER BY owner) FROM floral.secagg_reveals WHERE model = 'ms' AND round = $rd AND holder = 'b1'");
 is(sql($coord, "SELECT floral.fed_secagg_reveal('ms', 'b1', $rd, $att, '{b1,b2,b3}', '{self,self,self}', '{1,1,1}', '{$resend}')"),
 	'duplicate', 'a resent reveal is answered "duplicate"');
+for my $bad ("'{b1,b2,b3}', '{self,self,self}', NULL, '{$resend}'",
+			 "'{b1,b2,b3}', '{self,self,self}', '{1,NULL,1}', '{$resend}'",
+			 "NULL, '{self,self,self}', '{1,1,1}', '{$resend}'")
+{
+	my ($rv, $out, $err) = $coord->psql('postgres',
+		"SELECT floral.fed_secagg_reveal('ms', 'b1', $rd, $att, $bad)", extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/22004: a reveal must not be or hold NULL/, 'a reveal that is or holds NULL is refused (22004)');
+}
 ($merged) = run_round('ms', 0, 1, 2);
 like($merged, qr/^round $rd merged securely from 3 of 3/, "round $rd merged once the true share was back");
 my $r8 = $rd + 1;
@@ -399,5 +413,102 @@ for my $r (6, 7)
 	is(scalar(@new), 3, "round $r has three branches' keys again");
 	is(scalar(grep { $before{$r}{$_} } @new), 0, "every key of the new round $r is fresh");
 }
+
+# ---------------------------------------------------------------- f. a dishonest coordinator
+
+# downgrade: b1 joins mp again, requiring secure aggregation; mp says it
+# is off, so b1 trains and sends nothing
+($merged) = run_round('mp', 0, 1, 2);
+like($merged, qr/merged from 3 of 3/, 'plain federation: the next round merged');
+my $rp = round_of($coord, 'mp');
+my ($rv, $out, $err) = $branches[0]->psql('postgres', sprintf(q{SELECT floral_branch_join('mp', 'b1', %s, %s, '%s', '{"require_secure_aggregation": 1}')},
+	lit($conninfo), lit($train_src), $train_options));
+like($err, qr/option "require_secure_aggregation" of floral_branch_join must be a JSON boolean/, 'require_secure_aggregation must be a boolean');
+sql($branches[0], sprintf(q{SELECT floral_branch_join('mp', 'b1', %s, %s, '%s', '{"require_secure_aggregation": true}')},
+	lit($conninfo), lit($train_src), $train_options));
+like(sql($branches[0], q{CALL floral_branch_step('mp')}),
+	qr/^round $rp: refused: the coordinator says secure aggregation is off and this link requires it/,
+	'a link that requires secure aggregation refuses a coordinator that says it is off');
+is(sql($branches[0], "SELECT count(*) FROM floral.outbox WHERE model = 'mp' AND round = $rp") . '|'
+	. sql($coord, "SELECT count(*) FROM floral.updates WHERE model = 'mp' AND round = $rp AND branch = 'b1'"),
+	'0|0', 'b1 trained nothing for that round and the coordinator got nothing from it');
+like(sql($branches[0], q{SELECT last_error FROM floral.branch_status WHERE model = 'mp'}), qr/refused/,
+	'branch_status keeps the refusal as the last error');
+# the same link on the secure federation takes part as before
+sql($branches[0], sprintf(q{SELECT floral_branch_join('ms', 'b1', %s, %s, '%s', '{"require_secure_aggregation": true}')},
+	lit($conninfo), lit($train_src), $train_options));
+
+# a threshold of 1 relayed: every branch refuses to share
+my $rt = round_of($coord, 'ms');
+sql($coord, q{
+	CREATE FUNCTION evil_threshold() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.stage = 'share' THEN NEW.threshold := 1; END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER evil BEFORE UPDATE ON floral.secagg_rounds FOR EACH ROW EXECUTE FUNCTION evil_threshold();
+});
+my @t1 = map { sql($branches[$_], q{CALL floral_branch_step('ms')}) } 0, 1, 2, 0, 1, 2;
+is(sql($coord, "SELECT stage, threshold FROM floral.secagg_rounds WHERE model = 'ms' AND round = $rt"), 'share|1',
+	"round $rt: the coordinator relays threshold 1 of 3");
+# the first two steps only advertise (the third closes the stage)
+is(scalar(grep { /relayed threshold 1 for 3 participants; this branch shares with at least 2: nothing is shared/ } @t1[2 .. 5]), 4,
+	'every branch refuses a threshold below a majority, at every step of the share stage');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_shares WHERE model = 'ms' AND round = $rt"), 0,
+	'no branch sent a share');
+sql($coord, qq{DROP TRIGGER evil ON floral.secagg_rounds;
+	UPDATE floral.secagg_rounds SET threshold = 2 WHERE model = 'ms' AND round = $rt});
+($merged) = run_round('ms', 0, 1, 2);
+like($merged, qr/^round $rt merged securely from 3 of 3/, "with the threshold a majority again round $rt merges");
+
+# U2 = {b1} relayed: b1 refuses to mask with itself alone
+my $ru = round_of($coord, 'ms');
+sql($coord, q{
+	CREATE FUNCTION evil_sharers() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.stage = 'mask' AND OLD.stage = 'share' THEN NEW.sharers := '{b1}'; END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER evil BEFORE UPDATE ON floral.secagg_rounds FOR EACH ROW EXECUTE FUNCTION evil_sharers();
+});
+my @t2 = map { sql($branches[$_], q{CALL floral_branch_step('ms')}) } 0, 1, 2, 0, 1, 2, 0;
+is(sql($coord, "SELECT stage, sharers FROM floral.secagg_rounds WHERE model = 'ms' AND round = $ru"), 'mask|{b1}',
+	"round $ru: the coordinator relays U2 = {b1}");
+like($t2[-1], qr/relayed \{b1\} as the branches that shared: not 2 or more distinct participants \(the threshold\): nothing is sent/,
+	'b1 refuses to mask among itself alone');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_inputs WHERE model = 'ms' AND round = $ru"), 0,
+	'no masked update reached the coordinator');
+sql($coord, qq{DROP TRIGGER evil ON floral.secagg_rounds;
+	UPDATE floral.secagg_rounds SET sharers = '{b1,b2,b3}' WHERE model = 'ms' AND round = $ru});
+($merged) = run_round('ms', 0, 1, 2);
+like($merged, qr/^round $ru merged securely from 3 of 3/, "with the true U2 round $ru merges");
+
+# a new attempt after b2's masked update went out: b2 never masks it again
+my $ra = round_of($coord, 'ms');
+sql($branches[$_], q{CALL floral_branch_step('ms')}) for 0, 1, 2, 0, 1;
+is(sql($coord, "SELECT stage, attempt, string_agg(i.branch, ',') FROM floral.secagg_rounds r JOIN floral.secagg_inputs i USING (model, round, attempt)
+	WHERE model = 'ms' AND round = $ra GROUP BY 1, 2"), 'mask|1|b2', "round $ra: b2's masked update is in");
+sql($coord, qq{DELETE FROM floral.updates WHERE model = 'ms' AND round = $ra AND status = 'secure';
+	UPDATE floral.secagg_rounds SET attempt = attempt + 1, stage = 'advertise', threshold = NULL, participants = NULL,
+		sharers = NULL, senders = NULL, stage_started_at = now() WHERE model = 'ms' AND round = $ra});
+like(sql($branches[1], q{CALL floral_branch_step('ms')}),
+	qr/attempt 2: this branch's update of round $ra was masked in attempt 1 already; it sits the rest of the round out/,
+	'after a new attempt b2 sits the round out');
+sql($branches[$_], q{CALL floral_branch_step('ms')}) for 0, 2, 1, 0, 2, 1;
+is(sql($coord, "SELECT count(*) FROM floral.secagg_keys WHERE model = 'ms' AND round = $ra AND attempt = 2 AND branch = 'b2'")
+	. '|' . sql($coord, "SELECT count(*) FROM floral.secagg_inputs WHERE model = 'ms' AND round = $ra AND attempt = 2 AND branch = 'b2'"),
+	'0|0', 'b2 advertised no keys and sent no masked update in attempt 2');
+is(sql($branches[1], "SELECT masked_attempt FROM floral.outbox WHERE model = 'ms' AND round = $ra"), '1',
+	'b2\'s outbox records the one attempt its update was masked in');
+
+# the coordinator restarts the round's numbering (a rollback of the current
+# round): every branch shared in attempt 1 already, so none advertises its
+# keys again (the same secrets would be shared twice)
+sql($coord, "SELECT floral_rollback('ms', $ra)");
+my @g = map { sql($branches[$_], q{CALL floral_branch_step('ms')}) } 0, 1, 2;
+is(scalar(grep { /attempt 1 of round $ra started again after this branch shared in it; it sits the rest of the round out/ } @g), 3,
+	'after a rollback of the current round every branch that shared in attempt 1 sits it out');
+is(sql($coord, "SELECT count(*) FROM floral.secagg_keys WHERE model = 'ms' AND round = $ra"), 0,
+	'no branch advertised its keys again');
 
 done_testing();

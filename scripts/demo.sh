@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: a federated FLoRAL demo on real data (Fashion-MNIST).
 #
-#   sudo bash scripts/demo.sh            (or plain bash when root)
+#   bash scripts/demo.sh     (as root, or as a user with sudo: it restarts itself with sudo)
 #
 # It installs what floral needs (scripts/install-deps.sh), builds and
 # installs the extension, then starts four temporary PostgreSQL clusters on
@@ -38,7 +38,12 @@ SECURE=${DEMO_SECURE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [[ $(id -u) -ne 0 ]]; then
-	exec sudo bash "$0" "$@"
+	# Root is needed for apt-get, `make install` and switching to postgres.
+	if command -v sudo >/dev/null 2>&1; then
+		exec sudo bash "$0" "$@"
+	fi
+	echo "demo.sh: must run as root (or as a user with sudo)" >&2
+	exit 1
 fi
 
 say() { printf '[demo] %s\n' "$*" >&2; }

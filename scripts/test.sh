@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command for floral:   sudo bash scripts/test.sh
+# The one test command for floral:   bash scripts/test.sh   (as root, or with sudo)
 #
 # 1. installs the Debian packages (scripts/install-deps.sh, idempotent);
 # 2. builds and installs the extension as root (PGXS: make; make install);

@@ -15,13 +15,16 @@
 # connection (dblink to the coordinator), train their own tenants, and send
 # one pre-aggregated update per round.  Raw rows never leave a branch.
 #
-# Each round prints the personalised test accuracy of every model (each
-# tenant predicts with its own mixture, weighted by test examples, summed
-# over the branches) and the bytes that travelled.  At the end everything
+# Every fifth round prints the personalised test accuracy of every model
+# (each tenant predicts with its own mixture, weighted by test examples,
+# summed over the branches) and the bytes that travelled; on a terminal one
+# progress line says what runs in between.  At the end it writes a PNG plot
+# of the accuracy per round (gnuplot) and prints its path; everything else
 # is stopped and removed.
 #
 # Knobs: DEMO_ROUNDS [50], DEMO_TRAIN [24000 training images],
 #        DEMO_TEST [10000 test images], DEMO_KEEP=1 keeps the work dir,
+#        DEMO_PLOT [demo-accuracy.png in the repository] the PNG plot,
 #        DEMO_SECURE=1 federates every model with secure aggregation (the
 #        coordinator sees only each round's sum; a round then takes a few
 #        passes of branch steps), DEMO_PGBIN [/usr/lib/postgresql/15/bin]
@@ -36,6 +39,7 @@ NGROUPS=4
 PGBIN=${DEMO_PGBIN:-/usr/lib/postgresql/15/bin}
 SECURE=${DEMO_SECURE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PLOT=${DEMO_PLOT:-$ROOT/demo-accuracy.png}
 
 if [[ $(id -u) -ne 0 ]]; then
 	# Root is needed for apt-get, `make install` and switching to postgres.
@@ -180,8 +184,14 @@ printf '\nPersonalised test accuracy (%%), %s tenants in %s groups over 3 branch
 printf '%5s | %13s %13s | %13s %13s | %10s %10s | %6s\n' round "shift FLoRAL" "shift FedAvg" "rot FLoRAL" "rot FedAvg" "up (kB)" "down (kB)" "sec"
 printf '%s\n' "------+-----------------------------+-----------------------------+-----------------------+-------"
 START=$(date +%s)
+# the evaluated rounds, for the plot (bench/plot.gnuplot's format)
+printf 'round "label shift, FLoRAL" "label shift, FedAvg" "rotate, FLoRAL" "rotate, FedAvg"\n' >"$WORK/accuracy.dat"
+# one line on the terminal that says what the demo is doing (none in a log)
+progress() { [[ -t 2 ]] && printf '\r\033[K[demo] round %d of %d: %s' "$1" "$ROUNDS" "$2" >&2 || true; }
+progress_done() { [[ -t 2 ]] && printf '\r\033[K' >&2 || true; }
 for ((r = 1; r <= ROUNDS; r++)); do
 	t0=$(date +%s.%N)
+	progress "$r" "branches training, coordinator merging"
 	# the three branches work at the same time, each on its own tenants;
 	# with secure aggregation a round takes a few passes of steps
 	for ((pass = 1; pass <= 8; pass++)); do
@@ -199,18 +209,20 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	fi
 	down=$(q coord -At -c "SELECT 3 * sum(length(encode(floral.tensor_send(params), 'base64')))
 		FROM floral.rounds WHERE round = $((r - 1))")
-	if ((r % 5 == 0 || r == 1 || r == ROUNDS)); then
-		a1=$(accuracy ls_floral ls_test)
-		a2=$(accuracy ls_fedavg ls_test)
-		a3=$(accuracy rot_floral rot_test)
-		a4=$(accuracy rot_fedavg rot_test)
-	else
-		a1=. a2=. a3=. a4=.
-	fi
+	# only every fifth round is evaluated and printed
+	((r % 5 == 0 || r == 1 || r == ROUNDS)) || continue
+	progress "$r" "evaluating every tenant"
+	a1=$(accuracy ls_floral ls_test)
+	a2=$(accuracy ls_fedavg ls_test)
+	a3=$(accuracy rot_floral rot_test)
+	a4=$(accuracy rot_fedavg rot_test)
 	t1=$(date +%s.%N)
+	progress_done
 	printf '%5d | %13s %13s | %13s %13s | %10d %10d | %6.1f\n' "$r" "$a1" "$a2" "$a3" "$a4" \
 		$((up / 1000)) $((down / 1000)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+	printf '%d %s %s %s %s\n' "$r" "$a1" "$a2" "$a3" "$a4" >>"$WORK/accuracy.dat"
 done
+progress_done
 
 printf '\nCoordinator view of the last rounds (floral.federation_rounds):\n'
 q coord -c "SELECT model, round, branches, tenants, examples, round(loss::numeric, 4) AS loss,
@@ -220,4 +232,6 @@ printf 'Mixtures of the label-shift tenants in branch b1 (one adaptor per group)
 q b1 -c "SELECT tenant, substr(tenant, 2)::int % 4 AS grp,
 	array(SELECT round(p::numeric, 2) FROM unnest(mixture) p) AS mixture
 	FROM floral.tenant_mixtures WHERE model = 'ls_floral' ORDER BY grp, tenant"
-printf 'Done in %d s.\n' $(($(date +%s) - START))
+gnuplot -e "datafile='$WORK/accuracy.dat'; outfile='$PLOT'; nmethods=4; plottitle='floral demo: personalised test accuracy, $TENANTS tenants over 3 branches'" \
+	"$ROOT/bench/plot.gnuplot"
+printf 'Done in %d s. Plot of the accuracy per round: %s\n' $(($(date +%s) - START)) "$PLOT"

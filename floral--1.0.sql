@@ -13,13 +13,13 @@ COMMENT ON SCHEMA floral IS 'floral: catalog of models, rounds, tenants and cont
 CREATE TYPE floral.tensor;
 
 CREATE FUNCTION floral.tensor_in(cstring) RETURNS floral.tensor
-	AS 'MODULE_PATHNAME', 'tensor_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION floral.tensor_out(floral.tensor) RETURNS cstring
-	AS 'MODULE_PATHNAME', 'tensor_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION floral.tensor_recv(internal) RETURNS floral.tensor
-	AS 'MODULE_PATHNAME', 'tensor_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION floral.tensor_send(floral.tensor) RETURNS bytea
-	AS 'MODULE_PATHNAME', 'tensor_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 -- STORAGE external: float data hardly compresses, so skip trying
 CREATE TYPE floral.tensor (
@@ -34,17 +34,17 @@ CREATE TYPE floral.tensor (
 COMMENT ON TYPE floral.tensor IS 'dense float4 tensor with a shape, e.g. ''[[1,2],[3,4]]''';
 
 CREATE FUNCTION floral.tensor(real[]) RETURNS floral.tensor
-	AS 'MODULE_PATHNAME', 'tensor_from_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_from_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION floral.tensor_to_real(floral.tensor) RETURNS real[]
-	AS 'MODULE_PATHNAME', 'tensor_to_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_to_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE CAST (real[] AS floral.tensor) WITH FUNCTION floral.tensor(real[]) AS ASSIGNMENT;
 CREATE CAST (floral.tensor AS real[]) WITH FUNCTION floral.tensor_to_real(floral.tensor) AS ASSIGNMENT;
 
 CREATE FUNCTION floral.tensor_shape(floral.tensor) RETURNS int[]
-	AS 'MODULE_PATHNAME', 'tensor_shape' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_shape' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral.tensor_shape(floral.tensor) IS 'the dimensions of a tensor';
 CREATE FUNCTION floral.tensor_norm(floral.tensor) RETURNS double precision
-	AS 'MODULE_PATHNAME', 'tensor_norm' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_norm' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral.tensor_norm(floral.tensor) IS 'the Euclidean norm of a tensor''s values';
 
 ------------------------------------------------------------------------
@@ -764,7 +764,7 @@ COMMENT ON VIEW floral.tenant_mixtures IS 'each tenant''s mixture probabilities'
 -- in schema floral (floral.fed_*), whatever schema the extension is in.
 ------------------------------------------------------------------------
 CREATE FUNCTION floral.tensor_from_bytea(bytea) RETURNS floral.tensor
-	AS 'MODULE_PATHNAME', 'tensor_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'floral_tensor_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION floral.tensor_from_bytea(bytea) IS
 	'a tensor from its binary form (as floral.tensor_send makes it), fully validated';
 CREATE FUNCTION floral._caller() RETURNS name

@@ -87,7 +87,7 @@ add_round_updates(const FloralSpec *spec, int32 round, FloralSums *sums)
 		}
 		raw = SPI_getbinval(tup, desc, 3, &isnull);
 		t = DatumGetTensorP(raw);
-		if (tensor_numel(t) != SPEC_SHARED_SIZE(spec))
+		if (floral_tensor_numel(t) != SPEC_SHARED_SIZE(spec))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("an accepted update of model \"%s\" has the wrong size", spec->name)));
@@ -367,7 +367,7 @@ floral_branch_update(PG_FUNCTION_ARGS)
 	}
 
 	/* laid out like the shared parameters: private adaptors do not travel */
-	t = tensor_new_1d(sums.nsums);
+	t = floral_tensor_new_1d(sums.nsums);
 	data = TENSOR_DATA(t);
 	for (int64 i = 0; i < sums.nsums; i++)
 		data[i] = (float) sums.v[i];
@@ -422,7 +422,7 @@ floral_update_norm(PG_FUNCTION_ARGS)
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 
-	if (tensor_numel(t) != SPEC_SHARED_SIZE(spec) || N <= 0)
+	if (floral_tensor_numel(t) != SPEC_SHARED_SIZE(spec) || N <= 0)
 		PG_RETURN_FLOAT8(INFINITY);
 	floral_read_real_array(PointerGetDatum(wa), M, SPEC_SHARED_ADAPTORS(spec), "weights");
 	/*
@@ -491,7 +491,7 @@ floral_call_average(PG_FUNCTION_ARGS)
 						call, spec->round, spec->name)));
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
-	t = tensor_new_1d(spec->nparams);
+	t = floral_tensor_new_1d(spec->nparams);
 	floral_sums_finish(&sums, prev, TENSOR_DATA(t), 1.0);
 	PG_RETURN_POINTER(t);
 }

@@ -107,7 +107,7 @@ floral_real_array(const float *v, int n)
 Datum
 floral_tensor_datum(const float *v, int64 n)
 {
-	FloralTensor *t = tensor_new_1d(n);
+	FloralTensor *t = floral_tensor_new_1d(n);
 
 	memcpy(TENSOR_DATA(t), v, sizeof(float) * n);
 	return PointerGetDatum(t);
@@ -377,11 +377,11 @@ floral_load_round(const FloralSpec *spec, int32 round, MemoryContext cxt)
 
 	old = MemoryContextSwitchTo(cxt);
 	t = DatumGetTensorP(get_notnull(1));
-	if (tensor_numel(t) != SPEC_SHARED_SIZE(spec))
+	if (floral_tensor_numel(t) != SPEC_SHARED_SIZE(spec))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("round %d of model \"%s\" has " INT64_FORMAT " parameters, expected " INT64_FORMAT,
-						round, spec->name, tensor_numel(t), SPEC_SHARED_SIZE(spec))));
+						round, spec->name, floral_tensor_numel(t), SPEC_SHARED_SIZE(spec))));
 	params = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 	memcpy(params, TENSOR_DATA(t), sizeof(float) * SPEC_SHARED_SIZE(spec));
 
@@ -404,7 +404,7 @@ read_bank(const FloralSpec *spec, Datum d, MemoryContext cxt, const char *tenant
 	FloralTensor *t = DatumGetTensorP(d);
 	float	   *bank;
 
-	if (tensor_numel(t) != spec->adaptor_size)
+	if (floral_tensor_numel(t) != spec->adaptor_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("private adaptors of tenant \"%s\" have the wrong size", tenant)));

@@ -5,7 +5,6 @@
 #ifndef FLORAL_H
 #define FLORAL_H
 
-#include "postgres.h"
 
 /* GUCs (floral.c) */
 extern int	floral_blas_threads;

@@ -25,7 +25,6 @@
 #ifndef FLORAL_MODEL_H
 #define FLORAL_MODEL_H
 
-#include "postgres.h"
 
 #define FLORAL_MAX_LAYERS 16
 #define FLORAL_MAX_ADAPTORS 64

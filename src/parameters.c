@@ -36,13 +36,13 @@ floral_initial_parameters(PG_FUNCTION_ARGS)
 		float	   *all = palloc_extended(sizeof(float) * spec->nparams, MCXT_ALLOC_HUGE);
 
 		floral_init_params(spec, all);
-		t = tensor_new_1d(spec->base_size);
+		t = floral_tensor_new_1d(spec->base_size);
 		memcpy(TENSOR_DATA(t), all, sizeof(float) * spec->base_size);
 		pfree(all);
 	}
 	else
 	{
-		t = tensor_new_1d(spec->nparams);
+		t = floral_tensor_new_1d(spec->nparams);
 		floral_init_params(spec, TENSOR_DATA(t));
 	}
 	PG_RETURN_TENSOR_P(t);
@@ -164,7 +164,7 @@ floral_parameter(PG_FUNCTION_ARGS)
 				 errmsg("unknown parameter part \"%s\"", part),
 				 errhint("Use W, b, U, V or beta.")));
 
-	t = tensor_new(ndim, dims);
-	memcpy(TENSOR_DATA(t), params + offset, sizeof(float) * tensor_numel(t));
+	t = floral_tensor_new(ndim, dims);
+	memcpy(TENSOR_DATA(t), params + offset, sizeof(float) * floral_tensor_numel(t));
 	PG_RETURN_TENSOR_P(t);
 }

@@ -8,7 +8,6 @@
 #ifndef FLORAL_RNG_H
 #define FLORAL_RNG_H
 
-#include "postgres.h"
 #include "common/pg_prng.h"
 
 extern void floral_rng_seed(pg_prng_state *state, uint64 seed, uint64 round,

@@ -60,13 +60,13 @@ static const uint8_t hkdf_salt[] = "floral secure aggregation v1";
 /* ---------------------------------------------------------------- helpers */
 
 const char *
-secagg_random(uint8_t *out, size_t len)
+floral_crypto_random(uint8_t *out, size_t len)
 {
 	return RAND_priv_bytes(out, (int) len) == 1 ? NULL : "the random generator failed";
 }
 
 const char *
-secagg_keypair(uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN])
+floral_crypto_keypair(uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN])
 {
 	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, NULL);
 	EVP_PKEY   *key = NULL;
@@ -85,7 +85,7 @@ secagg_keypair(uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN])
 }
 
 const char *
-secagg_public(const uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN])
+floral_crypto_public(const uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN])
 {
 	EVP_PKEY   *key = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, SECAGG_KEY_LEN);
 	size_t		l = SECAGG_KEY_LEN;
@@ -117,14 +117,14 @@ hkdf(const uint8_t *ikm, size_t ikm_len, const uint8_t *info, size_t info_len,
 }
 
 const char *
-secagg_expand(const uint8_t seed[SECAGG_KEY_LEN], const uint8_t *info, size_t info_len,
+floral_crypto_expand(const uint8_t seed[SECAGG_KEY_LEN], const uint8_t *info, size_t info_len,
 			  uint8_t out[SECAGG_KEY_LEN])
 {
 	return hkdf(seed, SECAGG_KEY_LEN, info, info_len, out);
 }
 
 const char *
-secagg_agree(const uint8_t priv[SECAGG_KEY_LEN], const uint8_t peer_pub[SECAGG_KEY_LEN],
+floral_crypto_agree(const uint8_t priv[SECAGG_KEY_LEN], const uint8_t peer_pub[SECAGG_KEY_LEN],
 			 const uint8_t *info, size_t info_len, uint8_t out[SECAGG_KEY_LEN])
 {
 	EVP_PKEY   *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, SECAGG_KEY_LEN);
@@ -152,7 +152,7 @@ secagg_agree(const uint8_t priv[SECAGG_KEY_LEN], const uint8_t peer_pub[SECAGG_K
 #define PRG_BLOCK 4096
 
 const char *
-secagg_add_prg(uint64_t *acc, size_t n, const uint8_t key[SECAGG_KEY_LEN], int sign)
+floral_crypto_add_prg(uint64_t *acc, size_t n, const uint8_t key[SECAGG_KEY_LEN], int sign)
 {
 	static const uint8_t zeros[PRG_BLOCK * 8];
 	uint8_t		iv[16] = {0};	/* the key is used for this one stream only */
@@ -191,7 +191,7 @@ secagg_add_prg(uint64_t *acc, size_t n, const uint8_t key[SECAGG_KEY_LEN], int s
 }
 
 const char *
-secagg_seal(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_len,
+floral_crypto_seal(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_len,
 			const uint8_t plain[SECAGG_PLAIN_LEN], uint8_t sealed[SECAGG_SEALED_LEN])
 {
 	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
@@ -199,7 +199,7 @@ secagg_seal(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_le
 	uint8_t    *ct = sealed + SECAGG_NONCE_LEN;
 	uint8_t    *tag = ct + SECAGG_PLAIN_LEN;
 	int			len;
-	const char *err = secagg_random(nonce, SECAGG_NONCE_LEN);
+	const char *err = floral_crypto_random(nonce, SECAGG_NONCE_LEN);
 
 	if (err == NULL &&
 		(ctx == NULL ||
@@ -216,7 +216,7 @@ secagg_seal(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_le
 }
 
 const char *
-secagg_open(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_len,
+floral_crypto_open(const uint8_t key[SECAGG_KEY_LEN], const uint8_t *aad, size_t aad_len,
 			const uint8_t sealed[SECAGG_SEALED_LEN], uint8_t plain[SECAGG_PLAIN_LEN])
 {
 	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
@@ -256,7 +256,7 @@ field_prime(void)
 }
 
 const char *
-secagg_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t, uint8_t *shares)
+floral_crypto_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t, uint8_t *shares)
 {
 	BN_CTX	   *bn = BN_CTX_secure_new();
 	BIGNUM	   *p = field_prime();
@@ -302,7 +302,7 @@ secagg_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t, uint8_t *shares
 }
 
 const char *
-secagg_combine(const int *xs, const uint8_t *shares, int k, uint8_t secret[SECAGG_KEY_LEN])
+floral_crypto_combine(const int *xs, const uint8_t *shares, int k, uint8_t secret[SECAGG_KEY_LEN])
 {
 	BN_CTX	   *bn = BN_CTX_secure_new();
 	BIGNUM	   *p = field_prime();
@@ -507,7 +507,7 @@ floral_secagg_keypair(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "floral._secagg_keypair must return a record");
-	check_ok(secagg_keypair((uint8_t *) VARDATA(priv), (uint8_t *) VARDATA(pub)),
+	check_ok(floral_crypto_keypair((uint8_t *) VARDATA(priv), (uint8_t *) VARDATA(pub)),
 			 ERRCODE_INTERNAL_ERROR);
 	values[0] = PointerGetDatum(priv);
 	values[1] = PointerGetDatum(pub);
@@ -521,7 +521,7 @@ floral_secagg_public(PG_FUNCTION_ARGS)
 	const uint8_t *priv = fixed_bytea(fcinfo, 0, SECAGG_KEY_LEN, "private key");
 	bytea	   *pub = new_bytea(SECAGG_KEY_LEN);
 
-	check_ok(secagg_public(priv, (uint8_t *) VARDATA(pub)), ERRCODE_INVALID_PARAMETER_VALUE);
+	check_ok(floral_crypto_public(priv, (uint8_t *) VARDATA(pub)), ERRCODE_INVALID_PARAMETER_VALUE);
 	PG_RETURN_BYTEA_P(pub);
 }
 
@@ -531,7 +531,7 @@ floral_secagg_seed(PG_FUNCTION_ARGS)
 {
 	bytea	   *s = new_bytea(SECAGG_KEY_LEN);
 
-	check_ok(secagg_random((uint8_t *) VARDATA(s), SECAGG_KEY_LEN), ERRCODE_INTERNAL_ERROR);
+	check_ok(floral_crypto_random((uint8_t *) VARDATA(s), SECAGG_KEY_LEN), ERRCODE_INTERNAL_ERROR);
 	PG_RETURN_BYTEA_P(s);
 }
 
@@ -574,8 +574,8 @@ floral_secagg_make_shares(PG_FUNCTION_ARGS)
 				 errmsg("secure aggregation: threshold %d is not between 1 and %d", t, n)));
 	s_shares = palloc((size_t) n * SECAGG_SHARE_LEN);
 	b_shares = palloc((size_t) n * SECAGG_SHARE_LEN);
-	check_ok(secagg_split(s_priv, n, t, s_shares), ERRCODE_INTERNAL_ERROR);
-	check_ok(secagg_split(b_seed, n, t, b_shares), ERRCODE_INTERNAL_ERROR);
+	check_ok(floral_crypto_split(s_priv, n, t, s_shares), ERRCODE_INTERNAL_ERROR);
+	check_ok(floral_crypto_split(b_seed, n, t, b_shares), ERRCODE_INTERNAL_ERROR);
 	out = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -591,9 +591,9 @@ floral_secagg_make_shares(PG_FUNCTION_ARGS)
 		memcpy(plain + 2, s_shares + (size_t) i * SECAGG_SHARE_LEN, SECAGG_SHARE_LEN);
 		memcpy(plain + 2 + SECAGG_SHARE_LEN, b_shares + (size_t) i * SECAGG_SHARE_LEN, SECAGG_SHARE_LEN);
 		context(&info, model, round, attempt, "share", sender, to);
-		err = secagg_agree(c_priv, pub, (uint8_t *) info.data, info.len, key);
+		err = floral_crypto_agree(c_priv, pub, (uint8_t *) info.data, info.len, key);
 		if (err == NULL)
-			err = secagg_seal(key, (uint8_t *) info.data, info.len, plain, (uint8_t *) VARDATA(sealed));
+			err = floral_crypto_seal(key, (uint8_t *) info.data, info.len, plain, (uint8_t *) VARDATA(sealed));
 		OPENSSL_cleanse(key, sizeof(key));
 		OPENSSL_cleanse(plain, sizeof(plain));
 		check_ok(err, ERRCODE_INVALID_PARAMETER_VALUE);
@@ -635,9 +635,9 @@ floral_secagg_open_share(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "floral._secagg_open_share must return a record");
 	context(&info, model, round, attempt, "share", sender, recipient);
-	err = secagg_agree(c_priv, pub, (uint8_t *) info.data, info.len, key);
+	err = floral_crypto_agree(c_priv, pub, (uint8_t *) info.data, info.len, key);
 	check_ok(err, ERRCODE_INVALID_PARAMETER_VALUE);
-	err = secagg_open(key, (uint8_t *) info.data, info.len, sealed, plain);
+	err = floral_crypto_open(key, (uint8_t *) info.data, info.len, sealed, plain);
 	OPENSSL_cleanse(key, sizeof(key));
 	if (err != NULL)
 		ereport(ERROR,
@@ -702,7 +702,7 @@ floral_secagg_combine(PG_FUNCTION_ARGS)
 					 errmsg("secure aggregation: every share must have %d bytes", SECAGG_SHARE_LEN)));
 		memcpy(shares + (size_t) i * SECAGG_SHARE_LEN, VARDATA_ANY(b), SECAGG_SHARE_LEN);
 	}
-	check_ok(secagg_combine(xs, shares, k, (uint8_t *) VARDATA(secret)),
+	check_ok(floral_crypto_combine(xs, shares, k, (uint8_t *) VARDATA(secret)),
 			 ERRCODE_INVALID_PARAMETER_VALUE);
 	OPENSSL_cleanse(shares, (size_t) k * SECAGG_SHARE_LEN);
 	PG_RETURN_BYTEA_P(secret);
@@ -758,7 +758,7 @@ floral_secagg_quantize(PG_FUNCTION_ARGS)
 	double		loss_sum = PG_GETARG_FLOAT8(3);
 	int32		tenants = PG_GETARG_INT32(4);
 	int			C;
-	int64		n = tensor_numel(t);
+	int64		n = floral_tensor_numel(t);
 	const float *v = TENSOR_DATA(t);
 	uint64_t   *w;
 	bytea	   *out;
@@ -798,7 +798,7 @@ pair_seed(const char *model, int32 round, int32 attempt, const char *u, const ch
 	const char *hi = strcmp(u, v) < 0 ? v : u;
 
 	context(&info, model, round, attempt, "pair mask", lo, hi);
-	check_ok(secagg_agree(priv, peer_pub, (uint8_t *) info.data, info.len, seed),
+	check_ok(floral_crypto_agree(priv, peer_pub, (uint8_t *) info.data, info.len, seed),
 			 ERRCODE_INVALID_PARAMETER_VALUE);
 	pfree(info.data);
 }
@@ -810,7 +810,7 @@ self_seed(const char *model, int32 round, int32 attempt, const char *u,
 	StringInfoData info;
 
 	context(&info, model, round, attempt, "self mask", u, NULL);
-	check_ok(secagg_expand(b, (uint8_t *) info.data, info.len, seed), ERRCODE_INTERNAL_ERROR);
+	check_ok(floral_crypto_expand(b, (uint8_t *) info.data, info.len, seed), ERRCODE_INTERNAL_ERROR);
 	pfree(info.data);
 }
 
@@ -865,7 +865,7 @@ floral_secagg_mask(PG_FUNCTION_ARGS)
 	acc = palloc(sizeof(uint64_t) * nw);
 	get_words(acc, (const uint8_t *) VARDATA_ANY(q), nw);
 	self_seed(model, round, attempt, me, b_seed, seed);
-	check_ok(secagg_add_prg(acc, nw, seed, +1), ERRCODE_INTERNAL_ERROR);
+	check_ok(floral_crypto_add_prg(acc, nw, seed, +1), ERRCODE_INTERNAL_ERROR);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *v = TextDatumGetCString(names[i]);
@@ -876,7 +876,7 @@ floral_secagg_mask(PG_FUNCTION_ARGS)
 			continue;
 		}
 		pair_seed(model, round, attempt, me, v, s_priv, key_elem(pubs[i], "s_public"), seed);
-		check_ok(secagg_add_prg(acc, nw, seed, strcmp(me, v) < 0 ? +1 : -1), ERRCODE_INTERNAL_ERROR);
+		check_ok(floral_crypto_add_prg(acc, nw, seed, strcmp(me, v) < 0 ? +1 : -1), ERRCODE_INTERNAL_ERROR);
 	}
 	OPENSSL_cleanse(seed, sizeof(seed));
 	if (!found)
@@ -974,7 +974,7 @@ floral_secagg_unmask(PG_FUNCTION_ARGS)
 		char	   *u = TextDatumGetCString(senders[i]);
 
 		self_seed(model, round, attempt, u, key_elem(bseeds[i], "b_seed"), seed);
-		check_ok(secagg_add_prg(acc, nw, seed, -1), ERRCODE_INTERNAL_ERROR);
+		check_ok(floral_crypto_add_prg(acc, nw, seed, -1), ERRCODE_INTERNAL_ERROR);
 		for (int j = 0; j < d; j++)
 		{
 			char	   *v = TextDatumGetCString(dropped[j]);
@@ -986,13 +986,13 @@ floral_secagg_unmask(PG_FUNCTION_ARGS)
 			/* u added +p_uv when u < v: take off what u added */
 			pair_seed(model, round, attempt, v, u, key_elem(dprivs[j], "dropped key"),
 					  key_elem(spubs[i], "s_public"), seed);
-			check_ok(secagg_add_prg(acc, nw, seed, strcmp(u, v) < 0 ? -1 : +1), ERRCODE_INTERNAL_ERROR);
+			check_ok(floral_crypto_add_prg(acc, nw, seed, strcmp(u, v) < 0 ? -1 : +1), ERRCODE_INTERNAL_ERROR);
 		}
 	}
 	OPENSSL_cleanse(seed, sizeof(seed));
 
 	n = (int64) nw - 3 - C;
-	t = tensor_new_1d(n);
+	t = floral_tensor_new_1d(n);
 	for (int64 i = 0; i < n; i++)
 		TENSOR_DATA(t)[i] = (float) dequantize(acc[3 + C + i]);
 	for (int c = 0; c < C; c++)

@@ -49,37 +49,37 @@
 #define SECAGG_FRAC_BITS	20
 #define SECAGG_MAX_ABS		8589934592.0	/* 2^33 */
 
-extern const char *secagg_keypair(uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN]);
-extern const char *secagg_public(const uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN]);
-extern const char *secagg_random(uint8_t *out, size_t len);
+extern const char *floral_crypto_keypair(uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN]);
+extern const char *floral_crypto_public(const uint8_t priv[SECAGG_KEY_LEN], uint8_t pub[SECAGG_KEY_LEN]);
+extern const char *floral_crypto_random(uint8_t *out, size_t len);
 
 /* HKDF-SHA256 of X25519(priv, peer_pub), or of a seed, with the given info */
-extern const char *secagg_agree(const uint8_t priv[SECAGG_KEY_LEN],
+extern const char *floral_crypto_agree(const uint8_t priv[SECAGG_KEY_LEN],
 								const uint8_t peer_pub[SECAGG_KEY_LEN],
 								const uint8_t *info, size_t info_len,
 								uint8_t out[SECAGG_KEY_LEN]);
-extern const char *secagg_expand(const uint8_t seed[SECAGG_KEY_LEN],
+extern const char *floral_crypto_expand(const uint8_t seed[SECAGG_KEY_LEN],
 								 const uint8_t *info, size_t info_len,
 								 uint8_t out[SECAGG_KEY_LEN]);
 
 /* acc[i] += sign * the i-th 64-bit word of ChaCha20(key), for n words */
-extern const char *secagg_add_prg(uint64_t *acc, size_t n,
+extern const char *floral_crypto_add_prg(uint64_t *acc, size_t n,
 								  const uint8_t key[SECAGG_KEY_LEN], int sign);
 
-extern const char *secagg_seal(const uint8_t key[SECAGG_KEY_LEN],
+extern const char *floral_crypto_seal(const uint8_t key[SECAGG_KEY_LEN],
 							   const uint8_t *aad, size_t aad_len,
 							   const uint8_t plain[SECAGG_PLAIN_LEN],
 							   uint8_t sealed[SECAGG_SEALED_LEN]);
 /* fails (returns a message) when the share was altered or sealed for another context */
-extern const char *secagg_open(const uint8_t key[SECAGG_KEY_LEN],
+extern const char *floral_crypto_open(const uint8_t key[SECAGG_KEY_LEN],
 							   const uint8_t *aad, size_t aad_len,
 							   const uint8_t sealed[SECAGG_SEALED_LEN],
 							   uint8_t plain[SECAGG_PLAIN_LEN]);
 
 /* Shamir: n shares of a 32-byte secret at x = 1..n, any t of which recover it */
-extern const char *secagg_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t,
+extern const char *floral_crypto_split(const uint8_t secret[SECAGG_KEY_LEN], int n, int t,
 								uint8_t *shares /* n * SECAGG_SHARE_LEN */ );
-extern const char *secagg_combine(const int *xs, const uint8_t *shares, int k,
+extern const char *floral_crypto_combine(const int *xs, const uint8_t *shares, int k,
 								  uint8_t secret[SECAGG_KEY_LEN]);
 
 #endif

@@ -23,15 +23,15 @@
 
 #include "tensor.h"
 
-PG_FUNCTION_INFO_V1(tensor_in);
-PG_FUNCTION_INFO_V1(tensor_out);
-PG_FUNCTION_INFO_V1(tensor_recv);
-PG_FUNCTION_INFO_V1(tensor_send);
-PG_FUNCTION_INFO_V1(tensor_from_bytea);
-PG_FUNCTION_INFO_V1(tensor_from_real_array);
-PG_FUNCTION_INFO_V1(tensor_to_real_array);
-PG_FUNCTION_INFO_V1(tensor_shape);
-PG_FUNCTION_INFO_V1(tensor_norm);
+PG_FUNCTION_INFO_V1(floral_tensor_in);
+PG_FUNCTION_INFO_V1(floral_tensor_out);
+PG_FUNCTION_INFO_V1(floral_tensor_recv);
+PG_FUNCTION_INFO_V1(floral_tensor_send);
+PG_FUNCTION_INFO_V1(floral_tensor_from_bytea);
+PG_FUNCTION_INFO_V1(floral_tensor_from_real_array);
+PG_FUNCTION_INFO_V1(floral_tensor_to_real_array);
+PG_FUNCTION_INFO_V1(floral_tensor_shape);
+PG_FUNCTION_INFO_V1(floral_tensor_norm);
 
 /*
  * Check a shape and return its number of values; errors on nonsense so that
@@ -66,7 +66,7 @@ tensor_check_shape(int ndim, const int32 *dims)
 }
 
 FloralTensor *
-tensor_new(int ndim, const int32 *dims)
+floral_tensor_new(int ndim, const int32 *dims)
 {
 	int64		numel = tensor_check_shape(ndim, dims);
 	Size		size = TENSOR_SIZE(ndim, numel);
@@ -79,7 +79,7 @@ tensor_new(int ndim, const int32 *dims)
 }
 
 FloralTensor *
-tensor_new_1d(int64 numel)
+floral_tensor_new_1d(int64 numel)
 {
 	int32		dim;
 
@@ -88,11 +88,11 @@ tensor_new_1d(int64 numel)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("tensor of " INT64_FORMAT " values cannot be built", numel)));
 	dim = (int32) numel;
-	return tensor_new(1, &dim);
+	return floral_tensor_new(1, &dim);
 }
 
 int64
-tensor_numel(const FloralTensor *t)
+floral_tensor_numel(const FloralTensor *t)
 {
 	int64		numel = 1;
 
@@ -102,7 +102,7 @@ tensor_numel(const FloralTensor *t)
 }
 
 void
-tensor_check_finite(const float *data, int64 n, const char *what)
+floral_tensor_check_finite(const float *data, int64 n, const char *what)
 {
 	if (likely(tensor_all_finite(data, n)))
 		return;
@@ -241,7 +241,7 @@ parse_tensor(TensorParser *ps)
 }
 
 Datum
-tensor_in(PG_FUNCTION_ARGS)
+floral_tensor_in(PG_FUNCTION_ARGS)
 {
 	char	   *str = PG_GETARG_CSTRING(0);
 	TensorParser ps;
@@ -256,7 +256,7 @@ tensor_in(PG_FUNCTION_ARGS)
 	if (numel != ps.nvalues)	/* cannot happen for a rectangular literal */
 		tensor_syntax_error(&ps, "Sub-lists have different lengths.");
 
-	t = tensor_new(ps.ndim, ps.dims);
+	t = floral_tensor_new(ps.ndim, ps.dims);
 	ps.out = TENSOR_DATA(t);
 	parse_tensor(&ps);
 	PG_RETURN_TENSOR_P(t);
@@ -285,7 +285,7 @@ append_level(StringInfo buf, const FloralTensor *t, const float *data,
 }
 
 Datum
-tensor_out(PG_FUNCTION_ARGS)
+floral_tensor_out(PG_FUNCTION_ARGS)
 {
 	FloralTensor *t = PG_GETARG_TENSOR_P(0);
 	StringInfoData buf;
@@ -302,7 +302,7 @@ tensor_out(PG_FUNCTION_ARGS)
  * anything.
  */
 Datum
-tensor_recv(PG_FUNCTION_ARGS)
+floral_tensor_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
 	int			ndim;
@@ -331,20 +331,20 @@ tensor_recv(PG_FUNCTION_ARGS)
 				 errmsg("tensor data has %d bytes, shape needs " INT64_FORMAT,
 						buf->len - buf->cursor, numel * (int64) sizeof(float))));
 
-	t = tensor_new(ndim, dims);
+	t = floral_tensor_new(ndim, dims);
 	data = TENSOR_DATA(t);
 	for (int64 i = 0; i < numel; i++)
 		data[i] = pq_getmsgfloat4(buf);
-	tensor_check_finite(data, numel, "tensor");
+	floral_tensor_check_finite(data, numel, "tensor");
 	PG_RETURN_TENSOR_P(t);
 }
 
 /*
- * The binary form from a bytea, with every check of tensor_recv: how a
+ * The binary form from a bytea, with every check of floral_tensor_recv: how a
  * federation coordinator decodes what a branch sent, without trusting it.
  */
 Datum
-tensor_from_bytea(PG_FUNCTION_ARGS)
+floral_tensor_from_bytea(PG_FUNCTION_ARGS)
 {
 	bytea	   *b = PG_GETARG_BYTEA_PP(0);
 	StringInfoData buf;
@@ -357,14 +357,14 @@ tensor_from_bytea(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("tensor data is truncated")));
-	return DirectFunctionCall1(tensor_recv, PointerGetDatum(&buf));
+	return DirectFunctionCall1(floral_tensor_recv, PointerGetDatum(&buf));
 }
 
 Datum
-tensor_send(PG_FUNCTION_ARGS)
+floral_tensor_send(PG_FUNCTION_ARGS)
 {
 	FloralTensor *t = PG_GETARG_TENSOR_P(0);
-	int64		numel = tensor_numel(t);
+	int64		numel = floral_tensor_numel(t);
 	const float *data = TENSOR_DATA(t);
 	StringInfoData buf;
 
@@ -380,7 +380,7 @@ tensor_send(PG_FUNCTION_ARGS)
 
 /* real[] -> tensor, keeping the array's shape */
 Datum
-tensor_from_real_array(PG_FUNCTION_ARGS)
+floral_tensor_from_real_array(PG_FUNCTION_ARGS)
 {
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
 	int			ndim = ARR_NDIM(arr);
@@ -400,19 +400,19 @@ tensor_from_real_array(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("array must not contain nulls")));
 
-	t = tensor_new(ndim, ARR_DIMS(arr));
-	numel = tensor_numel(t);
+	t = floral_tensor_new(ndim, ARR_DIMS(arr));
+	numel = floral_tensor_numel(t);
 	memcpy(TENSOR_DATA(t), ARR_DATA_PTR(arr), sizeof(float) * numel);
-	tensor_check_finite(TENSOR_DATA(t), numel, "array");
+	floral_tensor_check_finite(TENSOR_DATA(t), numel, "array");
 	PG_RETURN_TENSOR_P(t);
 }
 
 /* tensor -> real[], with the same shape (PostgreSQL arrays allow 6 dims) */
 Datum
-tensor_to_real_array(PG_FUNCTION_ARGS)
+floral_tensor_to_real_array(PG_FUNCTION_ARGS)
 {
 	FloralTensor *t = PG_GETARG_TENSOR_P(0);
-	int64		numel = tensor_numel(t);
+	int64		numel = floral_tensor_numel(t);
 	int			lbs[MAXDIM];
 	ArrayType  *arr;
 	Size		nbytes;
@@ -439,7 +439,7 @@ tensor_to_real_array(PG_FUNCTION_ARGS)
 }
 
 Datum
-tensor_shape(PG_FUNCTION_ARGS)
+floral_tensor_shape(PG_FUNCTION_ARGS)
 {
 	FloralTensor *t = PG_GETARG_TENSOR_P(0);
 	Datum		elems[FLORAL_TENSOR_MAX_DIM];
@@ -452,10 +452,10 @@ tensor_shape(PG_FUNCTION_ARGS)
 
 /* Euclidean norm, accumulated in double */
 Datum
-tensor_norm(PG_FUNCTION_ARGS)
+floral_tensor_norm(PG_FUNCTION_ARGS)
 {
 	FloralTensor *t = PG_GETARG_TENSOR_P(0);
-	int64		numel = tensor_numel(t);
+	int64		numel = floral_tensor_numel(t);
 	const float *data = TENSOR_DATA(t);
 	double		sum = 0.0;
 

@@ -9,7 +9,6 @@
 #ifndef FLORAL_TENSOR_H
 #define FLORAL_TENSOR_H
 
-#include "postgres.h"
 #include "fmgr.h"
 #include "utils/memutils.h"
 
@@ -34,10 +33,10 @@ typedef struct FloralTensor
 #define PG_GETARG_TENSOR_P(n)	DatumGetTensorP(PG_GETARG_DATUM(n))
 #define PG_RETURN_TENSOR_P(x)	PG_RETURN_POINTER(x)
 
-extern FloralTensor *tensor_new(int ndim, const int32 *dims);
-extern FloralTensor *tensor_new_1d(int64 numel);
-extern int64 tensor_numel(const FloralTensor *t);
-extern void tensor_check_finite(const float *data, int64 n, const char *what);
+extern FloralTensor *floral_tensor_new(int ndim, const int32 *dims);
+extern FloralTensor *floral_tensor_new_1d(int64 numel);
+extern int64 floral_tensor_numel(const FloralTensor *t);
+extern void floral_tensor_check_finite(const float *data, int64 n, const char *what);
 
 /*
  * True when no value is NaN or infinite: those are exactly the floats whose

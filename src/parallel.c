@@ -103,10 +103,12 @@ floral_parallel_share_after(void)
 }
 
 int
-floral_parallel_workers(const FloralRows *rows, int ntasks, double private_bytes)
+floral_parallel_workers(const FloralSpec *spec, const FloralRows *rows, int ntasks)
 {
 	int			n = Min(floral_max_parallel_workers, max_parallel_maintenance_workers);
 	double		row_bytes = (double) sizeof(float) * rows->recfloats * rows->nrows;
+	double		private_bytes = spec->private_adaptors ?
+		(double) sizeof(float) * spec->adaptor_size * ntasks : 0;
 
 	/*
 	 * Like a parallel index build: only for work of some size, and only when

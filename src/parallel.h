@@ -120,10 +120,11 @@ extern double floral_parallel_share_after(void);
  * How many workers a call over these rows should ask for: 0 (serial) unless
  * the rows are all in shared memory and their size reaches
  * min_parallel_table_scan_size; then max_parallel_maintenance_workers,
- * capped by floral.max_parallel_workers and by the number of tasks.
+ * capped by floral.max_parallel_workers and by the number of tasks; 0 also
+ * when the private adaptors of the tasks would exceed maintenance_work_mem.
  */
-extern int	floral_parallel_workers(const FloralRows *rows, int ntasks,
-									double private_bytes);
+extern int	floral_parallel_workers(const FloralSpec *spec, const FloralRows *rows,
+									int ntasks);
 
 /*
  * A shared segment for ntasks private banks (NULL if the model has none);

@@ -171,6 +171,22 @@ floral_predict_proba(PG_FUNCTION_ARGS)
  * A serial evaluation of a model with private adaptors reads each tenant
  * when it runs it, in one read: its bank, logits and pinned mixture.
  */
+/* task t evaluates the tenant with its mixture: its logits or pinned one */
+static void
+task_from_state(FloralParallelCall *par, int t, const FloralTenantState *state)
+{
+	FloralTenantTask *task = &par->tasks[t];
+	int			C = par->spec->nadaptors;
+
+	task->found = state->found;
+	task->pinned = state->pinned;
+	task->has_bank = (state->bank != NULL);
+	if (state->found)
+		memcpy(par->logits + (int64) t * C, state->logits, sizeof(float) * C);
+	if (state->pinned)
+		memcpy(par->pinned_pi + (int64) t * C, state->pinned_pi, sizeof(float) * C);
+}
+
 typedef struct BankLoader
 {
 	FloralParallelCall *par;
@@ -183,19 +199,12 @@ load_private_bank(void *arg, int t)
 	BankLoader *bl = arg;
 	FloralParallelCall *par = bl->par;
 	FloralTenantTask *task = &par->tasks[t];
-	int			C = par->spec->nadaptors;
 	FloralTenantState state;
 
 	MemoryContextReset(bl->cxt);
 	floral_load_tenant(par->spec, par->rows->tenants[task->tenant]->name, bl->cxt,
 					   &state, false);
-	task->found = state.found;
-	task->pinned = state.pinned;
-	task->has_bank = (state.bank != NULL);
-	if (state.found)
-		memcpy(par->logits + (int64) t * C, state.logits, sizeof(float) * C);
-	if (state.pinned)
-		memcpy(par->pinned_pi + (int64) t * C, state.pinned_pi, sizeof(float) * C);
+	task_from_state(par, t, &state);
 	return state.bank;
 }
 
@@ -292,8 +301,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 	par.tasks = palloc_extended(sizeof(FloralTenantTask) * rows->ntenants, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	par.logits = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
 	par.pinned_pi = palloc_extended(sizeof(float) * Max(C, 1) * rows->ntenants, MCXT_ALLOC_HUGE);
-	nworkers = floral_parallel_workers(rows, par.ntasks, spec->private_adaptors ?
-									   (double) sizeof(float) * spec->adaptor_size * rows->ntenants : 0);
+	nworkers = floral_parallel_workers(spec, rows, par.ntasks);
 	/*
 	 * Private banks: all in shared memory for workers; without workers (or
 	 * without a segment for them) each tenant is read when it runs.
@@ -321,13 +329,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tenant_cxt);
 		floral_load_tenant(spec, rows->tenants[k]->name, tenant_cxt, &state, false);
-		task->found = state.found;
-		task->pinned = state.pinned;
-		task->has_bank = (state.bank != NULL);
-		if (state.found)
-			memcpy(par.logits + (int64) k * C, state.logits, sizeof(float) * C);
-		if (state.pinned)
-			memcpy(par.pinned_pi + (int64) k * C, state.pinned_pi, sizeof(float) * C);
+		task_from_state(&par, k, &state);
 		if (task->has_bank)
 			memcpy(par.banks + (int64) k * spec->adaptor_size, state.bank,
 				   sizeof(float) * spec->adaptor_size);
@@ -364,20 +366,7 @@ floral_evaluate_internal(PG_FUNCTION_ARGS)
 		}
 	}
 	floral_parallel_banks_free(par.banks_seg);
-	if (floral_timing)
-	{
-		instr_time	elapsed;
-
-		INSTR_TIME_SET_CURRENT(elapsed);
-		INSTR_TIME_SUBTRACT(elapsed, start);
-		ereport(NOTICE,
-				(errmsg_plural("floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel worker",
-							   "floral_evaluate: " INT64_FORMAT " rows of %d tenants; read %.3f s, computed %.3f s; %d parallel workers",
-							   par.workers_launched,
-							   rows->nrows, rows->ntenants, rows->read_seconds,
-							   INSTR_TIME_GET_DOUBLE(elapsed) - rows->read_seconds,
-							   par.workers_launched)));
-	}
+	floral_timing_notice("evaluate", rows, start, par.workers_launched);
 
 	floral_restore_user(&saved);
 	floral_progress_end();

@@ -385,8 +385,8 @@ options_from_args(FunctionCallInfo fcinfo, int first, FloralTrainOptions *opts)
 				 errmsg("learning rates must be finite numbers from 0 to 1e6")));
 }
 
-static void
-timing_notice(const char *what, FloralRows *rows, instr_time start, int workers)
+void
+floral_timing_notice(const char *what, const FloralRows *rows, instr_time start, int workers)
 {
 	instr_time	elapsed;
 	double		total;
@@ -463,7 +463,7 @@ static void
 train_call_end(TrainCall *call)
 {
 	floral_progress_end();
-	timing_notice(call->what, call->rows, call->start, call->workers);
+	floral_timing_notice(call->what, call->rows, call->start, call->workers);
 	floral_rows_free(call->rows);
 	SPI_finish();
 	MemoryContextSwitchTo(call->old);
@@ -898,9 +898,7 @@ floral_train_internal(PG_FUNCTION_ARGS)
 	ts->call_id = floral_new_call_id();
 	floral_sums_init(&ts->sums, spec);
 
-	nworkers = floral_parallel_workers(call.rows, call.rows->ntenants,
-									   spec->private_adaptors ?
-									   (double) sizeof(float) * spec->adaptor_size * call.rows->ntenants : 0);
+	nworkers = floral_parallel_workers(spec, call.rows, call.rows->ntenants);
 	if (nworkers > 0)
 		train_parallel(ts, nworkers);
 	else
@@ -985,7 +983,7 @@ floral_personalize_internal(PG_FUNCTION_ARGS)
 	}
 	MemoryContextDelete(tenant_cxt);
 
-	nworkers = floral_parallel_workers(rows, par.ntasks, 0);
+	nworkers = floral_parallel_workers(spec, rows, par.ntasks);
 	floral_parallel_run(&par, nworkers);
 
 	for (int k = 0; k < rows->ntenants; k++)

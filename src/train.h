@@ -11,6 +11,8 @@
 #ifndef FLORAL_TRAIN_H
 #define FLORAL_TRAIN_H
 
+#include "portability/instr_time.h"
+
 #include "model.h"
 #include "source.h"
 
@@ -61,5 +63,12 @@ extern double floral_evaluate_one(FloralTrainer *tr, const FloralTenantRows *tro
 								  const float *global, const float *bank,
 								  const float *pinned, const float *logits,
 								  int64 *correct);
+
+/*
+ * With floral.timing on, NOTICE how long a call (floral_<what>) spent
+ * reading its rows and computing since start, and its parallel workers.
+ */
+extern void floral_timing_notice(const char *what, const FloralRows *rows,
+								 instr_time start, int workers);
 
 #endif

@@ -95,7 +95,7 @@ SELECT floral_create_model('mem', '{64,8,3}', 'classification', 2, 1, '{"seed": 
 SELECT floral_create_model('spill', '{64,8,3}', 'classification', 2, 1, '{"seed": 3}');
 SET maintenance_work_mem = '64MB';
 SELECT count(*) FROM floral_train('mem', 'SELECT tenant, features, label FROM wide_rows ORDER BY i', '{"epochs": 2}');
-SET maintenance_work_mem = '1MB';	-- about 4000 of the 6000 rows in memory
+SET maintenance_work_mem = '1MB';	-- about 3600 of the 6000 rows in memory
 SELECT count(*) FROM floral_train('spill', 'SELECT tenant, features, label FROM wide_rows ORDER BY i', '{"epochs": 2}');
 RESET maintenance_work_mem;
 SELECT (SELECT sums FROM floral.contributions WHERE model = 'mem') =

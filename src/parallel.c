@@ -106,7 +106,7 @@ int
 floral_parallel_workers(const FloralSpec *spec, const FloralRows *rows, int ntasks)
 {
 	int			n = Min(floral_max_parallel_workers, max_parallel_maintenance_workers);
-	double		row_bytes = (double) sizeof(float) * rows->recfloats * rows->nrows;
+	double		row_bytes = rows->stored_bytes;
 	double		private_bytes = spec->private_adaptors ?
 		(double) sizeof(float) * spec->adaptor_size * ntasks : 0;
 

@@ -12,9 +12,11 @@
  *	   claims every tenant's row, as the serial path does; from each row it
  *	   makes a task: the tenant's start logits, pinned mixture and private
  *	   adaptors;
- *	2. the rows were read into dynamic shared memory already; it copies
- *	   the tasks there too and launches the workers; every participant (the leader too) takes the
- *	   next task, runs it and leaves its outcome in shared memory;
+ *	2. the rows were read into dynamic shared memory already, as stored
+ *	   (source.h: still compressed, features unchecked); it copies the
+ *	   tasks there too and launches the workers; every participant (the
+ *	   leader too) takes the next task, decodes and checks the tenant's
+ *	   rows, runs the task and leaves its outcome in shared memory;
  *	3. training's trained parameter vectors are summed by the leader alone,
  *	   in task order, so a parallel call's sums are the serial call's bit for
  *	   bit; every participant trains into a few vectors of its own, which the

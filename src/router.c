@@ -48,7 +48,7 @@ floral_router_probe(FloralNet *net, FloralRows *rows, const FloralTenantRows *tr
 			int			B = (int) Min((int64) batch_size, trows->nrows - s);
 
 			CHECK_FOR_INTERRUPTS();
-			floral_rows_gather(rows, trows->rows + s, B, net->X, Y);
+			floral_rows_gather(rows, trows, NULL, s, B, net->X, Y);
 			floral_router_fixed(net, onehot);
 			floral_forward(net, base, bank, B);
 			L[c] += floral_loss(net, Y, B, false, NULL) * B;

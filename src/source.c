@@ -7,12 +7,17 @@
  * security-restricted operation, so it can read only what the caller may
  * read, cannot modify anything and cannot change its role.  Every value is
  * checked at this boundary: NULLs, feature lengths, non-finite values and
- * label ranges all end in an error naming the tenant at fault.
+ * label ranges all end in an error naming the tenant at fault.  Tenants,
+ * labels and NULLs are checked as the rows arrive; a row's features when its
+ * tenant's turn comes (floral_rows_gather, floral_rows_check), because
+ * decompressing and checking them is most of the cost of reading, and
+ * parallel workers can share that part, where the reader runs alone.
  */
 #include "postgres.h"
 
 #include <math.h>
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -154,22 +159,22 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
  */
 #define ROWS_CHUNK_BYTES (8 * 1024 * 1024)
 #define FLORAL_ROWS_SEGMENTS 64
-static inline float *
-rows_record(FloralRows *rows, int64 recno)
-{
-	return rows->chunks[recno / rows->chunk_records] +
-		(recno % rows->chunk_records) * rows->recfloats;
-}
+
+/* a record number at or above this is an offset in the temporary file */
+#define FLORAL_REC_IN_FILE (INT64CONST(1) << 62)
+
+/* a record: int32 size of the varlena, the label, then the varlena */
+#define REC_HEADER(rows) (sizeof(int32) + sizeof(float) * (rows)->ylen)
+#define REC_SIZE(rows, vlen) (REC_HEADER(rows) + INTALIGN(vlen))
 
 /* a chunk in a shared segment of its own, or NULL if the server has none to spare */
-static float *
+static char *
 shared_chunk(FloralRows *rows, int c)
 {
-	dsm_segment *seg = dsm_create(sizeof(float) * rows->recfloats * rows->chunk_records,
-								  DSM_CREATE_NULL_IF_MAXSEGMENTS);
+	dsm_segment *seg = dsm_create(rows->chunk_bytes, DSM_CREATE_NULL_IF_MAXSEGMENTS);
 
 	rows->segs[c] = seg;
-	return seg ? (float *) dsm_segment_address(seg) : NULL;
+	return seg ? (char *) dsm_segment_address(seg) : NULL;
 }
 
 /*
@@ -182,29 +187,38 @@ shared_chunk(FloralRows *rows, int c)
 static void
 share_rows(FloralRows *rows)
 {
-	int64		done = 0;
-
 	rows->shareable = false;
 	for (int c = 0; c < rows->nchunks; c++)
 	{
-		int64		n = Min(rows->chunk_records, rows->nrows - done);
-		float	   *dst = shared_chunk(rows, c);
+		char	   *dst = shared_chunk(rows, c);
 
 		if (dst == NULL)
 			return;
-		memcpy(dst, rows->chunks[c], sizeof(float) * rows->recfloats * n);
+		memcpy(dst, rows->chunks[c], rows->chunk_used[c]);
 		pfree(rows->chunks[c]);
 		rows->chunks[c] = dst;
-		done += n;
 	}
 	rows->shared = true;
 }
 
-static float *
+static void
 new_chunk(FloralRows *rows)
 {
-	float	   *chunk = NULL;
+	char	   *chunk = NULL;
 
+	if (rows->nchunks == rows->max_chunks)
+	{
+		rows->max_chunks = Max(rows->max_chunks * 2, 16);
+		rows->chunks = rows->chunks ?
+			repalloc(rows->chunks, sizeof(char *) * rows->max_chunks) :
+			palloc(sizeof(char *) * rows->max_chunks);
+		rows->chunk_used = rows->chunk_used ?
+			repalloc(rows->chunk_used, sizeof(int64) * rows->max_chunks) :
+			palloc(sizeof(int64) * rows->max_chunks);
+		rows->segs = rows->segs ?
+			repalloc(rows->segs, sizeof(dsm_segment *) * rows->max_chunks) :
+			palloc(sizeof(dsm_segment *) * rows->max_chunks);
+	}
 	rows->segs[rows->nchunks] = NULL;
 	if (rows->shared)
 	{
@@ -212,57 +226,65 @@ new_chunk(FloralRows *rows)
 		if (chunk == NULL)
 			rows->shared = false;
 	}
-	return chunk ? chunk :
-		palloc_extended(sizeof(float) * rows->recfloats * rows->chunk_records, MCXT_ALLOC_HUGE);
+	rows->chunks[rows->nchunks] = chunk ? chunk :
+		palloc_extended(rows->chunk_bytes, MCXT_ALLOC_HUGE);
+	rows->chunk_used[rows->nchunks] = 0;
+	rows->nchunks++;
 }
 
 /*
- * Records up to mem_limit stay in memory; only the ones beyond go to the
- * temporary file, record mem_limit at its offset 0.
+ * Store a row as it came: its label and its features' varlena, byte for
+ * byte.  Records stay in memory while they fit in mem_chunks chunks; the
+ * ones beyond go to the temporary file.  Returns the record's number.
  */
 static int64
-rows_append(FloralRows *rows, const float *features, const float *label)
+rows_append(FloralRows *rows, const struct varlena *features, const float *label)
 {
-	if (rows->nrows >= rows->mem_limit)
-	{
-		if (rows->file == NULL)
-			rows->file = BufFileCreateTemp(false);
-		/* the file is the leader's alone */
-		rows->shared = rows->shareable = false;
-		BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
-		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
-	}
-	else
-	{
-		float	   *rec;
+	int32		vlen = VARSIZE_ANY(features);
+	int64		size = REC_SIZE(rows, vlen);
+	char	   *rec;
+	int64		recno;
 
-		if (rows->nrows / rows->chunk_records >= rows->nchunks)
+	Assert(size <= rows->max_record);
+	if (rows->file == NULL &&
+		(rows->nchunks == 0 ||
+		 rows->chunk_used[rows->nchunks - 1] + size > rows->chunk_bytes))
+	{
+		if (rows->nchunks < rows->mem_chunks)
+			new_chunk(rows);
+		else
 		{
-			if (rows->nchunks == rows->max_chunks)
-			{
-				rows->max_chunks = Max(rows->max_chunks * 2, 16);
-				rows->chunks = rows->chunks ?
-					repalloc(rows->chunks, sizeof(float *) * rows->max_chunks) :
-					palloc(sizeof(float *) * rows->max_chunks);
-				rows->segs = rows->segs ?
-					repalloc(rows->segs, sizeof(dsm_segment *) * rows->max_chunks) :
-					palloc(sizeof(dsm_segment *) * rows->max_chunks);
-			}
-			rows->chunks[rows->nchunks] = new_chunk(rows);
-			rows->nchunks++;
-		}
-		rec = rows_record(rows, rows->nrows);
-		memcpy(rec, features, sizeof(float) * rows->nfeatures);
-		memcpy(rec + rows->nfeatures, label, sizeof(float) * rows->ylen);
-		if (rows->shareable &&
-			(double) sizeof(float) * rows->recfloats * (rows->nrows + 1) >= rows->share_after)
-		{
-			rows->nrows++;
-			share_rows(rows);
-			return rows->nrows - 1;
+			rows->file = BufFileCreateTemp(false);
+			/* the file is the leader's alone */
+			rows->shared = rows->shareable = false;
 		}
 	}
-	return rows->nrows++;
+	rows->nrows++;
+	rows->stored_bytes += size;
+	if (rows->file)
+	{
+		static const char pad[ALIGNOF_INT] = {0};
+
+		recno = FLORAL_REC_IN_FILE + rows->file_bytes;
+		BufFileWrite(rows->file, &vlen, sizeof(int32));
+		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
+		BufFileWrite(rows->file, (void *) features, vlen);
+		if (INTALIGN(vlen) > vlen)
+			BufFileWrite(rows->file, (void *) pad, INTALIGN(vlen) - vlen);
+		rows->file_bytes += size;
+		return recno;
+	}
+
+	recno = (int64) (rows->nchunks - 1) * rows->chunk_bytes +
+		rows->chunk_used[rows->nchunks - 1];
+	rec = rows->chunks[rows->nchunks - 1] + rows->chunk_used[rows->nchunks - 1];
+	memcpy(rec, &vlen, sizeof(int32));
+	memcpy(rec + sizeof(int32), label, sizeof(float) * rows->ylen);
+	memcpy(rec + REC_HEADER(rows), features, vlen);
+	rows->chunk_used[rows->nchunks - 1] += size;
+	if (rows->shareable && rows->stored_bytes >= rows->share_after)
+		share_rows(rows);
+	return recno;
 }
 
 static int	tenant_cmp(const void *a, const void *b);
@@ -361,10 +383,12 @@ finish_directory(FloralRows *rows)
 	{
 		FloralTenantRows *t = &rows->dir[rows->row_tenant[r]];
 
-		t->rows[t->nrows++] = r;
+		t->rows[t->nrows++] = rows->row_offset[r];
 	}
 	pfree(rows->row_tenant);
 	rows->row_tenant = NULL;
+	pfree(rows->row_offset);
+	rows->row_offset = NULL;
 	hash_destroy(rows->hash);
 	rows->hash = NULL;
 
@@ -503,6 +527,33 @@ check_features_finite(const float *fv, int nfeatures, const char *tenant, int le
 					 errdetail("Feature %d is %g.", k + 1, fv[k])));
 }
 
+/*
+ * A row's features as they will be stored: the executor's varlena, still
+ * compressed if it was, but never a pointer to TOAST storage or an expanded
+ * array (those are fetched or flattened here, in the reader, which holds
+ * the snapshot).  A value longer than any valid row's can be is decoded at
+ * once, for the error that names its tenant.
+ */
+static struct varlena *
+stored_features(FloralRows *rows, Datum d, const char *tenant)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(d);
+
+	if (VARATT_IS_EXTERNAL(v))
+		v = detoast_external_attr(v);
+	if (REC_SIZE(rows, VARSIZE_ANY(v)) > rows->max_record)
+	{
+		ArrayType  *a = (ArrayType *) detoast_attr(v);
+
+		check_features_shape(a, rows->nfeatures, tenant, strlen(tenant));
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("features of tenant \"%s\" are not a one-dimensional real[]",
+						tenant)));
+	}
+	return v;
+}
+
 static bool
 source_receive(TupleTableSlot *slot, DestReceiver *self)
 {
@@ -512,9 +563,8 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 	text	   *tenant_text;
 	FloralTenantRows *tenant;
 	int32		tenant_no;
-	ArrayType  *features;
-	const float *fv;
-	int64		recno;
+	struct varlena *features;
+	int64		row;
 
 	/*
 	 * Detoasted copies are freed row by row so that their memory is reused
@@ -545,9 +595,7 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("source returned NULL features for tenant \"%s\"",
 						tenant->name)));
-	features = DatumGetArrayTypeP(slot->tts_values[1]);
-	fv = check_features_shape(features, rows->nfeatures, tenant->name,
-							  strlen(tenant->name));
+	features = stored_features(rows, slot->tts_values[1], tenant->name);
 
 	if (slot->tts_isnull[2])
 		ereport(ERROR,
@@ -555,20 +603,23 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				 errmsg("source returned a NULL label for tenant \"%s\"",
 						tenant->name)));
 	read_label(r, slot->tts_values[2], tenant->name);
-	check_features_finite(fv, rows->nfeatures, tenant->name, strlen(tenant->name));
 
 	MemoryContextSwitchTo(r->target);
-	recno = rows_append(rows, fv, r->label);
-	if ((Pointer) features != DatumGetPointer(slot->tts_values[1]))
-		pfree(features);
-	if (recno >= rows->row_capacity)
+	if (rows->nrows >= rows->row_capacity)
 	{
 		rows->row_capacity = Max(rows->row_capacity * 2, 1024);
 		rows->row_tenant = rows->row_tenant ?
 			repalloc_huge(rows->row_tenant, sizeof(int32) * rows->row_capacity) :
 			palloc_extended(sizeof(int32) * rows->row_capacity, MCXT_ALLOC_HUGE);
+		rows->row_offset = rows->row_offset ?
+			repalloc_huge(rows->row_offset, sizeof(int64) * rows->row_capacity) :
+			palloc_extended(sizeof(int64) * rows->row_capacity, MCXT_ALLOC_HUGE);
 	}
-	rows->row_tenant[recno] = tenant_no;
+	rows->row_tenant[rows->nrows] = tenant_no;
+	row = rows->nrows;
+	rows->row_offset[row] = rows_append(rows, features, r->label);
+	if ((Pointer) features != DatumGetPointer(slot->tts_values[1]))
+		pfree(features);
 	tenant->nrows++;
 	MemoryContextSwitchTo(oldcxt);
 	return true;
@@ -679,19 +730,23 @@ floral_read_source(const char *source, const FloralSpec *spec, double share_afte
 	rows->nfeatures = SPEC_INPUTS(spec);
 	rows->ylen = (spec->task == FLORAL_CLASSIFICATION) ? 1 : SPEC_OUTPUTS(spec);
 	rows->recfloats = rows->nfeatures + rows->ylen;
+	rows->cxt = target;
+	/* a valid row's features: one dimension, nfeatures values, maybe a NULL bitmap */
+	rows->max_record = REC_SIZE(rows, ARR_OVERHEAD_WITHNULLS(1, rows->nfeatures) +
+								sizeof(float) * (int64) rows->nfeatures);
+	rows->recbuf = palloc(rows->max_record);
+
 	/*
 	 * Like an index build, training holds its working set in up to
 	 * maintenance_work_mem and spills the rest to a temporary file.
 	 */
-	rows->mem_limit = Max((int64) maintenance_work_mem * 1024 /
-						  (int64) (sizeof(float) * rows->recfloats), 1);
-	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
+	rows->chunk_bytes = Max(Min(Max((int64) ROWS_CHUNK_BYTES,
+									(int64) maintenance_work_mem * 1024 / FLORAL_ROWS_SEGMENTS),
+								(int64) maintenance_work_mem * 1024),
+							rows->max_record);
+	rows->mem_chunks = Max((int64) maintenance_work_mem * 1024 / rows->chunk_bytes, 1);
 	rows->shareable = (share_after >= 0);
 	rows->share_after = share_after;
-	rows->chunk_records = Max(Min(Max((int64) ROWS_CHUNK_BYTES,
-									  (int64) maintenance_work_mem * 1024 / FLORAL_ROWS_SEGMENTS) /
-								  (int64) (sizeof(float) * rows->recfloats),
-								  rows->mem_limit), 1);
 
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(TenantHashEntry);
@@ -753,33 +808,129 @@ floral_rows_detach(FloralRows *rows)
 		}
 }
 
-/* copy records into a batch: features into X (n x nfeatures), labels into Y */
+/* a stored record, in memory or read from the file into recbuf */
+static const char *
+rows_record(FloralRows *rows, int64 recno)
+{
+	int32		vlen;
+	off_t		offset;
+
+	if (recno < FLORAL_REC_IN_FILE)
+		return rows->chunks[recno / rows->chunk_bytes] + recno % rows->chunk_bytes;
+
+	offset = (off_t) (recno - FLORAL_REC_IN_FILE);
+	if (BufFileSeek(rows->file, 0, offset, SEEK_SET) != 0 ||
+		BufFileRead(rows->file, rows->recbuf, sizeof(int32)) != sizeof(int32))
+		goto fail;
+	memcpy(&vlen, rows->recbuf, sizeof(int32));
+	if (BufFileRead(rows->file, rows->recbuf + sizeof(int32), REC_SIZE(rows, vlen) - sizeof(int32)) !=
+		REC_SIZE(rows, vlen) - sizeof(int32))
+		goto fail;
+	return rows->recbuf;
+
+fail:
+	ereport(ERROR,
+			(errcode_for_file_access(),
+			 errmsg("could not read training rows from temporary file")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Decode one record: its label into y, its features, decompressed and
+ * checked, into x.  The decompressed copy is freed at once, so that a
+ * tenant's rows reuse one piece of memory.
+ */
+static void
+decode_record(FloralRows *rows, const char *rec, const char *tenant, float *x, float *y)
+{
+	struct varlena *v = (struct varlena *) (rec + REC_HEADER(rows));
+	ArrayType  *a;
+	const float *fv;
+
+	memcpy(y, rec + sizeof(int32), sizeof(float) * rows->ylen);
+	a = (ArrayType *) (VARATT_IS_EXTENDED(v) ? detoast_attr(v) : v);
+	fv = check_features_shape(a, rows->nfeatures, tenant, strlen(tenant));
+	check_features_finite(fv, rows->nfeatures, tenant, strlen(tenant));
+	memcpy(x, fv, sizeof(float) * rows->nfeatures);
+	if ((void *) a != (void *) v)
+		pfree(a);
+}
+
+/*
+ * Decode all of a tenant's rows into rows->decoded, if they fit in work_mem
+ * there; false if they do not (gather then decodes batch by batch).
+ */
+static bool
+decode_tenant(FloralRows *rows, const FloralTenantRows *t)
+{
+	int			rf = rows->recfloats;
+
+	if (rows->decoded_tenant == t)
+		return true;
+	if ((double) sizeof(float) * rf * t->nrows > (double) work_mem * 1024)
+		return false;
+	rows->decoded_tenant = NULL;
+	if (t->nrows > rows->decoded_capacity)
+	{
+		if (rows->decoded)
+			pfree(rows->decoded);
+		rows->decoded = MemoryContextAllocHuge(rows->cxt, sizeof(float) * rf * t->nrows);
+		rows->decoded_capacity = t->nrows;
+	}
+	for (int64 i = 0; i < t->nrows; i++)
+	{
+		float	   *x = rows->decoded + i * rf;
+
+		if ((i & 255) == 0)
+			CHECK_FOR_INTERRUPTS();
+		decode_record(rows, rows_record(rows, t->rows[i]), t->name, x,
+					  x + rows->nfeatures);
+	}
+	rows->decoded_tenant = t;
+	return true;
+}
+
 void
-floral_rows_gather(FloralRows *rows, const int64 *recnos, int n, float *X, float *Y)
+floral_rows_check(FloralRows *rows, const FloralTenantRows *tenant)
+{
+	float	   *x;
+
+	if (decode_tenant(rows, tenant))
+		return;
+	x = palloc(sizeof(float) * rows->recfloats);
+	for (int64 i = 0; i < tenant->nrows; i++)
+	{
+		if ((i & 255) == 0)
+			CHECK_FOR_INTERRUPTS();
+		decode_record(rows, rows_record(rows, tenant->rows[i]), tenant->name, x,
+					  x + rows->nfeatures);
+	}
+	pfree(x);
+}
+
+void
+floral_rows_gather(FloralRows *rows, const FloralTenantRows *tenant,
+				   const int32 *pos, int64 start, int n, float *X, float *Y)
 {
 	int			nf = rows->nfeatures;
 	int			ny = rows->ylen;
+	bool		whole = decode_tenant(rows, tenant);
 
 	for (int i = 0; i < n; i++)
 	{
-		const float *rec;
+		int64		p = pos ? pos[i] : start + i;
 
-		if (recnos[i] < rows->mem_limit)
-			rec = rows_record(rows, recnos[i]);
-		else
+		Assert(p >= 0 && p < tenant->nrows);
+		if (whole)
 		{
-			off_t		offset = (off_t) (recnos[i] - rows->mem_limit) * rows->recfloats * sizeof(float);
-			size_t		nbytes = sizeof(float) * rows->recfloats;
+			const float *rec = rows->decoded + p * rows->recfloats;
 
-			if (BufFileSeek(rows->file, 0, offset, SEEK_SET) != 0 ||
-				BufFileRead(rows->file, rows->recbuf, nbytes) != nbytes)
-				ereport(ERROR,
-						(errcode_for_file_access(),
-						 errmsg("could not read training rows from temporary file")));
-			rec = rows->recbuf;
+			memcpy(X + (int64) i * nf, rec, sizeof(float) * nf);
+			memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
 		}
-		memcpy(X + (int64) i * nf, rec, sizeof(float) * nf);
-		memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
+		else
+			decode_record(rows, rows_record(rows, tenant->rows[p]), tenant->name,
+						  X + (int64) i * nf, Y + (int64) i * ny);
 	}
 }
 
@@ -798,7 +949,9 @@ typedef struct SharedRows
 	int			ntenants;
 	int			nchunks;
 	int64		nrows;
-	int64		chunk_records;
+	int64		chunk_bytes;
+	int64		max_record;
+	double		stored_bytes;
 	Size		handles;		/* offsets from the start of the block */
 	Size		recnos;
 	Size		tenants;
@@ -825,7 +978,9 @@ shared_rows_layout(const FloralRows *rows, SharedRows *layout, Size *total)
 	layout->ntenants = rows->ntenants;
 	layout->nchunks = rows->nchunks;
 	layout->nrows = rows->nrows;
-	layout->chunk_records = rows->chunk_records;
+	layout->chunk_bytes = rows->chunk_bytes;
+	layout->max_record = rows->max_record;
+	layout->stored_bytes = rows->stored_bytes;
 	layout->handles = MAXALIGN(sizeof(SharedRows));
 	layout->recnos = layout->handles + MAXALIGN(sizeof(dsm_handle) * rows->nchunks);
 	layout->tenants = layout->recnos + MAXALIGN(sizeof(int64) * rows->nrows);
@@ -890,9 +1045,12 @@ floral_rows_attach(void *space)
 	rows->recfloats = layout->recfloats;
 	rows->nrows = layout->nrows;
 	rows->nchunks = rows->max_chunks = layout->nchunks;
-	rows->chunk_records = layout->chunk_records;
-	rows->mem_limit = rows->nrows;
-	rows->chunks = palloc(sizeof(float *) * Max(rows->nchunks, 1));
+	rows->chunk_bytes = layout->chunk_bytes;
+	rows->max_record = layout->max_record;
+	rows->stored_bytes = layout->stored_bytes;
+	rows->mem_chunks = rows->nchunks;
+	rows->cxt = CurrentMemoryContext;
+	rows->chunks = palloc(sizeof(char *) * Max(rows->nchunks, 1));
 	rows->segs = palloc(sizeof(dsm_segment *) * Max(rows->nchunks, 1));
 	for (int c = 0; c < rows->nchunks; c++)
 	{
@@ -904,7 +1062,6 @@ floral_rows_attach(void *space)
 		rows->chunks[c] = dsm_segment_address(rows->segs[c]);
 	}
 	rows->shared = true;
-	rows->recbuf = palloc(sizeof(float) * rows->recfloats);
 	rows->recnos = recnos;
 	rows->ntenants = layout->ntenants;
 	rows->dir = palloc_extended(sizeof(FloralTenantRows) * Max(rows->ntenants, 1),

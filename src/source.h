@@ -3,11 +3,19 @@
  *	  Reading a user's source query into rows grouped by tenant.
  *
  * A source is any query returning (tenant, features real[], label).  Its
- * rows are read once, checked, and kept as fixed-size float records: the
- * first ones in memory up to maintenance_work_mem, the rest in a temporary
- * file, so a source of any size trains in bounded memory.  Each tenant keeps
- * the list of its record numbers, so a tenant's rows can be visited in any
- * order.
+ * rows are read once and kept as they came: each row's label, checked, and
+ * its features array as the executor handed it over, still compressed when
+ * the table stored it compressed.  The first rows stay in memory up to
+ * maintenance_work_mem, the rest go to a temporary file, so a source of any
+ * size trains in bounded memory.  Each tenant keeps the list of its
+ * records, so a tenant's rows can be visited in any order.
+ *
+ * Features are decompressed and checked (length, NULLs, non-finite values)
+ * only when a tenant's rows are used: the reader, which runs alone, does no
+ * more than copy bytes, and parallel workers do the rest, each for its own
+ * tenants.  A tenant whose rows fit in work_mem once decoded is decoded
+ * once per call (floral_rows_gather keeps the last one); a larger one is
+ * decoded batch by batch.
  *
  * A scoring source returns (key, tenant, features): its rows are checked the
  * same way and handed one by one to a callback, which keeps what it needs.
@@ -38,16 +46,27 @@ typedef struct FloralRows
 {
 	int			nfeatures;
 	int			ylen;			/* 1 for classification, outputs for regression */
-	int			recfloats;		/* nfeatures + ylen */
+	int			recfloats;		/* a decoded record: nfeatures + ylen */
 	int64		nrows;
+	double		stored_bytes;	/* what the records take, as stored */
 
-	float	  **chunks;			/* records while they fit in memory */
+	/*
+	 * Records as stored: int32 size of the features' varlena, ylen label
+	 * floats, then the varlena itself (padded to 4 bytes).  A record never
+	 * straddles two chunks; a record's number is its byte offset, the chunk
+	 * times chunk_bytes plus its place in the chunk, or FLORAL_REC_IN_FILE
+	 * plus its offset in the temporary file.
+	 */
+	char	  **chunks;			/* records while they fit in memory */
+	int64	   *chunk_used;		/* bytes used in each chunk */
 	int			nchunks;
 	int			max_chunks;
-	int64		chunk_records;	/* records per chunk */
-	int64		mem_limit;		/* records allowed in memory */
-	BufFile    *file;			/* records beyond mem_limit, if any */
-	float	   *recbuf;			/* one record, for reads from the file */
+	int			mem_chunks;		/* chunks allowed in memory */
+	int64		chunk_bytes;
+	int64		max_record;		/* the largest record a valid row makes */
+	BufFile    *file;			/* records beyond mem_chunks, if any */
+	int64		file_bytes;
+	char	   *recbuf;			/* one record, for reads from the file */
 
 	/*
 	 * Rows that parallel workers may read keep their chunks in dynamic
@@ -60,12 +79,19 @@ typedef struct FloralRows
 	bool		shared;
 	struct dsm_segment **segs;	/* per chunk, NULL for a private one */
 
+	/* the last tenant decoded whole by floral_rows_gather, and its records */
+	const FloralTenantRows *decoded_tenant;
+	float	   *decoded;
+	int64		decoded_capacity;	/* in records */
+	struct MemoryContextData *cxt;	/* where the rows live */
+
 	/* the tenant directory, built while reading */
 	struct HTAB *hash;			/* name hash -> first tenant with it */
 	FloralTenantRows *dir;		/* tenants in order of first appearance */
 	int			ntenants;
 	int			dir_capacity;
 	int32	   *row_tenant;		/* while reading: each record's tenant */
+	int64	   *row_offset;		/* while reading: each record's number */
 	int64		row_capacity;
 	char	   *names;			/* arena for the tenants' names */
 	Size		names_free;
@@ -88,7 +114,19 @@ typedef void (*FloralScoreRowFn) (void *arg, text *key, text *tenant,
 
 extern void floral_read_scoring_source(const char *source, int nfeatures,
 									   FloralScoreRowFn fn, void *arg);
-extern void floral_rows_gather(FloralRows *rows, const int64 *recnos, int n,
+/*
+ * Decode n of a tenant's rows into a batch, features into X (n x nfeatures)
+ * and labels into Y: its rows pos[0..n-1] (places in the tenant's list), or
+ * start..start+n-1 when pos is NULL.  Invalid features end in an error
+ * naming the tenant.
+ */
+/*
+ * Check a tenant's rows that the call does not use (a tenant it skips): a
+ * call checks every row of its source, used or not.
+ */
+extern void floral_rows_check(FloralRows *rows, const FloralTenantRows *tenant);
+extern void floral_rows_gather(FloralRows *rows, const FloralTenantRows *tenant,
+							   const int32 *pos, int64 start, int n,
 							   float *X, float *Y);
 
 /* rows read as shareable, shared with parallel workers (parallel.h) */

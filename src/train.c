@@ -50,7 +50,6 @@ struct FloralTrainer
 	float	   *own_params;		/* the trainer's own vector, when needed */
 	float	   *grad;
 	float	   *Y;
-	int64	   *recnos;
 	int32	   *perm;
 	int64		perm_capacity;
 };
@@ -66,7 +65,6 @@ floral_trainer_create(const FloralSpec *spec, FloralRows *rows, int batch_size)
 	tr->net = floral_net_create(spec, batch_size);
 	/* own_params and grad only for personalisation (floral_personalize_one) */
 	tr->Y = palloc(sizeof(float) * batch_size * rows->ylen);
-	tr->recnos = palloc(sizeof(int64) * batch_size);
 	return tr;
 }
 
@@ -130,9 +128,7 @@ train_tenant(FloralTrainer *tr, const FloralTenantRows *trows, const FloralTrain
 			double		loss;
 
 			CHECK_FOR_INTERRUPTS();
-			for (int i = 0; i < B; i++)
-				tr->recnos[i] = trows->rows[tr->perm[start + i]];
-			floral_rows_gather(tr->rows, tr->recnos, B, net->X, tr->Y);
+			floral_rows_gather(tr->rows, trows, tr->perm + start, 0, B, net->X, tr->Y);
 
 			if (pinned)
 				floral_router_fixed(net, pinned);
@@ -292,7 +288,7 @@ floral_personalize_one(FloralTrainer *tr, const FloralTenantRows *trows,
 				int			B = (int) Min((int64) opts->batch_size, trows->nrows - s);
 
 				CHECK_FOR_INTERRUPTS();
-				floral_rows_gather(tr->rows, trows->rows + s, B, tr->net->X, tr->Y);
+				floral_rows_gather(tr->rows, trows, NULL, s, B, tr->net->X, tr->Y);
 				floral_router_fixed(tr->net, onehot);
 				floral_forward(tr->net, tr->params, tr->params + spec->adaptor_offset, B);
 				sum += floral_loss(tr->net, tr->Y, B, false, NULL) * B;
@@ -349,7 +345,7 @@ floral_evaluate_one(FloralTrainer *tr, const FloralTenantRows *trows,
 		int			B = (int) Min((int64) tr->batch_size, trows->nrows - s);
 
 		CHECK_FOR_INTERRUPTS();
-		floral_rows_gather(tr->rows, trows->rows + s, B, net->X, tr->Y);
+		floral_rows_gather(tr->rows, trows, NULL, s, B, net->X, tr->Y);
 		floral_forward(net, global, bank ? bank : global + spec->adaptor_offset, B);
 		loss += floral_loss(net, tr->Y, B, false, correct) * B;
 		floral_progress_batch(1, s + B, loss / (s + B));
@@ -686,6 +682,7 @@ typedef struct TrainState
 static void
 note_skipped(TrainState *ts, const FloralTenantRows *trows)
 {
+	floral_rows_check(ts->call->rows, trows);
 	if (ts->skipped++ == 0)
 		strlcpy(ts->first_skipped, trows->name, sizeof(ts->first_skipped));
 }

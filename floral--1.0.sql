@@ -550,30 +550,7 @@ COMMENT ON VIEW floral.progress IS
 -- Mixtures
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_mixture(model text, tenant text) RETURNS real[]
-LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_variable
-DECLARE
-	c int;
-	z real[];
-	p real[];
-BEGIN
-	PERFORM floral._model_options(model);
-	SELECT m.adaptors INTO c FROM floral.models m WHERE m.name = model;
-	IF c = 0 THEN
-		RETURN '{}'::real[];
-	END IF;
-	SELECT t.logits, t.pinned INTO z, p FROM floral.tenants t
-		WHERE t.model = floral_mixture.model AND t.tenant = floral_mixture.tenant;
-	IF p IS NOT NULL THEN
-		RETURN p;
-	ELSIF z IS NULL THEN
-		RETURN array_fill((1.0 / c)::real, ARRAY[c]);
-	END IF;
-	RETURN (SELECT array_agg((e / total)::real ORDER BY i)
-			FROM (SELECT i, e, sum(e) OVER () AS total
-				  FROM (SELECT i, exp(v - max(v) OVER ()) AS e
-						FROM unnest(z::float8[]) WITH ORDINALITY AS u(v, i)) a) b);
-END $$;
+	AS 'MODULE_PATHNAME', 'floral_mixture' LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION floral_mixture(text, text) IS
 	'a tenant''s mixture probabilities over the adaptors (uniform for an unknown tenant)';
 

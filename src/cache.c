@@ -183,7 +183,6 @@ static void
 cache_load(FloralCachedModel *m, const char *model)
 {
 	MemoryContext old;
-	int			C;
 
 	m->cxt = AllocSetContextCreate(cache_cxt, "floral cached model",
 								   ALLOCSET_DEFAULT_SIZES);
@@ -201,10 +200,8 @@ cache_load(FloralCachedModel *m, const char *model)
 	m->net = floral_net_create(&m->spec, 1);
 	MemoryContextSwitchTo(old);
 	create_tenant_table(m);
-	C = m->spec.nadaptors;
 	memset(&m->uniform, 0, sizeof(m->uniform));
-	for (int c = 0; c < C; c++)
-		m->uniform.pi[c] = 1.0f / C;
+	floral_tenant_mixture(&m->spec, NULL, NULL, m->uniform.pi);
 	old = MemoryContextSwitchTo(m->cxt);
 	floral_mixture_init(&m->spec, m->params, m->params + m->spec.adaptor_offset,
 						m->uniform.pi, &m->uniform.mix);
@@ -353,22 +350,14 @@ static void
 load_tenant(FloralCachedModel *m, FloralCachedTenant *t)
 {
 	FloralTenantState state;
-	int			C = m->spec.nadaptors;
 	MemoryContext old;
 
 	floral_load_tenant(&m->spec, t->name, m->cxt, &state, false);
 	t->bank = state.bank;
 	if (state.start_bank)
 		pfree(state.start_bank);
-	if (state.pinned)
-		memcpy(t->pi, state.pinned_pi, sizeof(float) * C);
-	else if (state.found && C > 0)
-	{
-		floral_router(m->net, state.logits, NULL);
-		memcpy(t->pi, m->net->pi, sizeof(float) * C);
-	}
-	else
-		memcpy(t->pi, m->uniform.pi, sizeof(float) * C);
+	floral_tenant_mixture(&m->spec, state.pinned ? state.pinned_pi : NULL,
+						  state.found ? state.logits : NULL, t->pi);
 	old = MemoryContextSwitchTo(m->cxt);
 	floral_mixture_init(&m->spec, m->params,
 						t->bank ? t->bank : m->params + m->spec.adaptor_offset,

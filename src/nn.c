@@ -73,30 +73,52 @@ floral_net_create(const FloralSpec *spec, int max_batch)
 
 /* ---------- router: the tenant's mixture ---------- */
 
+double
+floral_softmax(const float *x, int n, float *p)
+{
+	float		maxv = x[0];
+	double		sum = 0.0;
+
+	for (int k = 1; k < n; k++)
+		maxv = Max(maxv, x[k]);
+	for (int k = 0; k < n; k++)
+		sum += exp((double) x[k] - maxv);
+	if (p)
+		for (int k = 0; k < n; k++)
+			p[k] = (float) (exp((double) x[k] - maxv) / sum);
+	return maxv + log(sum);
+}
+
+void
+floral_tenant_mixture(const FloralSpec *spec, const float *pinned,
+					  const float *logits, float *pi)
+{
+	int			C = spec->nadaptors;
+
+	if (C == 0)
+		return;
+	if (pinned)
+		memcpy(pi, pinned, sizeof(float) * C);
+	else if (logits)
+		floral_softmax(logits, C, pi);
+	else
+		for (int c = 0; c < C; c++)
+			pi[c] = 1.0f / C;
+}
+
+/* pi = softmax(z + noise * u) (u NULL: no noise), and the floored weights */
 void
 floral_router(FloralNet *net, const float *z, const float *u)
 {
 	const FloralSpec *spec = net->spec;
 	int			C = spec->nadaptors;
-	double		maxs = -INFINITY;
-	double		sum = 0.0;
-	double		s[FLORAL_MAX_ADAPTORS];
+	float		s[FLORAL_MAX_ADAPTORS] = {0};
 
 	for (int c = 0; c < C; c++)
-	{
-		s[c] = z[c] + (u ? (double) spec->noise * u[c] : 0.0);
-		maxs = Max(maxs, s[c]);
-	}
+		s[c] = u ? (float) (z[c] + (double) spec->noise * u[c]) : z[c];
+	floral_softmax(s, C, net->pi);
 	for (int c = 0; c < C; c++)
-	{
-		s[c] = exp(s[c] - maxs);
-		sum += s[c];
-	}
-	for (int c = 0; c < C; c++)
-	{
-		net->pi[c] = (float) (s[c] / sum);
 		net->m[c] = Max(net->pi[c], spec->min_prob);
-	}
 }
 
 void
@@ -425,21 +447,10 @@ floral_output_prediction(const FloralSpec *spec, const float *out)
 void
 floral_output_proba(const FloralSpec *spec, const float *out, float *p)
 {
-	int			K = SPEC_OUTPUTS(spec);
-	float		maxv = out[0];
-	double		sum = 0.0;
-
 	if (spec->task == FLORAL_REGRESSION)
-	{
-		memcpy(p, out, sizeof(float) * K);
-		return;
-	}
-	for (int k = 1; k < K; k++)
-		maxv = Max(maxv, out[k]);
-	for (int k = 0; k < K; k++)
-		sum += exp((double) out[k] - maxv);
-	for (int k = 0; k < K; k++)
-		p[k] = (float) (exp((double) out[k] - maxv) / sum);
+		memcpy(p, out, sizeof(float) * SPEC_OUTPUTS(spec));
+	else
+		floral_softmax(out, SPEC_OUTPUTS(spec), p);
 }
 
 /* ---------- loss ---------- */
@@ -460,20 +471,14 @@ floral_loss(FloralNet *net, const float *Y, int B, bool want_grad,
 		{
 			const float *row = out + (int64) i * K;
 			int			y = (int) Y[i];
-			float		maxv = row[0];
 			int			argmax = 0;
-			double		sum = 0.0;
 			double		lse;
 
 			for (int k = 1; k < K; k++)
-				if (row[k] > maxv)
-				{
-					maxv = row[k];
+				if (row[k] > row[argmax])
 					argmax = k;
-				}
-			for (int k = 0; k < K; k++)
-				sum += exp((double) row[k] - maxv);
-			lse = maxv + log(sum);
+			/* the gradient of the mean cross-entropy: (softmax - one-hot) / B */
+			lse = floral_softmax(row, K, want_grad ? dZ + (int64) i * K : NULL);
 			loss += lse - row[y];
 			if (correct && argmax == y)
 				(*correct)++;
@@ -482,7 +487,7 @@ floral_loss(FloralNet *net, const float *Y, int B, bool want_grad,
 				float	   *g = dZ + (int64) i * K;
 
 				for (int k = 0; k < K; k++)
-					g[k] = (float) (exp((double) row[k] - lse) / B);
+					g[k] /= B;
 				g[y] -= 1.0f / B;
 			}
 		}

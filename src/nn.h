@@ -75,6 +75,21 @@ extern void floral_mixture_copy(const FloralSpec *spec, const FloralMixture *src
 extern void floral_mixture_free(FloralMixture *mix);
 
 /* mixture from logits z (and router noise u, or NULL), into net->pi/m */
+/*
+ * The one softmax: p = softmax(x) over n values, computed in double and
+ * shifted by the maximum, so it never overflows.  Returns log(sum exp(x)),
+ * which the cross-entropy needs.  p may be NULL.
+ */
+extern double floral_softmax(const float *x, int n, float *p);
+
+/*
+ * The mixture a tenant uses, everywhere: its pinned one when set
+ * (floral_set_mixture), softmax(logits) when it has logits, else uniform
+ * (a tenant nobody trained).
+ */
+extern void floral_tenant_mixture(const FloralSpec *spec, const float *pinned,
+								  const float *logits, float *pi);
+
 extern void floral_router(FloralNet *net, const float *z, const float *u);
 /* a fixed mixture (pinned tenants, the uniform mixture for strangers) */
 extern void floral_router_fixed(FloralNet *net, const float *pi);

@@ -40,6 +40,7 @@
 
 PG_FUNCTION_INFO_V1(floral_predict);
 PG_FUNCTION_INFO_V1(floral_predict_proba);
+PG_FUNCTION_INFO_V1(floral_mixture);
 PG_FUNCTION_INFO_V1(floral_evaluate_internal);
 
 /* what a call site remembers between rows */
@@ -165,6 +166,32 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 
 	floral_output_proba(spec, out, p);
 	PG_RETURN_DATUM(floral_real_array(p, K));
+}
+
+/*
+ * floral_mixture(model, tenant) returns real[]: the mixture the tenant's
+ * predictions use (floral_tenant_mixture), read with the caller's rights
+ * under the statement's snapshot; empty for a model without adaptors.
+ */
+Datum
+floral_mixture(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	FloralSpec	spec;
+	FloralTenantState state;
+	float		pi[FLORAL_MAX_ADAPTORS];
+
+	SPI_connect();
+	floral_load_spec(model, FLORAL_LOCK_NONE, &spec);
+	if (spec.nadaptors > 0)
+		floral_load_tenant(&spec, tenant, CurrentMemoryContext, &state, false);
+	SPI_finish();
+	if (spec.nadaptors == 0)
+		return floral_real_array(pi, 0);
+	floral_tenant_mixture(&spec, state.pinned ? state.pinned_pi : NULL,
+						  state.found ? state.logits : NULL, pi);
+	return floral_real_array(pi, spec.nadaptors);
 }
 
 /*

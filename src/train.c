@@ -213,18 +213,6 @@ clip_update(const FloralSpec *spec, const float *global, float *params)
 	}
 }
 
-/* pi = softmax(z), or the pinned mixture */
-static void
-final_mixture(const FloralSpec *spec, FloralNet *net, const float *z,
-			  const float *pinned, float *pi)
-{
-	if (pinned)
-		floral_router_fixed(net, pinned);
-	else
-		floral_router(net, z, NULL);
-	memcpy(pi, net->pi, sizeof(float) * spec->nadaptors);
-}
-
 /*
  * The per-tenant work (train.h).  Each reads only its arguments and the
  * rows, so a tenant's result is the same in any process and any order.
@@ -248,7 +236,7 @@ floral_train_one(FloralTrainer *tr, const FloralTenantRows *trows,
 		floral_router_probe(tr->net, tr->rows, trows, params,
 							params + spec->adaptor_offset, opts->batch_size, tr->Y, z);
 	loss = train_tenant(tr, trows, opts, z, pinned, true, &rng);
-	final_mixture(spec, tr->net, z, pinned, pi);
+	floral_tenant_mixture(spec, pinned, z, pi);
 	if (spec->dp_clip > 0)
 		clip_update(spec, global, params);
 	return loss;
@@ -312,7 +300,7 @@ floral_personalize_one(FloralTrainer *tr, const FloralTenantRows *trows,
 		floral_rng_seed(&rng, (uint64) opts->seed, (uint64) spec->round, trows->name);
 		loss = train_tenant(tr, trows, opts, z, NULL, false, &rng);
 	}
-	final_mixture(spec, tr->net, z, NULL, pi);
+	floral_tenant_mixture(spec, NULL, z, pi);
 	return loss;
 }
 
@@ -326,17 +314,12 @@ floral_evaluate_one(FloralTrainer *tr, const FloralTenantRows *trows,
 	int			C = spec->nadaptors;
 	double		loss = 0.0;
 
-	if (pinned)
-		floral_router_fixed(net, pinned);
-	else if (logits && C > 0)
-		floral_router(net, logits, NULL);
-	else if (C > 0)
+	if (C > 0)
 	{
-		float		uniform[FLORAL_MAX_ADAPTORS];
+		float		pi[FLORAL_MAX_ADAPTORS];
 
-		for (int c = 0; c < C; c++)
-			uniform[c] = 1.0f / C;
-		floral_router_fixed(net, uniform);
+		floral_tenant_mixture(spec, pinned, logits, pi);
+		floral_router_fixed(net, pi);
 	}
 
 	*correct = 0;

@@ -1,7 +1,7 @@
 # floral: PGXS build.  Dense math goes through OpenBLAS's CBLAS interface.
-EXTENSION = floral
+EXTENSION = floral floral_federation
 MODULE_big = floral
-DATA = floral--1.0.sql
+DATA = floral--1.0.sql floral_federation--1.0.sql
 PGFILEDESC = "floral - federated low-rank adaptive learning"
 
 OBJS = \

@@ -4,7 +4,7 @@
 -- (two full models mixed at the output by each tenant's mixture) must each
 -- beat it by a wide margin.  Also: a private adaptor never travels, and an
 -- Ensemble predicts the same through every path.
-CREATE EXTENSION IF NOT EXISTS floral;
+CREATE EXTENSION IF NOT EXISTS floral_federation CASCADE;
 SET max_parallel_workers_per_gather = 0;
 
 -- y = (A + s * 2 u v^T) x + noise, s = +1 for even tenants, -1 for odd ones

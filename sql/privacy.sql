@@ -3,7 +3,7 @@
 -- std dp_noise * dp_max_examples * sqrt(2 + dp_clip^2) is added to N, M and
 -- the sums' distance from the round (aggregate.c, add_dp_noise).  Also: an
 -- update holds sums, no tenant's values.
-CREATE EXTENSION IF NOT EXISTS floral;
+CREATE EXTENSION IF NOT EXISTS floral_federation CASCADE;
 SET max_parallel_workers_per_gather = 0;
 
 CREATE TABLE dp_rows AS

@@ -3,7 +3,7 @@
 -- through floral's functions; nobody but floral writes a model's tables
 -- (contributions, rounds, tenants, history) directly; a branch role at a
 -- coordinator can only submit for itself.
-CREATE EXTENSION IF NOT EXISTS floral;
+CREATE EXTENSION IF NOT EXISTS floral_federation CASCADE;
 SET max_parallel_workers_per_gather = 0;
 
 CREATE ROLE regress_nobody;
@@ -109,12 +109,12 @@ SELECT round FROM floral.models WHERE name = 'pm';
 -- a fixed search_path
 SELECT p.proname, p.prosecdef, p.proconfig
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
-JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname IN ('floral', 'floral_federation')
 WHERE p.prosecdef ORDER BY 1;
 -- and PUBLIC may execute only the tensor type's functions
 SELECT p.proname
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
-JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'floral'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname IN ('floral', 'floral_federation')
 WHERE has_function_privilege('regress_nobody', p.oid, 'EXECUTE') ORDER BY 1;
 
 -- floral's own statements, run as the owner, cannot be steered by the

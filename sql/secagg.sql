@@ -2,7 +2,7 @@
 -- shares, Shamir recovery, fixed point, masks that cancel, unmasking with
 -- a dropped branch, and the checks at every entry point.  The protocol
 -- between databases is tested in t/014_secure_aggregation.pl.
-CREATE EXTENSION IF NOT EXISTS floral;
+CREATE EXTENSION IF NOT EXISTS floral_federation CASCADE;
 
 CREATE TYPE sa_kp AS (private bytea, public bytea);
 CREATE TABLE sa_p AS

@@ -116,7 +116,7 @@ MODELS=(ls_floral ls_fedavg rot_floral rot_fedavg)
 
 say "coordinator: creating the models and registering the branches"
 q coord >/dev/null <<-'EOF'
-	CREATE EXTENSION floral;
+	CREATE EXTENSION floral_federation CASCADE;
 	SELECT floral_create_model('ls_floral',  '{784,200,10}', 'classification', 4, 0.1, '{"seed": 1}');
 	SELECT floral_create_model('ls_fedavg',  '{784,200,10}', 'classification', 0, 0.1, '{"seed": 1}');
 	SELECT floral_create_model('rot_floral', '{784,200,10}', 'classification', 4, 0.1, '{"seed": 1}');
@@ -140,8 +140,7 @@ load() {
 i=0
 for n in b1 b2 b3; do
 	q $n >/dev/null <<-'EOF'
-		CREATE EXTENSION floral;
-		CREATE EXTENSION dblink;
+		CREATE EXTENSION floral_federation CASCADE;
 		CREATE TABLE ls_train  (id int PRIMARY KEY, tenant text, features real[] COMPRESSION lz4, label int);
 		CREATE TABLE ls_test   (LIKE ls_train INCLUDING ALL);
 		CREATE TABLE rot_train (LIKE ls_train INCLUDING ALL);

@@ -2,24 +2,43 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION floral" to load this file. \quit
 
+-- The script reads top to bottom by concern:
+--   1. the tensor type
+--   2. the catalog: tables, internal helpers, creating and dropping models
+--   3. training and aggregation
+--   4. prediction and evaluation, and tenants' mixtures
+--   5. inspection and housekeeping, and differential privacy accounting
+--   6. privileges
+-- Every object's COMMENT follows its definition.  The coordinator and
+-- branch layer is a separate extension, floral_federation
+-- (floral_federation--1.0.sql), for the databases of a federation.
+--
 -- Catalog tables, the tensor type and internal helpers live in schema
 -- "floral"; the user-facing floral_* functions in the extension's schema.
 CREATE SCHEMA floral;
 COMMENT ON SCHEMA floral IS 'floral: catalog of models, rounds, tenants and contributions';
 
 ------------------------------------------------------------------------
--- The tensor type: dense float4 values with a shape
+-- 1. The tensor type: dense float4 values with a shape
 ------------------------------------------------------------------------
 CREATE TYPE floral.tensor;
 
 CREATE FUNCTION floral.tensor_in(cstring) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'floral_tensor_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_in(cstring) IS
+	'input function of the tensor type: nested brackets, for example ''[[1,2,3],[4,5,6]]''';
 CREATE FUNCTION floral.tensor_out(floral.tensor) RETURNS cstring
 	AS 'MODULE_PATHNAME', 'floral_tensor_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_out(floral.tensor) IS
+	'output function of the tensor type: nested brackets, as tensor_in reads them';
 CREATE FUNCTION floral.tensor_recv(internal) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'floral_tensor_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_recv(internal) IS
+	'binary input function of the tensor type (COPY BINARY, replication), fully validated';
 CREATE FUNCTION floral.tensor_send(floral.tensor) RETURNS bytea
 	AS 'MODULE_PATHNAME', 'floral_tensor_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_send(floral.tensor) IS
+	'binary output function of the tensor type: what floral.tensor_from_bytea reads back';
 
 -- STORAGE external: float data hardly compresses, so skip trying
 CREATE TYPE floral.tensor (
@@ -35,8 +54,12 @@ COMMENT ON TYPE floral.tensor IS 'dense float4 tensor with a shape, e.g. ''[[1,2
 
 CREATE FUNCTION floral.tensor(real[]) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'floral_tensor_from_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor(real[]) IS
+	'a one-dimensional tensor of the array''s values';
 CREATE FUNCTION floral.tensor_to_real(floral.tensor) RETURNS real[]
 	AS 'MODULE_PATHNAME', 'floral_tensor_to_real_array' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral.tensor_to_real(floral.tensor) IS
+	'a tensor''s values as a flat real[]';
 CREATE CAST (real[] AS floral.tensor) WITH FUNCTION floral.tensor(real[]) AS ASSIGNMENT;
 CREATE CAST (floral.tensor AS real[]) WITH FUNCTION floral.tensor_to_real(floral.tensor) AS ASSIGNMENT;
 
@@ -52,7 +75,7 @@ COMMENT ON FUNCTION floral.tensor_from_bytea(bytea) IS
 	'a tensor from its binary form (as floral.tensor_send makes it), fully validated';
 
 ------------------------------------------------------------------------
--- Catalog tables.  Every table has a primary key so that it can be
+-- 2. Catalog: tables.  Every table has a primary key so that it can be
 -- replicated; the model name is the key, so it means the same model in
 -- every database of a federation.
 ------------------------------------------------------------------------
@@ -172,6 +195,8 @@ SELECT pg_catalog.pg_extension_config_dump('floral.call_seq', '');
 -- changes, so the row triggers, enabled for replicas only, cover those.
 CREATE FUNCTION floral._invalidate_cache() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'floral_invalidate_cache' LANGUAGE C;
+COMMENT ON FUNCTION floral._invalidate_cache() IS
+	'trigger: tell every backend''s model cache to check its entries again (src/cache.c)';
 DO $$
 DECLARE
 	t text;
@@ -187,16 +212,22 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------
--- Internal helpers
+-- 2. Catalog: internal helpers (options, checks, locks, the engines)
 ------------------------------------------------------------------------
 CREATE FUNCTION floral._rank(rho real, fan_in int, fan_out int) RETURNS int
 	AS 'MODULE_PATHNAME', 'floral_rank' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION floral._rank(real, int, int) IS
+	'the rank of a layer''s adaptors for a parameter budget rho of the layer''s size';
 CREATE FUNCTION floral._initial_parameters(model text) RETURNS floral.tensor
 	AS 'MODULE_PATHNAME', 'floral_initial_parameters' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._initial_parameters(text) IS
+	'round 0 of a model: base and adaptors initialised from the model''s seed';
 CREATE FUNCTION floral._train(model text, source text, epochs int, batch_size int,
 		lr real, router_lr real, seed bigint)
 	RETURNS TABLE (tenant text, examples bigint, loss double precision)
 	AS 'MODULE_PATHNAME', 'floral_train_internal' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._train(text, text, int, int, real, real, bigint) IS
+	'floral_train''s engine, after its options are checked';
 CREATE FUNCTION floral._gradient_check(model text, features real[], labels real[],
 		logits real[], seed bigint, eps double precision)
 	RETURNS TABLE (part text, parameters int, analytic_norm double precision,
@@ -215,6 +246,8 @@ CREATE FUNCTION floral._personalize(model text, source text, epochs int, batch_s
 		lr real, router_lr real, seed bigint, one_hot boolean)
 	RETURNS TABLE (tenant text, examples bigint, loss double precision, mixture real[])
 	AS 'MODULE_PATHNAME', 'floral_personalize_internal' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._personalize(text, text, int, int, real, real, bigint, boolean) IS
+	'floral_personalize''s engine, after its options are checked';
 
 -- Validate an options object: only known keys, each of the expected JSON
 -- type.  Returns the object with defaults filled in.
@@ -247,6 +280,8 @@ BEGIN
 	END LOOP;
 	RETURN defaults || options;
 END $$;
+COMMENT ON FUNCTION floral._options(jsonb, jsonb, text) IS
+	'an options object checked against its defaults (only known keys, each of the expected type), with the defaults filled in';
 
 CREATE FUNCTION floral._check(ok boolean, message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -256,11 +291,15 @@ BEGIN
 		RAISE EXCEPTION '%', message USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 END $$;
+COMMENT ON FUNCTION floral._check(boolean, text) IS
+	'raise invalid_parameter_value with message unless ok';
 
 -- the model lock, exclusive: for whatever moves or rewrites a round (training
 -- takes it shared; see floral_lock_model in src/catalog.c)
 CREATE FUNCTION floral._lock_model(model text) RETURNS void
 	AS 'MODULE_PATHNAME', 'floral_lock_model_sql' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._lock_model(text) IS
+	'take the model lock exclusively, for whatever moves or rewrites a round';
 
 -- Functions that delete whatever a round holds read the table with the
 -- transaction's snapshot; under REPEATABLE READ or SERIALIZABLE that would
@@ -276,6 +315,8 @@ BEGIN
 				  HINT = format('Run %s in a transaction of its own, or start it with BEGIN ISOLATION LEVEL READ COMMITTED.', what);
 	END IF;
 END $$;
+COMMENT ON FUNCTION floral._require_read_committed(text) IS
+	'refuse to run what deletes a round''s rows under REPEATABLE READ or SERIALIZABLE';
 
 CREATE FUNCTION floral._check_integer(o jsonb, key text, lo bigint, hi bigint) RETURNS void
 LANGUAGE sql IMMUTABLE AS $$
@@ -283,6 +324,8 @@ LANGUAGE sql IMMUTABLE AS $$
 						 AND (o->>key)::numeric = trunc((o->>key)::numeric),
 						 format('option "%s" must be an integer from %s to %s', key, lo, hi))
 $$;
+COMMENT ON FUNCTION floral._check_integer(jsonb, text, bigint, bigint) IS
+	'check that an option is an integer in [lo, hi]';
 
 CREATE FUNCTION floral._model_options(model text) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
@@ -298,9 +341,11 @@ BEGIN
 	END IF;
 	RETURN o;
 END $$;
+COMMENT ON FUNCTION floral._model_options(text) IS
+	'a model''s options, or undefined_object if there is no such model';
 
 ------------------------------------------------------------------------
--- Models
+-- 2. Catalog: models
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_create_model(name text, layers int[],
 		task text DEFAULT 'classification', adaptors int DEFAULT 4,
@@ -419,7 +464,7 @@ END $$;
 COMMENT ON FUNCTION floral_drop_model(text) IS 'drop a model with all its rounds, tenants and contributions';
 
 ------------------------------------------------------------------------
--- Training and aggregation
+-- 3. Training and aggregation
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_train(model text, source text, options jsonb DEFAULT '{}')
 RETURNS TABLE (tenant text, examples bigint, loss double precision)
@@ -512,7 +557,7 @@ COMMENT ON FUNCTION floral_personalize(text, text, jsonb) IS
 	'fit only the mixture of each tenant in source (cold start); shared parameters stay frozen';
 
 ------------------------------------------------------------------------
--- Prediction and evaluation
+-- 4. Prediction and evaluation
 ------------------------------------------------------------------------
 -- Scoring a table: the source (key, tenant, features) runs read-only with
 -- the caller's privileges; rows are buffered in work_mem, grouped by tenant
@@ -556,7 +601,7 @@ COMMENT ON VIEW floral.progress IS
 	'running floral_train/floral_evaluate/floral_personalize calls: tenant i of n, epoch, examples done, running loss';
 
 ------------------------------------------------------------------------
--- Mixtures
+-- 4. Prediction: mixtures
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_mixture(model text, tenant text) RETURNS real[]
 	AS 'MODULE_PATHNAME', 'floral_mixture' LANGUAGE C STABLE STRICT;
@@ -592,7 +637,7 @@ COMMENT ON FUNCTION floral_set_mixture(text, text, real[]) IS
 	'pin a tenant''s mixture (e.g. the oracle one-hot of its group); NULL unpins it';
 
 ------------------------------------------------------------------------
--- Inspection and housekeeping
+-- 5. Inspection and housekeeping
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_parameter(model text, part text, layer int,
 		adaptor int DEFAULT NULL, round int DEFAULT NULL) RETURNS floral.tensor
@@ -738,7 +783,7 @@ FROM floral.tenants t;
 COMMENT ON VIEW floral.tenant_mixtures IS 'each tenant''s mixture probabilities';
 
 ------------------------------------------------------------------------
--- Differential privacy accounting
+-- 5. Inspection: differential privacy accounting
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_dp_epsilon(noise double precision, sampling double precision, rounds int,
 		delta double precision DEFAULT 1e-5, OUT epsilon double precision, OUT best_order int)
@@ -772,7 +817,7 @@ CROSS JOIN LATERAL @extschema@.floral_dp_epsilon((m.options->>'dp_noise')::float
 COMMENT ON VIEW floral.privacy_ledger IS 'each model''s differential privacy spent so far: cumulative (epsilon, delta = 1e-5) of its federated updates by the RDP accountant, with the mechanism''s parameters';
 
 ------------------------------------------------------------------------
--- Privileges
+-- 6. Privileges
 --
 -- PUBLIC gets nothing but the tensor type.  Three roles (cluster-wide, so
 -- they are created only if missing, and stay when the extension is dropped;

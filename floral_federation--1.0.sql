@@ -16,6 +16,12 @@
 -- and nothing about any single tenant.  The coordinator's remote API lives
 -- in schema floral (floral.fed_*); the user-facing floral_coordinator_* and
 -- floral_branch_* functions in floral's own schema.
+--
+-- The script reads top to bottom: the coordinator side, its remote API
+-- (what branches call over dblink), the branch side, secure aggregation
+-- (again coordinator side, remote API, branch side), what a rollback does
+-- at a coordinator, and privileges.  Every object's COMMENT follows its
+-- definition.
 ------------------------------------------------------------------------
 
 -- The federation calls floral's functions (floral_train, floral_layers, ...)
@@ -40,11 +46,17 @@ CREATE FUNCTION floral._branch_update(model text, round int, calls bigint[] DEFA
 		OUT examples double precision, OUT weights real[], OUT sums floral.tensor,
 		OUT loss_sum double precision, OUT tenants int)
 	AS 'MODULE_PATHNAME', 'floral_branch_update' LANGUAGE C;
+COMMENT ON FUNCTION floral._branch_update(text, int, bigint[]) IS
+	'a branch''s update for a round: the sums of its pending calls (all, or those listed), as the coordinator merges them';
 CREATE FUNCTION floral._merge_updates(model text) RETURNS int
 	AS 'MODULE_PATHNAME', 'floral_merge_updates' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._merge_updates(text) IS
+	'the coordinator''s FloralAvg over the accepted updates of the current round; returns the new round';
 CREATE FUNCTION floral._update_norm(model text, examples double precision,
 		weights real[], sums floral.tensor) RETURNS double precision
 	AS 'MODULE_PATHNAME', 'floral_update_norm' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._update_norm(text, double precision, real[], floral.tensor) IS
+	'the size of an update''s step from the round (Euclidean norm over base and used adaptors), which max_update_norm bounds';
 
 -- coordinator side -----------------------------------------------------
 CREATE TABLE floral.federations (
@@ -174,6 +186,8 @@ LANGUAGE sql STABLE AS $$
 					 FROM (SELECT a.branch, row_number() OVER (ORDER BY a.h) AS rn FROM active a) s
 					 WHERE s.branch = _selected.branch), false)
 $$;
+COMMENT ON FUNCTION floral._selected(text, int, text) IS
+	'is a branch selected for a round (the federation''s fraction, by a public hash)';
 
 CREATE FUNCTION floral._fed_branch(model text, branch text) RETURNS floral.branches
 LANGUAGE plpgsql AS $$
@@ -196,6 +210,8 @@ BEGIN
 		WHERE x.model = _fed_branch.model AND x.branch = _fed_branch.branch;
 	RETURN b;
 END $$;
+COMMENT ON FUNCTION floral._fed_branch(text, text) IS
+	'the calling branch''s row at the coordinator, checked: registered, active, and the caller may act as it';
 
 -- remote API, called by branches over dblink
 CREATE FUNCTION floral.fed_spec(model text, branch text,
@@ -370,6 +386,8 @@ BEGIN
 	UPDATE floral.branches b SET active = false
 		WHERE b.model = fed_goodbye.model AND b.branch = fed_goodbye.branch;
 END $$;
+COMMENT ON FUNCTION floral.fed_goodbye(text, text) IS
+	'remote API: a branch leaves the model''s federation';
 
 -- One step of the coordinator: merge the round when its quorum is there.
 -- Safe to run at any time and concurrently (an advisory lock; a second
@@ -524,8 +542,12 @@ SELECT pg_catalog.pg_extension_config_dump('floral.outbox', '');
 -- step's transactions)
 CREATE FUNCTION floral._branch_step_lock(model text) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'floral_branch_step_lock' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._branch_step_lock(text) IS
+	'take the session lock that lets one branch step run per model; false if another holds it';
 CREATE FUNCTION floral._branch_step_unlock(model text) RETURNS void
 	AS 'MODULE_PATHNAME', 'floral_branch_step_unlock' LANGUAGE C STRICT;
+COMMENT ON FUNCTION floral._branch_step_unlock(text) IS
+	'release the branch step''s session lock';
 
 -- The link of a model, checked: it exists, the role that joined still
 -- exists and is a floral_admin, and the session may act as it.
@@ -556,6 +578,8 @@ BEGIN
 	END IF;
 	RETURN l;
 END $$;
+COMMENT ON FUNCTION floral._branch_link(text) IS
+	'a model''s branch link, checked: it exists, the role that joined exists and is a floral_admin, and the session may act as it';
 
 -- Act as the role that joined, until the end of the transaction (the step's
 -- phases commit right after) or until _branch_act_as(model, prev) puts the
@@ -570,6 +594,8 @@ BEGIN
 	PERFORM pg_catalog.set_config('role', l.owner, true);
 	RETURN prev;
 END $$;
+COMMENT ON FUNCTION floral._branch_act_as(text) IS
+	'act as the role that joined, until the end of the transaction; returns the role setting it replaced';
 
 -- The branch's SECURITY DEFINER helpers act for the role that joined only:
 -- the calling role (outside them) must be it or a member of it.
@@ -590,6 +616,8 @@ BEGIN
 				  DETAIL = format('The branch was joined by role "%s".', owner);
 	END IF;
 END $$;
+COMMENT ON FUNCTION floral._branch_check_caller(text) IS
+	'refuse a caller that is not the role that joined (or a member of it)';
 
 -- Local writes of a branch, as floral's owner: links, outbox, status.
 CREATE FUNCTION floral._branch_link_put(model text, branch text, coordinator text, source text,
@@ -613,6 +641,8 @@ BEGIN
 			require_secure_aggregation = excluded.require_secure_aggregation,
 			joined_at = now();
 END $$;
+COMMENT ON FUNCTION floral._branch_link_put(text, text, text, text, jsonb, text, int, int, boolean) IS
+	'record a branch''s link (as floral''s owner)';
 
 CREATE FUNCTION floral._branch_link_drop(model text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -621,6 +651,8 @@ BEGIN
 	PERFORM floral._branch_check_caller(model);
 	DELETE FROM floral.branch_links x WHERE x.model = _branch_link_drop.model;
 END $$;
+COMMENT ON FUNCTION floral._branch_link_drop(text) IS
+	'forget a branch''s link and outbox (as floral''s owner)';
 
 -- what the last step or contact said; error NULL clears the last error
 CREATE FUNCTION floral._branch_note(model text, contact boolean, error text, step text) RETURNS void
@@ -636,6 +668,8 @@ BEGIN
 		last_step_at = CASE WHEN step IS NOT NULL THEN now() ELSE x.last_step_at END
 		WHERE x.model = _branch_note.model;
 END $$;
+COMMENT ON FUNCTION floral._branch_note(text, boolean, text, text) IS
+	'record what the last step or contact said in floral.branch_links';
 
 CREATE FUNCTION floral._branch_mark_sent(model text, round int, answer text, bytes bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -645,6 +679,8 @@ BEGIN
 	UPDATE floral.outbox x SET sent_at = now(), answer = _branch_mark_sent.answer, bytes = _branch_mark_sent.bytes
 		WHERE x.model = _branch_mark_sent.model AND x.round = _branch_mark_sent.round;
 END $$;
+COMMENT ON FUNCTION floral._branch_mark_sent(text, int, text, bigint) IS
+	'record the coordinator''s answer to a sent update in the outbox';
 
 -- a sent update the coordinator does not have (it rolled back) is void
 CREATE FUNCTION floral._branch_void_sent(model text, round int) RETURNS void
@@ -655,6 +691,8 @@ BEGIN
 	DELETE FROM floral.outbox x WHERE x.model = _branch_void_sent.model AND x.round = _branch_void_sent.round
 		AND x.sent_at IS NOT NULL;
 END $$;
+COMMENT ON FUNCTION floral._branch_void_sent(text, int) IS
+	'void a sent update the coordinator no longer has (it rolled back)';
 
 -- Run a query on the coordinator through dblink (wherever dblink is
 -- installed), as the current role, on a connection of its own that is
@@ -721,6 +759,8 @@ BEGIN
 	END;
 	EXECUTE format('SELECT %I.dblink_disconnect($1)', nsp) USING conn;
 END $$;
+COMMENT ON FUNCTION floral._remote(text, text, text) IS
+	'run a query on the coordinator through dblink, as the current role, on a connection of its own with the link''s timeouts';
 
 -- Ask the coordinator for its newest round (network only: no lock, nothing
 -- written).  params is set only when the local copy is not that round.
@@ -751,6 +791,8 @@ BEGIN
 		params := decode(p, 'base64');
 	END IF;
 END $$;
+COMMENT ON FUNCTION floral._branch_fetch(text) IS
+	'ask the coordinator for its newest round (network only: no lock, nothing written)';
 
 -- The local half of a pull: make the coordinator's round r the current one
 -- here, with its parameters when they are new (params NULL: the local copy
@@ -807,6 +849,8 @@ BEGIN
 	-- contributions to other rounds can never be sent any more
 	DELETE FROM floral.contributions c WHERE c.model = _branch_sync.model AND c.round <> _branch_sync.round;
 END $$;
+COMMENT ON FUNCTION floral._branch_sync(text, int, text, bytea) IS
+	'make the coordinator''s round the current one here (local only, as floral''s owner)';
 
 -- Sum this branch's contributions to a round into an update in the outbox
 -- and retire them (floral's owner: only floral deletes contributions).
@@ -832,6 +876,8 @@ BEGIN
 	examples := u.examples;
 	tenants := u.tenants;
 END $$;
+COMMENT ON FUNCTION floral._branch_collect(text, int, boolean) IS
+	'sum this branch''s contributions to a round into an update in the outbox, and retire them';
 
 -- Send every unsent update, oldest first; stop at the first failure.  Each
 -- update is one network call and then one short local write; a resend after
@@ -860,6 +906,8 @@ BEGIN
 	PERFORM floral._branch_note(model, true, NULL, NULL);
 	RETURN sent;
 END $$;
+COMMENT ON FUNCTION floral._branch_flush(text) IS
+	'send every unsent update, oldest first, stopping at the first failure; returns how many were sent';
 
 CREATE FUNCTION floral_branch_join(model text, branch text, coordinator text,
 		source text, train_options jsonb DEFAULT '{}', options jsonb DEFAULT '{}') RETURNS void
@@ -946,6 +994,8 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
+COMMENT ON FUNCTION floral._branch_phase_pull(text) IS
+	'branch step, pull: catch up with the coordinator''s round';
 
 CREATE FUNCTION floral._branch_phase_send(model text, OUT sent int, OUT error text)
 LANGUAGE plpgsql AS $$
@@ -956,6 +1006,8 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
+COMMENT ON FUNCTION floral._branch_phase_send(text) IS
+	'branch step, send: flush the outbox';
 
 CREATE FUNCTION floral._branch_phase_train(model text, round int, secure boolean DEFAULT false,
 		OUT tenants int, OUT examples double precision, OUT error text)
@@ -974,6 +1026,8 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	error := SQLERRM;
 END $$;
+COMMENT ON FUNCTION floral._branch_phase_train(text, int, boolean) IS
+	'branch step, train: train every local tenant from the round and collect the branch''s update';
 
 -- One step of a branch: send what waits in the outbox, catch up with the
 -- coordinator's round and, if selected and not done yet, train every local

@@ -838,6 +838,17 @@ COMMENT ON VIEW floral.privacy_ledger IS 'each model''s differential privacy spe
 -- therefore still reads only what its caller may read.  floral_admin writes
 -- directly only the configuration it owns: tenant groups.
 ------------------------------------------------------------------------
+-- The objects of an extension in one catalog (pg_proc, pg_class): what its
+-- script grants and revokes on, here and in floral_federation.
+CREATE FUNCTION floral._extension_members(extname name, catalog name) RETURNS SETOF oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT d.objid FROM pg_depend d
+	JOIN pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
+	WHERE e.extname = $1 AND d.classid = $2::regclass AND d.deptype = 'e'
+$$;
+COMMENT ON FUNCTION floral._extension_members(name, name) IS
+	'the objects of an extension in one catalog (pg_proc, pg_class), for its grants';
+
 DO $$
 DECLARE
 	r text;
@@ -856,11 +867,8 @@ DO $$
 DECLARE
 	f regprocedure;
 BEGIN
-	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
-			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
-			 WHERE e.extname = 'floral' AND d.deptype = 'e'
-			   AND p.proname NOT IN ('tensor_in', 'tensor_out', 'tensor_recv', 'tensor_send', 'tensor',
+	FOR f IN SELECT r::regprocedure FROM floral._extension_members('floral', 'pg_proc') r
+			 WHERE (SELECT p.proname FROM pg_catalog.pg_proc p WHERE p.oid = r) NOT IN ('tensor_in', 'tensor_out', 'tensor_recv', 'tensor_send', 'tensor',
 									 'tensor_to_real', 'tensor_shape', 'tensor_norm', 'tensor_from_bytea') LOOP
 		EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
 	END LOOP;
@@ -897,10 +905,7 @@ DO $$
 DECLARE
 	f regprocedure;
 BEGIN
-	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
-			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
-			 WHERE e.extname = 'floral' AND d.deptype = 'e' LOOP
+	FOR f IN SELECT r::regprocedure FROM floral._extension_members('floral', 'pg_proc') r LOOP
 		EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO floral_admin', f);
 	END LOOP;
 END $$;

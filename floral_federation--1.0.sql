@@ -2233,18 +2233,13 @@ DECLARE
 	f regprocedure;
 	t regclass;
 BEGIN
-	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-			 JOIN pg_catalog.pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
-			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
-			 WHERE e.extname = 'floral_federation' AND d.deptype = 'e' LOOP
+	FOR f IN SELECT r::regprocedure FROM floral._extension_members('floral_federation', 'pg_proc') r LOOP
 		EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
 		EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO floral_admin', f);
 	END LOOP;
 	FOR t IN SELECT c.oid::regclass FROM pg_catalog.pg_class c
-			 JOIN pg_catalog.pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
-			 JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
-			 WHERE e.extname = 'floral_federation' AND d.deptype = 'e' AND c.relkind IN ('r', 'v', 'p')
-			   AND c.oid <> 'floral.secagg_secrets'::regclass LOOP
+			 WHERE c.oid IN (SELECT floral._extension_members('floral_federation', 'pg_class'))
+			   AND c.relkind IN ('r', 'v', 'p') AND c.oid <> 'floral.secagg_secrets'::regclass LOOP
 		EXECUTE format('GRANT SELECT ON %s TO floral_admin', t);
 	END LOOP;
 END $$;

@@ -18,19 +18,23 @@ FENCE = re.compile(r'^\s*(```|~~~)')
 HEADING = re.compile(r'^#{1,6}\s+(.*?)\s*#*\s*$')
 
 
-def lines_outside_code(text):
-    """(line number, line) for lines outside fenced code, inline code removed."""
-    fence = None
-    for n, line in enumerate(text.split('\n'), 1):
+def prose(text):
+    """The text with fenced code blanked out and inline code removed, so that
+    line numbers stay and a link may span lines."""
+    out, fence = [], None
+    for line in text.split('\n'):
         m = FENCE.match(line)
         if m:
             if fence is None:
                 fence = m.group(1)
             elif m.group(1) == fence:
                 fence = None
-            continue
-        if fence is None:
-            yield n, re.sub(r'`+[^`]*`+', '', line)
+            out.append('')
+        elif fence is not None:
+            out.append('')
+        else:
+            out.append(re.sub(r'(`+).*?\1', '', line))
+    return '\n'.join(out)
 
 
 def slug(heading):
@@ -59,34 +63,36 @@ def anchors(path, cache={}):
 
 
 def check(md):
-    bad = []
-    text = md.read_text(encoding='utf-8')
-    for n, line in lines_outside_code(text):
-        for m in LINK.finditer(line):
-            target = m.group(1)
-            if re.match(r'^[a-z][a-z0-9+.-]*:', target):  # http:, https:, mailto:
-                continue
-            path, _, anchor = target.partition('#')
-            dest = (md.parent / path).resolve() if path else md
-            if not dest.exists():
-                bad.append((n, target, 'no such file'))
-            elif anchor:
-                if dest.suffix != '.md':
-                    bad.append((n, target, 'anchor into a file that is not markdown'))
-                elif anchor not in anchors(dest):
-                    bad.append((n, target, 'no such heading'))
-    return bad
+    """(line, target, problem) for each broken link of md, and how many links it has."""
+    bad, text = [], prose(md.read_text(encoding='utf-8'))
+    links = list(LINK.finditer(text))
+    for m in links:
+        target = m.group(1)
+        if re.match(r'^[a-z][a-z0-9+.-]*:', target):  # http:, https:, mailto:
+            continue
+        line = text.count('\n', 0, m.start()) + 1
+        path, _, anchor = target.partition('#')
+        dest = (md.parent / path).resolve() if path else md
+        if not dest.exists():
+            bad.append((line, target, 'no such file'))
+        elif anchor:
+            if dest.suffix != '.md':
+                bad.append((line, target, 'anchor into a file that is not markdown'))
+            elif anchor not in anchors(dest):
+                bad.append((line, target, 'no such heading'))
+    return bad, len(links)
 
 
 def main(argv):
     files = [Path(a).resolve() for a in argv] or [ROOT / 'README.md', *sorted((ROOT / 'doc').glob('*.md'))]
     links = broken = 0
     for md in files:
-        for n, target, why in check(md):
-            print(f'{md.relative_to(ROOT)}:{n}: {target}: {why}')
+        bad, n = check(md)
+        links += n
+        for line, target, why in bad:
+            name = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md
+            print(f'{name}:{line}: {target}: {why}')
             broken += 1
-        for _, line in lines_outside_code(md.read_text(encoding='utf-8')):
-            links += len(LINK.findall(line))
     print(f'{len(files)} files, {links} links, {broken} broken')
     return 1 if broken else 0
 

@@ -517,6 +517,7 @@ floral_parallel_run(FloralParallelCall *call, int nworkers)
 	EnterParallelMode();
 	pcxt = CreateParallelContext("floral", "floral_parallel_main", nworkers);
 
+	floral_rows_set_participants(call->rows, nworkers + 1);
 	rows_size = floral_rows_shared_size(call->rows);
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(ParallelShared));
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(float) * spec->nparams);

@@ -7,11 +7,12 @@
  * security-restricted operation, so it can read only what the caller may
  * read, cannot modify anything and cannot change its role.  Every value is
  * checked at this boundary: NULLs, feature lengths, non-finite values and
- * label ranges all end in an error naming the tenant at fault.  Tenants,
- * labels and NULLs are checked as the rows arrive; a row's features when its
+ * label ranges all end in an error naming the tenant at fault.  All of it is
+ * checked as the rows arrive, except the values of features the table
+ * stored compressed: those are checked when they are decompressed, as their
  * tenant's turn comes (floral_rows_gather, floral_rows_check), because
- * decompressing and checking them is most of the cost of reading, and
- * parallel workers can share that part, where the reader runs alone.
+ * decompressing is most of the cost of reading, and parallel workers can
+ * share that part, where the reader runs alone.
  */
 #include "postgres.h"
 
@@ -163,9 +164,19 @@ build_reader_query(const char *source, const FloralSpec *spec, bool *label_is_ar
 /* a record number at or above this is an offset in the temporary file */
 #define FLORAL_REC_IN_FILE (INT64CONST(1) << 62)
 
-/* a record: int32 size of the varlena, the label, then the varlena */
-#define REC_HEADER(rows) (sizeof(int32) + sizeof(float) * (rows)->ylen)
-#define REC_SIZE(rows, vlen) (REC_HEADER(rows) + INTALIGN(vlen))
+/*
+ * Two kinds of record, told apart by bit 0 of the record number (records
+ * start at 4-byte offsets, so the bit is free):
+ *	 plain		the label, then nfeatures floats: features that came
+ *				uncompressed, checked in full as they were read
+ *	 compressed	the label, then the features' compressed varlena (padded to
+ *				4 bytes): its length and NULLs were checked as it was read,
+ *				its values are checked when it is decompressed
+ */
+#define REC_COMPRESSED INT64CONST(1)
+#define REC_LABEL_BYTES(rows) (sizeof(float) * (rows)->ylen)
+#define REC_PLAIN_SIZE(rows) (sizeof(float) * ((rows)->ylen + (rows)->nfeatures))
+#define REC_COMPRESSED_SIZE(rows, vlen) (REC_LABEL_BYTES(rows) + INTALIGN(vlen))
 
 /* a chunk in a shared segment of its own, or NULL if the server has none to spare */
 static char *
@@ -233,15 +244,18 @@ new_chunk(FloralRows *rows)
 }
 
 /*
- * Store a row as it came: its label and its features' varlena, byte for
- * byte.  Records stay in memory while they fit in mem_chunks chunks; the
- * ones beyond go to the temporary file.  Returns the record's number.
+ * Store a row: its label and either its checked features (plain) or their
+ * compressed varlena, byte for byte.  Records stay in memory while they fit
+ * in mem_chunks chunks; the ones beyond go to the temporary file.  Returns
+ * the record's number.
  */
 static int64
-rows_append(FloralRows *rows, const struct varlena *features, const float *label)
+rows_append(FloralRows *rows, const float *label, const float *features,
+			const struct varlena *compressed)
 {
-	int32		vlen = VARSIZE_ANY(features);
-	int64		size = REC_SIZE(rows, vlen);
+	int32		vlen = compressed ? VARSIZE(compressed) : 0;
+	int64		size = compressed ? REC_COMPRESSED_SIZE(rows, vlen) : REC_PLAIN_SIZE(rows);
+	int64		kind = compressed ? REC_COMPRESSED : 0;
 	char	   *rec;
 	int64		recno;
 
@@ -265,22 +279,28 @@ rows_append(FloralRows *rows, const struct varlena *features, const float *label
 	{
 		static const char pad[ALIGNOF_INT] = {0};
 
-		recno = FLORAL_REC_IN_FILE + rows->file_bytes;
-		BufFileWrite(rows->file, &vlen, sizeof(int32));
-		BufFileWrite(rows->file, (void *) label, sizeof(float) * rows->ylen);
-		BufFileWrite(rows->file, (void *) features, vlen);
-		if (INTALIGN(vlen) > vlen)
-			BufFileWrite(rows->file, (void *) pad, INTALIGN(vlen) - vlen);
+		recno = (FLORAL_REC_IN_FILE + rows->file_bytes) | kind;
+		BufFileWrite(rows->file, (void *) label, REC_LABEL_BYTES(rows));
+		if (compressed)
+		{
+			BufFileWrite(rows->file, (void *) compressed, vlen);
+			if (INTALIGN(vlen) > vlen)
+				BufFileWrite(rows->file, (void *) pad, INTALIGN(vlen) - vlen);
+		}
+		else
+			BufFileWrite(rows->file, (void *) features, sizeof(float) * rows->nfeatures);
 		rows->file_bytes += size;
 		return recno;
 	}
 
-	recno = (int64) (rows->nchunks - 1) * rows->chunk_bytes +
-		rows->chunk_used[rows->nchunks - 1];
+	recno = ((int64) (rows->nchunks - 1) * rows->chunk_bytes +
+			 rows->chunk_used[rows->nchunks - 1]) | kind;
 	rec = rows->chunks[rows->nchunks - 1] + rows->chunk_used[rows->nchunks - 1];
-	memcpy(rec, &vlen, sizeof(int32));
-	memcpy(rec + sizeof(int32), label, sizeof(float) * rows->ylen);
-	memcpy(rec + REC_HEADER(rows), features, vlen);
+	memcpy(rec, label, REC_LABEL_BYTES(rows));
+	if (compressed)
+		memcpy(rec + REC_LABEL_BYTES(rows), compressed, vlen);
+	else
+		memcpy(rec + REC_LABEL_BYTES(rows), features, sizeof(float) * rows->nfeatures);
 	rows->chunk_used[rows->nchunks - 1] += size;
 	if (rows->shareable && rows->stored_bytes >= rows->share_after)
 		share_rows(rows);
@@ -357,6 +377,7 @@ tenant_index(FloralRows *rows, const char *name, int len)
 	t->name = store_name(rows, name, len);
 	t->nrows = 0;
 	t->rows = NULL;
+	t->compressed = false;
 	t->next = found ? entry->first : -1;
 	entry->first = rows->ntenants;
 	return rows->ntenants++;
@@ -384,6 +405,7 @@ finish_directory(FloralRows *rows)
 		FloralTenantRows *t = &rows->dir[rows->row_tenant[r]];
 
 		t->rows[t->nrows++] = rows->row_offset[r];
+		t->compressed |= (rows->row_offset[r] & REC_COMPRESSED) != 0;
 	}
 	pfree(rows->row_tenant);
 	rows->row_tenant = NULL;
@@ -528,30 +550,47 @@ check_features_finite(const float *fv, int nfeatures, const char *tenant, int le
 }
 
 /*
- * A row's features as they will be stored: the executor's varlena, still
- * compressed if it was, but never a pointer to TOAST storage or an expanded
- * array (those are fetched or flattened here, in the reader, which holds
- * the snapshot).  A value longer than any valid row's can be is decoded at
- * once, for the error that names its tenant.
+ * A row's features, checked as far as the reader can cheaply: in full when
+ * they came uncompressed (*fv points at their values), else their length
+ * and NULLs, from the first bytes only, and *compressed is the value to
+ * store (TOAST pointers are fetched here, in the reader, which holds the
+ * snapshot; decompressing and checking the values is left to whoever uses
+ * the tenant, as decompressing is most of the cost of reading).
  */
-static struct varlena *
-stored_features(FloralRows *rows, Datum d, const char *tenant)
+static void
+check_stored_features(FloralRows *rows, Datum d, const char *tenant,
+					  const float **fv, struct varlena **compressed, void **copy)
 {
 	struct varlena *v = (struct varlena *) DatumGetPointer(d);
+	int			len = strlen(tenant);
+	ArrayType  *plain;
 
+	*copy = NULL;
 	if (VARATT_IS_EXTERNAL(v))
-		v = detoast_external_attr(v);
-	if (REC_SIZE(rows, VARSIZE_ANY(v)) > rows->max_record)
+		*copy = v = detoast_external_attr(v);
+	if (VARATT_IS_COMPRESSED(v))
 	{
-		ArrayType  *a = (ArrayType *) detoast_attr(v);
+		/* the header, all its dimensions and a NULL bitmap for nfeatures */
+		int32		head = Max(ARR_OVERHEAD_WITHNULLS(1, rows->nfeatures),
+							   ARR_OVERHEAD_NONULLS(MAXDIM)) - VARHDRSZ;
+		ArrayType  *a = (ArrayType *) detoast_attr_slice(v, 0, head);
 
-		check_features_shape(a, rows->nfeatures, tenant, strlen(tenant));
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("features of tenant \"%s\" are not a one-dimensional real[]",
-						tenant)));
+		check_features_shape(a, rows->nfeatures, tenant, len);
+		pfree(a);
+		*fv = NULL;
+		*compressed = v;
+		return;
 	}
-	return v;
+	plain = DatumGetArrayTypeP(PointerGetDatum(v));
+	if ((void *) plain != (void *) v)
+	{
+		if (*copy)
+			pfree(*copy);
+		*copy = plain;
+	}
+	*fv = check_features_shape(plain, rows->nfeatures, tenant, len);
+	check_features_finite(*fv, rows->nfeatures, tenant, len);
+	*compressed = NULL;
 }
 
 static bool
@@ -563,7 +602,9 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 	text	   *tenant_text;
 	FloralTenantRows *tenant;
 	int32		tenant_no;
-	struct varlena *features;
+	const float *fv;
+	struct varlena *compressed;
+	void	   *copy;
 	int64		row;
 
 	/*
@@ -595,7 +636,7 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("source returned NULL features for tenant \"%s\"",
 						tenant->name)));
-	features = stored_features(rows, slot->tts_values[1], tenant->name);
+	check_stored_features(rows, slot->tts_values[1], tenant->name, &fv, &compressed, &copy);
 
 	if (slot->tts_isnull[2])
 		ereport(ERROR,
@@ -617,9 +658,9 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 	}
 	rows->row_tenant[rows->nrows] = tenant_no;
 	row = rows->nrows;
-	rows->row_offset[row] = rows_append(rows, features, r->label);
-	if ((Pointer) features != DatumGetPointer(slot->tts_values[1]))
-		pfree(features);
+	rows->row_offset[row] = rows_append(rows, r->label, fv, compressed);
+	if (copy)
+		pfree(copy);
 	tenant->nrows++;
 	MemoryContextSwitchTo(oldcxt);
 	return true;
@@ -732,8 +773,9 @@ floral_read_source(const char *source, const FloralSpec *spec, double share_afte
 	rows->recfloats = rows->nfeatures + rows->ylen;
 	rows->cxt = target;
 	/* a valid row's features: one dimension, nfeatures values, maybe a NULL bitmap */
-	rows->max_record = REC_SIZE(rows, ARR_OVERHEAD_WITHNULLS(1, rows->nfeatures) +
-								sizeof(float) * (int64) rows->nfeatures);
+	rows->max_record = Max(REC_PLAIN_SIZE(rows),
+						   REC_COMPRESSED_SIZE(rows, ARR_OVERHEAD_WITHNULLS(1, rows->nfeatures) +
+											   sizeof(float) * (int64) rows->nfeatures));
 	rows->recbuf = palloc(rows->max_record);
 
 	/*
@@ -777,6 +819,7 @@ floral_read_source(const char *source, const FloralSpec *spec, double share_afte
 				 errmsg("source returned no rows")));
 
 	finish_directory(rows);
+	floral_rows_set_participants(rows, 1);
 
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
@@ -812,20 +855,25 @@ floral_rows_detach(FloralRows *rows)
 static const char *
 rows_record(FloralRows *rows, int64 recno)
 {
-	int32		vlen;
-	off_t		offset;
+	int64		at = recno & ~REC_COMPRESSED;
+	size_t		first;
+	size_t		size;
 
-	if (recno < FLORAL_REC_IN_FILE)
-		return rows->chunks[recno / rows->chunk_bytes] + recno % rows->chunk_bytes;
+	if (at < FLORAL_REC_IN_FILE)
+		return rows->chunks[at / rows->chunk_bytes] + at % rows->chunk_bytes;
 
-	offset = (off_t) (recno - FLORAL_REC_IN_FILE);
-	if (BufFileSeek(rows->file, 0, offset, SEEK_SET) != 0 ||
-		BufFileRead(rows->file, rows->recbuf, sizeof(int32)) != sizeof(int32))
+	/* a compressed record's size is in its varlena header, after the label */
+	first = (recno & REC_COMPRESSED) ? REC_LABEL_BYTES(rows) + VARHDRSZ : REC_PLAIN_SIZE(rows);
+	if (BufFileSeek(rows->file, 0, (off_t) (at - FLORAL_REC_IN_FILE), SEEK_SET) != 0 ||
+		BufFileRead(rows->file, rows->recbuf, first) != first)
 		goto fail;
-	memcpy(&vlen, rows->recbuf, sizeof(int32));
-	if (BufFileRead(rows->file, rows->recbuf + sizeof(int32), REC_SIZE(rows, vlen) - sizeof(int32)) !=
-		REC_SIZE(rows, vlen) - sizeof(int32))
-		goto fail;
+	if (recno & REC_COMPRESSED)
+	{
+		size = REC_COMPRESSED_SIZE(rows, VARSIZE(rows->recbuf + REC_LABEL_BYTES(rows)));
+		if (size > rows->max_record ||
+			BufFileRead(rows->file, rows->recbuf + first, size - first) != size - first)
+			goto fail;
+	}
 	return rows->recbuf;
 
 fail:
@@ -836,29 +884,37 @@ fail:
 }
 
 /*
- * Decode one record: its label into y, its features, decompressed and
- * checked, into x.  The decompressed copy is freed at once, so that a
- * tenant's rows reuse one piece of memory.
+ * Decode one record: its label into y, its features into x, decompressed
+ * and checked if they were stored compressed.  The decompressed copy is
+ * freed at once, so that a tenant's rows reuse one piece of memory.
  */
 static void
-decode_record(FloralRows *rows, const char *rec, const char *tenant, float *x, float *y)
+decode_record(FloralRows *rows, int64 recno, const char *tenant, float *x, float *y)
 {
-	struct varlena *v = (struct varlena *) (rec + REC_HEADER(rows));
+	const char *rec = rows_record(rows, recno);
+	struct varlena *v;
 	ArrayType  *a;
 	const float *fv;
 
-	memcpy(y, rec + sizeof(int32), sizeof(float) * rows->ylen);
-	a = (ArrayType *) (VARATT_IS_EXTENDED(v) ? detoast_attr(v) : v);
+	memcpy(y, rec, REC_LABEL_BYTES(rows));
+	if (!(recno & REC_COMPRESSED))
+	{
+		memcpy(x, rec + REC_LABEL_BYTES(rows), sizeof(float) * rows->nfeatures);
+		return;
+	}
+	v = (struct varlena *) (rec + REC_LABEL_BYTES(rows));
+	Assert(VARATT_IS_COMPRESSED(v));
+	a = (ArrayType *) detoast_attr(v);
 	fv = check_features_shape(a, rows->nfeatures, tenant, strlen(tenant));
 	check_features_finite(fv, rows->nfeatures, tenant, strlen(tenant));
 	memcpy(x, fv, sizeof(float) * rows->nfeatures);
-	if ((void *) a != (void *) v)
-		pfree(a);
+	pfree(a);
 }
 
 /*
- * Decode all of a tenant's rows into rows->decoded, if they fit in work_mem
- * there; false if they do not (gather then decodes batch by batch).
+ * Decode all of a tenant's rows into rows->decoded, once, if it has
+ * compressed ones and they fit in the call's budget for it; false if not
+ * (gather then decodes, or copies, batch by batch).
  */
 static bool
 decode_tenant(FloralRows *rows, const FloralTenantRows *t)
@@ -867,7 +923,7 @@ decode_tenant(FloralRows *rows, const FloralTenantRows *t)
 
 	if (rows->decoded_tenant == t)
 		return true;
-	if ((double) sizeof(float) * rf * t->nrows > (double) work_mem * 1024)
+	if (!t->compressed || (double) sizeof(float) * rf * t->nrows > rows->decode_budget)
 		return false;
 	rows->decoded_tenant = NULL;
 	if (t->nrows > rows->decoded_capacity)
@@ -883,11 +939,20 @@ decode_tenant(FloralRows *rows, const FloralTenantRows *t)
 
 		if ((i & 255) == 0)
 			CHECK_FOR_INTERRUPTS();
-		decode_record(rows, rows_record(rows, t->rows[i]), t->name, x,
-					  x + rows->nfeatures);
+		decode_record(rows, t->rows[i], t->name, x, x + rows->nfeatures);
 	}
 	rows->decoded_tenant = t;
 	return true;
+}
+
+void
+floral_rows_set_participants(FloralRows *rows, int participants)
+{
+	double		in_memory = (double) rows->nchunks * rows->chunk_bytes;
+
+	rows->decode_budget = Max((double) work_mem * 1024,
+							  ((double) maintenance_work_mem * 1024 - in_memory) /
+							  Max(participants, 1));
 }
 
 void
@@ -895,15 +960,14 @@ floral_rows_check(FloralRows *rows, const FloralTenantRows *tenant)
 {
 	float	   *x;
 
-	if (decode_tenant(rows, tenant))
+	if (!tenant->compressed || decode_tenant(rows, tenant))
 		return;
 	x = palloc(sizeof(float) * rows->recfloats);
 	for (int64 i = 0; i < tenant->nrows; i++)
 	{
 		if ((i & 255) == 0)
 			CHECK_FOR_INTERRUPTS();
-		decode_record(rows, rows_record(rows, tenant->rows[i]), tenant->name, x,
-					  x + rows->nfeatures);
+		decode_record(rows, tenant->rows[i], tenant->name, x, x + rows->nfeatures);
 	}
 	pfree(x);
 }
@@ -929,7 +993,7 @@ floral_rows_gather(FloralRows *rows, const FloralTenantRows *tenant,
 			memcpy(Y + (int64) i * ny, rec + nf, sizeof(float) * ny);
 		}
 		else
-			decode_record(rows, rows_record(rows, tenant->rows[p]), tenant->name,
+			decode_record(rows, tenant->rows[p], tenant->name,
 						  X + (int64) i * nf, Y + (int64) i * ny);
 	}
 }
@@ -952,6 +1016,7 @@ typedef struct SharedRows
 	int64		chunk_bytes;
 	int64		max_record;
 	double		stored_bytes;
+	double		decode_budget;
 	Size		handles;		/* offsets from the start of the block */
 	Size		recnos;
 	Size		tenants;
@@ -961,6 +1026,7 @@ typedef struct SharedRows
 typedef struct SharedTenant
 {
 	int64		nrows;
+	bool		compressed;
 	int64		first;			/* index of its first record number */
 	Size		name;			/* offset in the names */
 } SharedTenant;
@@ -981,6 +1047,7 @@ shared_rows_layout(const FloralRows *rows, SharedRows *layout, Size *total)
 	layout->chunk_bytes = rows->chunk_bytes;
 	layout->max_record = rows->max_record;
 	layout->stored_bytes = rows->stored_bytes;
+	layout->decode_budget = rows->decode_budget;
 	layout->handles = MAXALIGN(sizeof(SharedRows));
 	layout->recnos = layout->handles + MAXALIGN(sizeof(dsm_handle) * rows->nchunks);
 	layout->tenants = layout->recnos + MAXALIGN(sizeof(int64) * rows->nrows);
@@ -1022,6 +1089,7 @@ floral_rows_share(const FloralRows *rows, void *space)
 		Size		len = strlen(t->name) + 1;
 
 		tenants[i].nrows = t->nrows;
+		tenants[i].compressed = t->compressed;
 		tenants[i].first = t->rows - rows->recnos;
 		tenants[i].name = name_off;
 		memcpy(base + layout->names + name_off, t->name, len);
@@ -1048,6 +1116,7 @@ floral_rows_attach(void *space)
 	rows->chunk_bytes = layout->chunk_bytes;
 	rows->max_record = layout->max_record;
 	rows->stored_bytes = layout->stored_bytes;
+	rows->decode_budget = layout->decode_budget;
 	rows->mem_chunks = rows->nchunks;
 	rows->cxt = CurrentMemoryContext;
 	rows->chunks = palloc(sizeof(char *) * Max(rows->nchunks, 1));
@@ -1072,6 +1141,7 @@ floral_rows_attach(void *space)
 	{
 		rows->dir[i].name = base + layout->names + tenants[i].name;
 		rows->dir[i].nrows = tenants[i].nrows;
+		rows->dir[i].compressed = tenants[i].compressed;
 		rows->dir[i].rows = recnos + tenants[i].first;
 		rows->dir[i].next = -1;
 		rows->tenants[i] = &rows->dir[i];

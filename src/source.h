@@ -3,19 +3,19 @@
  *	  Reading a user's source query into rows grouped by tenant.
  *
  * A source is any query returning (tenant, features real[], label).  Its
- * rows are read once and kept as they came: each row's label, checked, and
- * its features array as the executor handed it over, still compressed when
- * the table stored it compressed.  The first rows stay in memory up to
- * maintenance_work_mem, the rest go to a temporary file, so a source of any
- * size trains in bounded memory.  Each tenant keeps the list of its
- * records, so a tenant's rows can be visited in any order.
- *
- * Features are decompressed and checked (length, NULLs, non-finite values)
- * only when a tenant's rows are used: the reader, which runs alone, does no
- * more than copy bytes, and parallel workers do the rest, each for its own
- * tenants.  A tenant whose rows fit in work_mem once decoded is decoded
- * once per call (floral_rows_gather keeps the last one); a larger one is
- * decoded batch by batch.
+ * rows are read once and checked as they arrive: tenants, labels, NULLs
+ * and the features' length, and the features' values too when they came
+ * uncompressed.  They are kept as fixed-size float records, except features
+ * the table stored compressed: those stay compressed, because
+ * decompressing is most of the cost of reading, and the reader runs alone;
+ * whoever uses the tenant (the leader or a parallel worker) decompresses
+ * them and checks their values.  A tenant with compressed rows is decoded
+ * once per call if it fits in the call's budget for that
+ * (floral_rows_set_participants), batch by batch otherwise.  The first
+ * records stay in memory up to maintenance_work_mem, the rest go to a
+ * temporary file, so a source of any size trains in bounded memory.  Each
+ * tenant keeps the list of its records, so a tenant's rows can be visited
+ * in any order.
  *
  * A scoring source returns (key, tenant, features): its rows are checked the
  * same way and handed one by one to a callback, which keeps what it needs.
@@ -38,7 +38,8 @@ typedef struct FloralTenantRows
 {
 	char	   *name;
 	int64		nrows;
-	int64	   *rows;			/* record numbers, in source order */
+	int64	   *rows;			/* record numbers (source.c), in source order */
+	bool		compressed;		/* some of its features are stored compressed */
 	int32		next;			/* next tenant with the same name hash, or -1 */
 } FloralTenantRows;
 
@@ -79,7 +80,12 @@ typedef struct FloralRows
 	bool		shared;
 	struct dsm_segment **segs;	/* per chunk, NULL for a private one */
 
-	/* the last tenant decoded whole by floral_rows_gather, and its records */
+	/*
+	 * The last tenant decoded whole by floral_rows_gather, and its records:
+	 * a participant decodes a tenant with compressed rows once if they fit
+	 * in decode_budget bytes (floral_rows_set_participants).
+	 */
+	double		decode_budget;
 	const FloralTenantRows *decoded_tenant;
 	float	   *decoded;
 	int64		decoded_capacity;	/* in records */
@@ -120,6 +126,14 @@ extern void floral_read_scoring_source(const char *source, int nfeatures,
  * start..start+n-1 when pos is NULL.  Invalid features end in an error
  * naming the tenant.
  */
+/*
+ * The rows will be used by this many processes: each may hold one decoded
+ * tenant in what maintenance_work_mem leaves after the rows themselves,
+ * shared out among them (at least work_mem each), as a parallel index
+ * build shares maintenance_work_mem among its participants.
+ */
+extern void floral_rows_set_participants(FloralRows *rows, int participants);
+
 /*
  * Check a tenant's rows that the call does not use (a tenant it skips): a
  * call checks every row of its source, used or not.

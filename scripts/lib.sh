@@ -7,6 +7,7 @@
 #   PORT=$(free_port 55432 55531)   # a port nothing listens on
 #   as_pg_env HOME CMD...    # CMD as postgres with a small, explicit environment
 #   "${AS_PG[@]}" CMD...     # CMD as postgres (as root), or as the caller
+#   become_root SCRIPT HINT "$@"    # unless root, run SCRIPT again under sudo
 #
 # Servers run as the postgres user (PostgreSQL refuses to run as root), with
 # their data directories inside WORK.  At exit every server whose data
@@ -22,6 +23,20 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     AS_PG=()
 fi
+# become_root SCRIPT HINT ARGS...: as root, nothing; otherwise SCRIPT runs
+# again under sudo with ARGS, in place of this process, or, without sudo,
+# this one stops with "SCRIPT's name: must run as root (HINT)".
+become_root() {
+    local script=$1 hint=$2
+    shift 2
+    [ "$(id -u)" -ne 0 ] || return 0
+    if command -v sudo >/dev/null 2>&1; then
+        exec sudo bash "$script" "$@"
+    fi
+    echo "$(basename "$script"): must run as root ($hint)" >&2
+    exit 1
+}
+
 # background processes to end at exit, before the servers are stopped
 WORK_PIDS=()
 

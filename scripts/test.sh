@@ -34,19 +34,13 @@ PG_CONFIG=$PG_BINDIR/pg_config
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-# work_dir, free_port, as_pg_env; PG_USER (postgres) runs the tests
+# become_root, work_dir, free_port, as_pg_env; PG_USER (postgres) runs the tests
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-if [[ $(id -u) -ne 0 ]]; then
-	# Root is needed for apt-get, `make install` into the system PostgreSQL
-	# and for switching to the postgres user.
-	if command -v sudo >/dev/null 2>&1; then
-		exec sudo bash "$ROOT/scripts/test.sh" "$@"
-	fi
-	echo "test.sh: must run as root (try: sudo bash scripts/test.sh)" >&2
-	exit 1
-fi
+# Root is needed for apt-get, `make install` into the system PostgreSQL
+# and for switching to the postgres user.
+become_root "$ROOT/scripts/test.sh" "try: sudo bash scripts/test.sh" "$@"
 
 log() { printf '\n=== %s ===\n' "$*"; }
 

@@ -38,80 +38,38 @@
 # Knobs (defaults in brackets): LAYERS [{128,64,10}], TENANTS [64],
 #   DURATION [60] s, CLIENTS [8], THREADS [2], WEIGHTS ["4 4 1" for train,
 #   predict, aggregate], BENCH_OUT [bench/results/concurrency-<date>.txt],
-#   SKIP_INSTALL [0: run make install from this tree first], PGBIN.
+#   SKIP_INSTALL [0: run make install from this tree first], PG_BINDIR (or
+#   PGBIN), BENCH_PORT.
+# The cluster scaffolding is shared with the other benches: bench/lib.sh.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init concurrency "concurrency-$(date +%Y-%m-%d).txt"
 LAYERS=${LAYERS:-'{128,64,10}'}
 TENANTS=${TENANTS:-64}
 DURATION=${DURATION:-60}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 read -r W_TRAIN W_PREDICT W_AGG <<<"${WEIGHTS:-4 4 1}"
-OUT=${BENCH_OUT:-$HERE/results/concurrency-$(date +%Y-%m-%d).txt}
-export OPENBLAS_NUM_THREADS=1
 
-if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-log() { echo "[concurrency] $*" >&2; }
-mkdir -p "$(dirname "$OUT")"
-: >"$OUT"
-report() { printf '%s\n' "$*" | tee -a "$OUT"; }
-
-WORK=$(mktemp -d /tmp/floral-concurrency.XXXXXX)
-chown postgres: "$WORK" 2>/dev/null || true
-chmod 755 "$WORK"
-cleanup() {
-    if [ -f "$WORK/data/postmaster.pid" ]; then
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-    log "make install in $REPO"
-    make -C "$REPO" PG_CONFIG="$PGBIN/pg_config" install >"$WORK/make.log" 2>&1 \
-        || { tail -n 40 "$WORK/make.log" >&2; exit 1; }
-fi
-
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log "initdb + start on port $PORT (socket in $WORK)"
-"${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
-    || { cat "$WORK/initdb.log" >&2; exit 1; }
-# durability off: nothing here needs to survive a crash (t/007_crash.pl
-# covers that), and the disk is shared with other work
-cat >>"$WORK/data/postgresql.conf" <<EOF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$WORK'
-shared_preload_libraries = 'floral'
-shared_buffers = 256MB
+bench_install
+# bench/lib.sh's settings (durability off: nothing here needs to survive a
+# crash, t/007_crash.pl covers that, and the disk is shared with other
+# work), with floral preloaded, room for the clients and lock waits logged;
+# autovacuum and max_wal_size stay at PostgreSQL's defaults, as this bench
+# has always had them (the concurrent rounds leave dead rows behind).
+bench_start_cluster 256MB "shared_preload_libraries = 'floral'
 max_connections = 40
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_parallel_workers_per_gather = 0
-jit = off
-lc_messages = 'C'
-log_line_prefix = '%m [%p] '
 log_lock_waits = on
 deadlock_timeout = 1s
-EOF
-"${AS_PG[@]}" env OPENBLAS_NUM_THREADS=1 "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null \
-    || { cat "$WORK/server.log" >&2; exit 1; }
-
-psql_() { "${AS_PG[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -d bench "$@"; }
-q() { psql_ -At -c "$1"; }
-"${AS_PG[@]}" "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -c 'CREATE DATABASE bench'
+autovacuum = on
+max_wal_size = 1GB"
 
 IN=$(q "SELECT ('$LAYERS'::int[])[1]")
 CLASSES=$(q "SELECT ('$LAYERS'::int[])[cardinality('$LAYERS'::int[])]")
 log "data: $TENANTS tenants, $IN features; model $LAYERS"
 psql_ >/dev/null <<EOF
-CREATE EXTENSION floral;
 -- tenant t has 100 + 4t rows; 4 groups whose labels are shifted by the group
 CREATE TABLE rows AS
 SELECT i AS id, 't' || t AS tenant,
@@ -145,14 +103,12 @@ START_ROUND=$(q "SELECT round FROM floral.models WHERE name = 'm'")
 NPARAMS=$(q "SELECT sum(parameters) FROM floral_layers('m')")
 ROWS=$(q "SELECT count(*) FROM rows")
 
-GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-DIRTY=$(git -C "$REPO" status --porcelain -- src floral.c floral--1.0.sql 2>/dev/null | awk '{ printf "%s%s", sep, $2; sep = " " }' || true)
-[ -n "$DIRTY" ] && GIT_REV="$GIT_REV (+ uncommitted changes in $DIRTY)"
-report "floral concurrency benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_git_rev ' (+ uncommitted changes in %s)' src floral.c floral--1.0.sql
+bench_title concurrency
 report "tree:      $REPO @ $GIT_REV"
-report "machine:   $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
-report "load:      before the run: $(uptime | sed 's/.*load average/load average/')  (other engineers' work shares the machine)"
-report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), OPENBLAS_NUM_THREADS=1, fsync/synchronous_commit off"
+report "machine:   $(nproc) cores, $(mem_total); $(uname -sr)"
+report "load:      before the run: $(uptime_load)  (other engineers' work shares the machine)"
+report "server:    PostgreSQL $PG_VERSION, OPENBLAS_NUM_THREADS=1, fsync/synchronous_commit off"
 report "model:     m $LAYERS, 4 adaptors, rank 0.1: $NPARAMS parameters ($((NPARAMS * 4 / 1024)) KiB per round and per contribution)"
 report "data:      $TENANTS tenants, $ROWS rows of $IN features (tenant t has 100 + 4t rows); train: 1 epoch, batch 32"
 report "pgbench:   -c $CLIENTS -j $THREADS -T $DURATION  -f train.sql@$W_TRAIN -f predict.sql@$W_PREDICT -f aggregate.sql@$W_AGG"
@@ -162,17 +118,17 @@ report ""
 log "pgbench for $DURATION s"
 cp "$HERE/pgbench/train.sql" "$HERE/pgbench/predict.sql" "$HERE/pgbench/aggregate.sql" "$WORK/"
 chown postgres: "$WORK"/*.sql 2>/dev/null || true
-LOG_MARK=$(stat -c %s "$WORK/server.log")
+LOG_MARK=$(log_mark)
 set +e
 (cd "$WORK" && "${AS_PG[@]}" "$PGBIN/pgbench" -n -h "$WORK" -p "$PORT" \
     -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -P 10 -r --failures-detailed \
     -l --log-prefix="$WORK/pgb" \
     -D tenants="$TENANTS" -D classes="$CLASSES" \
     -f "$WORK/train.sql@$W_TRAIN" -f "$WORK/predict.sql@$W_PREDICT" -f "$WORK/aggregate.sql@$W_AGG" \
-    bench) >"$WORK/pgbench.out" 2>"$WORK/pgbench.err"
+    "$BENCH_DB") >"$WORK/pgbench.out" 2>"$WORK/pgbench.err"
 PGBENCH_RC=$?
 set -e
-LOAD_AFTER=$(uptime | sed 's/.*load average/load average/')
+LOAD_AFTER=$(uptime_load)
 
 report "== pgbench output (exit status $PGBENCH_RC)"
 sed 's/^/  /' "$WORK/pgbench.out" | tee -a "$OUT"
@@ -213,7 +169,7 @@ check() {    # check NAME OK(0/1) DETAIL
 }
 report "== checks"
 
-DEADLOCKS=$(tail -c +"$((LOG_MARK + 1))" "$WORK/server.log" | grep -ci deadlock || true)
+DEADLOCKS=$(log_since "$LOG_MARK" | grep -ci deadlock || true)
 FAILED_X=$(awk -F': ' '/^number of failed transactions/ { split($2, a, " "); print a[1] }' "$WORK/pgbench.out")
 ABORTED=$(cat "$WORK/pgbench.err" "$WORK/pgbench.out" | { grep -c 'aborted' || true; })
 check "deadlocks" "$([ "$DEADLOCKS" = 0 ] && echo 1 || echo 0)" "'deadlock' lines in the server log during the run: $DEADLOCKS"
@@ -225,10 +181,10 @@ check "no errors" "$([ "$NERR" = 0 ] && echo 1 || echo 0)" \
 q "SELECT n || ' x ' || script || ' ' || sqlstate || ': ' || msg
    FROM (SELECT script, sqlstate, regexp_replace(message, '[0-9]+', 'N', 'g') AS msg, count(*) AS n
          FROM bench_errors GROUP BY 1, 2, 3) e ORDER BY n DESC" | sed 's/^/          /' | tee -a "$OUT"
-ERRORS=$(tail -c +"$((LOG_MARK + 1))" "$WORK/server.log" | grep -c ' ERROR: ' || true)
-LOCKWAITS=$(tail -c +"$((LOG_MARK + 1))" "$WORK/server.log" | grep -c 'still waiting for' || true)
+ERRORS=$(log_since "$LOG_MARK" | grep -c ' ERROR: ' || true)
+LOCKWAITS=$(log_since "$LOG_MARK" | grep -c 'still waiting for' || true)
 report "        server log during the run: $ERRORS ERROR lines, $LOCKWAITS lock waits longer than deadlock_timeout (1 s)"
-tail -c +"$((LOG_MARK + 1))" "$WORK/server.log" | grep -E ' (ERROR|FATAL|PANIC): ' | sed 's/^[^]]*] //' | sort | uniq -c | sort -rn | head -5 | sed 's/^/          /' | tee -a "$OUT" || true
+log_since "$LOG_MARK" | grep -E ' (ERROR|FATAL|PANIC): ' | sed 's/^[^]]*] //' | sort | uniq -c | sort -rn | head -5 | sed 's/^/          /' | tee -a "$OUT" || true
 
 psql_ -At -F ' ' >"$WORK/lost.txt" <<EOF
 WITH per AS (      -- a tenant contributes once per round: calls must be 1

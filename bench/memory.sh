@@ -37,42 +37,38 @@
 # bench/lib.sh.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-bench_init memory
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init memory "memory-$(date +%Y-%m-%d).txt"
 BIG_ROWS=${BIG_ROWS:-3000000}
 SMALL_ROWS=${SMALL_ROWS:-1000000}
 AGG_COUNTS=${AGG_COUNTS:-"50 200"}
-bench_report_file "${BENCH_OUT:-$HERE/results/memory-$(date +%Y-%m-%d).txt}"
 
 bench_install
 bench_start_cluster 128MB
 
 # measure LABEL MWM SQL (bench/lib.sh) sets M_HWM M_SHMEM M_ANONPK (kB),
-# M_SECONDS, M_TEMP (bytes)
+# M_SECONDS, M_TEMP (bytes) and their M_*_MB
 row() {    # row LABEL MWM: one table line from the last measure
-    printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "$2" "$(mb "$M_HWM")" "$(mb "$M_SHMEM")" \
-        "$(mb $((M_HWM - M_SHMEM)))" "$(mb "$M_ANONPK")" "$(awk -v b="$M_TEMP" 'BEGIN { printf "%.0f", b / 1048576 }')" "$M_SECONDS" | tee -a "$OUT"
+    printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "$2" "$M_HWM_MB" "$M_SHMEM_MB" \
+        "$M_PRIV_MB" "$M_ANON_MB" "$M_TEMP_MB" "$M_SECONDS" | tee -a "$OUT"
 }
 header() {
     printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "$1" "mwm" "VmHWM" "RssShmem" "HWM-shmem" "RssAnon pk" "temp" "seconds" | tee -a "$OUT"
     printf '  %-34s %7s %9s %9s %9s %10s %9s %8s\n' "" "" "MB" "MB" "MB" "MB" "MB" "" | tee -a "$OUT"
 }
 
-GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-DIRTY=$(git -C "$REPO" status --porcelain -- src floral.c floral--1.0.sql 2>/dev/null | awk '{ printf "%s%s", sep, $2; sep = " " }' || true)
-[ -n "$DIRTY" ] && GIT_REV="$GIT_REV (+ uncommitted changes in $DIRTY)"
-report "floral memory benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_git_rev ' (+ uncommitted changes in %s)' src floral.c floral--1.0.sql
+bench_title memory
 report "tree:      $REPO @ $GIT_REV"
-report "machine:   $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo); load: $(uptime | sed 's/.*load average/load average/')"
-report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), shared_buffers 128MB, OPENBLAS_NUM_THREADS=1"
+report "machine:   $(nproc) cores, $(mem_total); load: $(uptime_load)"
+report "server:    PostgreSQL $PG_VERSION, shared_buffers 128MB, OPENBLAS_NUM_THREADS=1"
 report ""
 
 # --- baseline: a fresh backend that has run one floral call ------------------
 measure base 64MB "SELECT floral.tensor_norm('[1,2]');"
 BASE_HWM=$M_HWM
-report "baseline: a fresh backend after one floral call: VmHWM $(mb "$M_HWM") MB (RssShmem $(mb "$M_SHMEM") MB)"
+report "baseline: a fresh backend after one floral call: VmHWM $M_HWM_MB MB (RssShmem $M_SHMEM_MB MB)"
 report ""
 
 # --- training on millions of rows ---------------------------------------------
@@ -88,8 +84,7 @@ FROM generate_series(1, $BIG_ROWS) i;
 VACUUM (FREEZE, ANALYZE) big;
 SELECT floral_create_model('t', '{32,64,4}', 'classification', 4, 0.1, '{"seed": 1}');
 EOF
-BIG_SIZE=$(q "SELECT pg_size_pretty(pg_table_size('big'))")
-report "train: table big: $BIG_ROWS rows of 32 features, 10 tenants, $BIG_SIZE on disk (generated in $(($(date +%s) - t0)) s);"
+report "train: table big: $BIG_ROWS rows of 32 features, 10 tenants, $(q "SELECT pg_size_pretty(pg_table_size('big'))") on disk (generated in $(($(date +%s) - t0)) s);"
 report "       model t 32-64-4, 4 adaptors, rank 0.1; one epoch, batch 32; a row is 33 floats = 132 bytes in floral's row store"
 report "       (SMALL_ROWS source: WHERE id <= $SMALL_ROWS)"
 report ""
@@ -100,8 +95,7 @@ for rows in "$SMALL_ROWS" "$BIG_ROWS"; do
         measure "train_${rows}_$mwm" "$mwm" \
             "SELECT count(*), sum(examples) FROM floral_train('t', 'SELECT tenant, x, y FROM big WHERE id <= $rows');"
         row "$rows rows (data $(awk -v r="$rows" 'BEGIN { printf "%.0f", r * 132 / 1048576 }') MB)" "$mwm"
-        eval "HWM_${rows}_$mwm=$M_HWM"
-        eval "ANON_${rows}_$mwm=$M_ANONPK"
+        eval "HWM_${rows}_$mwm=$M_HWM ANON_${rows}_$mwm=$M_ANONPK"
     done
 done
 report ""
@@ -135,8 +129,7 @@ for n in $AGG_COUNTS; do
     CSIZE=$(q "SELECT pg_size_pretty(pg_total_relation_size('floral.contributions'))")
     measure "agg_$n" 64MB "SELECT floral_aggregate('a');"
     row "$n contributions ($CSIZE in the table)" 64MB
-    eval "AGG_$n=$M_HWM"
-    eval "AGGANON_$n=$M_ANONPK"
+    eval "AGG_$n=$M_HWM AGGANON_$n=$M_ANONPK"
     report "    (training those $n tenants: VmHWM $(mb "$TRAIN_HWM") MB, $TRAIN_S s)"
 done
 report ""
@@ -144,5 +137,5 @@ set -- $AGG_COUNTS
 first=$1; last=${*: -1}
 report "  $first -> $last contributions: floral_aggregate VmHWM $(mb $(( AGG_$first ))) -> $(mb $(( AGG_$last ))) MB, RssAnon peak $(mb $(( AGGANON_$first ))) -> $(mb $(( AGGANON_$last ))) MB"
 report ""
-report "load at the end: $(uptime | sed 's/.*load average/load average/')"
+report "load at the end: $(uptime_load)"
 log "report: $OUT"

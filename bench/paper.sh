@@ -32,10 +32,13 @@
 #   --rounds N  --seeds "1 2"  --per-round K  --eval-every E  --workers W
 #   --methods "fedavg local ensemble floral1 floral10 oracle10"  --tasks "rotate label_shift"
 #   --tag NAME (file name part, default the mode)  --no-deps (skip install-deps.sh)
+# Environment: PAPER_PORT (or BENCH_PORT) [a free port], MIN_FREE_GB [10],
+#   BENCH_RESULTS [bench/results]; PG_BINDIR (or PGBIN), SKIP_INSTALL,
+#   FLORAL_REPO: see bench/lib.sh
 #
 # Jobs (task, method, seed) run in --workers (2) parallel sessions of one
 # database, each session single-threaded (OPENBLAS_NUM_THREADS=1).
-# Outputs in bench/results/:
+# Outputs in bench/results/ (BENCH_RESULTS):
 #   paper-<tag>-<date>.csv          task,method,seed,round,accuracy,elapsed_s
 #   paper-<tag>-<date>-router.csv   router purity per evaluation (FLoRAL methods)
 #   paper-<tag>-<date>.md           summary: accuracy mean and spread, costs, reference numbers
@@ -43,10 +46,8 @@
 # Progress: one line per evaluation on stderr.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-RESULTS=$HERE/results
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DATE=$(date +%Y-%m-%d)
 
 MODE=full
@@ -96,7 +97,13 @@ done
 for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || { echo "paper.sh: bad seed $s" >&2; exit 2; }; done
 
 [ "$(id -u)" -eq 0 ] || { echo "paper.sh: run as root (it installs packages and starts PostgreSQL as postgres)" >&2; exit 1; }
-AS_PG=(runuser -u postgres --)
+# the cluster, its temporary directory and the cleanup at exit: bench/lib.sh
+# (PAPER_PORT, else BENCH_PORT, picks the port: the socket is in $WORK and
+# nothing listens on TCP, but the port number names the socket file and the
+# shared memory key); the database is "paper"
+BENCH_DB=paper
+BENCH_PORT=${PAPER_PORT:-${BENCH_PORT:-}}
+bench_init paper
 log() { printf '[paper %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { echo "paper.sh: $*" >&2; exit 1; }
 T_START=$(date +%s)
@@ -106,62 +113,21 @@ if [ "$DEPS" = 1 ]; then
 	bash "$REPO/scripts/install-deps.sh" >&2
 fi
 mkdir -p "$RESULTS"
-log "make install in $REPO"
-make -C "$REPO" PG_CONFIG="$PGBIN/pg_config" install >/dev/null 2>"$RESULTS/.paper-make.$$" \
-	|| { cat "$RESULTS/.paper-make.$$" >&2; rm -f "$RESULTS/.paper-make.$$"; die "make install failed"; }
-rm -f "$RESULTS/.paper-make.$$"
+bench_install
 
 # --- temporary cluster, stopped and removed at exit --------------------------
-WORK=$(mktemp -d /tmp/floral-paper.XXXXXX)
-chown postgres: "$WORK"
-chmod 755 "$WORK"
-WORKER_PIDS=()
-JANITOR_PID=
-cleanup() {
-	local p
-	for p in "${WORKER_PIDS[@]}" $JANITOR_PID; do kill "$p" 2>/dev/null || true; done
-	if [ -f "$WORK/data/postmaster.pid" ]; then
-		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# PAPER_PORT picks the port (the socket is in $WORK and nothing listens on
-# TCP, but the port number names the socket file and the shared memory key)
-PORT=${PAPER_PORT:-$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-log "initdb + start on port $PORT (socket in $WORK)"
-"${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
-	|| { cat "$WORK/initdb.log" >&2; exit 1; }
-# A throwaway cluster: durability off.  Every round leaves a lot of dead
-# rows behind: floral.contributions (a whole trained model per tenant, about
-# 26 MB per round of 30 FLoRAL(10%) tenants), the pruned floral.rounds row and
-# the trained tenants' rows.  Throttled autovacuum cannot keep up with that
-# (a first full run grew the contributions' TOAST to 67 GB), so autovacuum
-# runs unthrottled and a janitor session VACUUMs those tables every few
-# seconds during the run (below).
-cat >>"$WORK/data/postgresql.conf" <<EOF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$WORK'
-shared_buffers = 1GB
-max_wal_size = 2GB
+# bench/lib.sh's throwaway settings (durability off), but for autovacuum.
+# Every round leaves a lot of dead rows behind: floral.contributions (a
+# whole trained model per tenant, about 26 MB per round of 30 FLoRAL(10%)
+# tenants), the pruned floral.rounds row and the trained tenants' rows.
+# Throttled autovacuum cannot keep up with that (a first full run grew the
+# contributions' TOAST to 67 GB), so autovacuum runs unthrottled and a
+# janitor session VACUUMs those tables every few seconds during the run
+# (below).
+bench_start_cluster 1GB "max_wal_size = 2GB
+autovacuum = on
 autovacuum_naptime = 10s
-autovacuum_vacuum_cost_delay = 0
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_parallel_workers_per_gather = 0
-jit = off
-EOF
-"${AS_PG[@]}" env OPENBLAS_NUM_THREADS=1 "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null \
-	|| { cat "$WORK/server.log" >&2; exit 1; }
-
-psql_() { "${AS_PG[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -d paper "$@"; }
-q() { psql_ -At -F'|' -c "$1"; }
-"${AS_PG[@]}" "$PGBIN/psql" -X -q -h "$WORK" -p "$PORT" -d postgres -c 'CREATE DATABASE paper'
-psql_ -c 'CREATE EXTENSION floral'
+autovacuum_vacuum_cost_delay = 0"
 
 # --- data ------------------------------------------------------------------
 log "loading Fashion-MNIST: $TENANTS tenants, $GROUPS_N groups, tasks: $TASKS"
@@ -240,22 +206,21 @@ janitor() {
 }
 janitor &
 JANITOR_PID=$!
+WORK_PIDS+=("$JANITOR_PID")   # ended at exit (scripts/lib.sh), like the workers
 
 T_RUN=$(date +%s)
-GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-if [ -n "$(git -C "$REPO" status --porcelain -- . ':(exclude)bench' 2>/dev/null | head -n 1)" ]; then
-	GIT_REV="$GIT_REV + uncommitted changes"
-fi
-SO_SUM=$(sha256sum "$("$PGBIN/pg_config" --pkglibdir)/floral.so" | cut -c1-12)
+bench_git_rev ' + uncommitted changes' . ':(exclude)bench'
+SO_SUM=$(sha256sum "$("$PG_CONFIG" --pkglibdir)/floral.so" | cut -c1-12)
+WORKER_PIDS=()
 for ((w = 1; w <= WORKERS; w++)); do
 	worker $w &
 	WORKER_PIDS+=($!)
 done
+WORK_PIDS+=("${WORKER_PIDS[@]}")
 for p in "${WORKER_PIDS[@]}"; do wait "$p" || true; done
-WORKER_PIDS=()
 kill "$JANITOR_PID" 2>/dev/null || true
 wait "$JANITOR_PID" 2>/dev/null || true
-JANITOR_PID=
+WORK_PIDS=()
 PEAK_DB_MB=$(( $(cat "$WORK/peak_db_bytes") / 1024 / 1024 ))
 RUN_S=$(( $(date +%s) - T_RUN ))
 FAILED=$(q "SELECT count(*) FROM paper_jobs WHERE state <> 'done'")
@@ -385,7 +350,7 @@ SEEDS_N=$(wc -w <<<"$SEEDS")
 	echo
 	echo "Wall time: data load and setup $(( T_RUN - T_START )) s; jobs $RUN_S s ($NJOBS jobs on $WORKERS workers);" \
 	     "machine: $(nproc) cores, $(awk -F: '/^model name/ { sub(/^[ \t]+/, "", $2); print $2; exit }' /proc/cpuinfo)," \
-	     "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews timings);" \
+	     "load average at the end $(loadavg) (other work on the machine skews timings);" \
 	     "largest database size during the run $PEAK_DB_MB MB (a janitor session VACUUMs the contributions every 3 s)."
 	if [ "$FAILED" != 0 ]; then
 		echo

@@ -33,17 +33,11 @@
 #   SKIP_INSTALL [0], PG_BINDIR (or PGBIN), BENCH_PORT.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-bench_init parallel
-REPS=${BENCH_REPS:-3}
-ROWS=60000
-TENANTS=300
-LAYERS='{784,200,10}'
-TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init parallel "parallel-$(date +%Y-%m-%d).txt"
+bench_fmnist 60000 300
 WORKERS="0 off 1 2"
-bench_report_file "${BENCH_OUT:-$HERE/results/parallel-$(date +%Y-%m-%d).txt}"
 
 bench_install
 bench_start_cluster 1GB "max_worker_processes = 8
@@ -51,26 +45,19 @@ max_parallel_workers = 8
 maintenance_work_mem = 1GB"
 bench_facts
 
-report "floral parallel workers benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_title "parallel workers"
 report "command:   bash bench/parallel.sh"
 report "tree:      $REPO @ $GIT_REV"
 report "machine:   $(nproc) cores, $CPU ($SIMD); load at start: $LOAD_START"
-report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), shared_buffers 1GB, maintenance_work_mem 1GB,"
+report "server:    PostgreSQL $PG_VERSION, shared_buffers 1GB, maintenance_work_mem 1GB,"
 report "           max_worker_processes 8, max_parallel_workers 8, OPENBLAS_NUM_THREADS=1 ($BLAS_PKGS)"
 report ""
 
-log "loading $ROWS rows, $TENANTS tenants"
-gen_copy "$TENANTS" "$WORK/copy.txt"
-load_table fm lz4 "$WORK/copy.txt"
-check_compression fm lz4
+fmnist_table fm
 report "table fm:  $ROWS rows, $TENANTS tenants (tenant = id mod $TENANTS), features lz4; $(table_sizes fm)"
 
 log "model base: one round, for evaluation and personalisation"
-psql_ -At >/dev/null <<EOF
-SELECT floral_create_model('base', '$LAYERS', 'classification', 4, 0.1, '{"seed":1}');
-SELECT count(*) FROM floral_train('base', 'SELECT tenant, features, label FROM fm', '$TRAIN_OPTS');
-SELECT floral_aggregate('base');
-EOF
+train_round base fm 4 0.1 '{"seed":1}'
 report "model:     784-200-10, FLoRAL(10%): 4 adaptors, rank 0.1 ($(q "SELECT sum(parameters) FROM floral_layers('base')") parameters)"
 report ""
 
@@ -90,7 +77,7 @@ log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS
             else
                 setw="SET max_parallel_maintenance_workers = $w; SET floral.max_parallel_workers = 8;"
             fi
-            printf '%s\n' '\timing off' '\o' "\\echo MARK $op $w" '\o /dev/null' "$setw"
+            section_mark "$op $w" "$setw"
             for ((i = 0; i < REPS; i++)); do
                 case $op in
                     train)
@@ -117,7 +104,7 @@ log "timing train, evaluate and personalise with $WORKERS workers (best of $REPS
 T_SCAN=$(time_sql "$WORK/scan" "" "SELECT sum(cardinality(features)) FROM fm;")
 
 # best seconds of the section for (op, workers)
-best() { awk -v k="MARK $1 $2" '/^MARK / { on = ($0 == k); next } on' "$WORK/speed.out" >"$WORK/sec"; best_time "$WORK/sec"; }
+best() { section_best "$WORK/speed.out" "$1 $2"; }
 # the floral.timing NOTICEs, in order: "<op> <read s> <computed s> <workers>"
 grep -E 'NOTICE: +floral_(train|evaluate|personalize):' "$WORK/speed.err" \
     | sed -E 's/.*floral_([a-z]+): .* read ([0-9.]+) s, computed ([0-9.]+) s; ([0-9]+) parallel workers?.*/\1 \2 \3 \4/' >"$WORK/notices"
@@ -132,7 +119,6 @@ median() { awk -v op="$1" -v w="$2" -v c="$3" '$1 == op && $2 == w { print $c }'
            | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 launched() { awk -v op="$1" -v w="$2" '$1 == op && $2 == w { l = $5 } END { print l }' "$WORK/labelled"; }
 
-pass() { awk "BEGIN { print ($1) ? \"PASS\" : \"FAIL\" }"; }
 ratio() { calc 'a / b' -v a="$1" -v b="$2" | awk '{ printf "%.2f", $1 }'; }
 
 report "wall seconds, best of $REPS (setting = max_parallel_maintenance_workers; launched = workers the"
@@ -183,5 +169,5 @@ SAME_LOSS=$(q "SELECT count(*) FROM floral.history a JOIN floral.history b USING
 report "same result: the call's sums (floral.contributions) of 0, 1 and 2 workers identical: $SAME_SUMS;"
 report "             tenants with identical logits / losses, 2 workers vs serial: $SAME_TENANTS / $SAME_LOSS of $TENANTS"
 report ""
-report "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+report "load at the end: $(loadavg)"
 log "report: $OUT"

@@ -28,36 +28,27 @@
 #   SKIP_INSTALL [0], PG_BINDIR (or PGBIN), BENCH_PORT.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-bench_init predict_batch
-REPS=${BENCH_REPS:-3}
-ROWS=60000
-TENANTS=300
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init predict_batch "predict-batch-$(date +%Y-%m-%d).txt"
+bench_fmnist 60000 300
 REPEAT=10
-LAYERS='{784,200,10}'
-TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
-bench_report_file "${BENCH_OUT:-$HERE/results/predict-batch-$(date +%Y-%m-%d).txt}"
 
 bench_install
 bench_build_sgemm_rate
 bench_start_cluster 1GB
 bench_facts
 
-report "floral batch prediction benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_title "batch prediction"
 report "command:   bash bench/predict_batch.sh"
 report "tree:      $REPO @ $GIT_REV"
 report "machine:   $(nproc) cores, $CPU ($SIMD); load at start: $LOAD_START"
-report "server:    PostgreSQL $("$PGBIN/postgres" --version | awk '{ print $3 }'), shared_buffers 1GB, work_mem 4MB (default),"
+report "server:    PostgreSQL $PG_VERSION, shared_buffers 1GB, work_mem 4MB (default),"
 report "           max_parallel_workers_per_gather 0, jit off, OPENBLAS_NUM_THREADS=1 ($BLAS_PKGS)"
 report ""
 
 # --- data and model -----------------------------------------------------------------
-log "loading $ROWS rows, $TENANTS tenants"
-gen_copy "$TENANTS" "$WORK/copy.txt"
-load_table fm lz4 "$WORK/copy.txt"
-check_compression fm lz4
+fmnist_table fm
 report "table fm:    $ROWS rows, $TENANTS tenants (tenant = id mod $TENANTS), features lz4 ($COMP_DIST); $(table_sizes fm)"
 # The copies keep the rows' lz4 datums as they are.
 psql_ -c "CREATE TABLE fm600 (id int PRIMARY KEY, tenant text, features real[] COMPRESSION lz4, label int)" \
@@ -67,18 +58,11 @@ check_compression fm600 lz4
 report "table fm600: fm's rows repeated $REPEAT times ($((ROWS * REPEAT)) rows); $(table_sizes fm600)"
 
 log "training model m: FLoRAL(10%), one round"
-t0=$(now)
-psql_ -At -F ' ' >"$WORK/m.out" 2>"$WORK/m.err" <<EOF || { cat "$WORK/m.err" >&2; exit 1; }
-SET maintenance_work_mem = '1GB';
-SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.1, '{"seed":1}');
-SELECT count(*), sum(examples), round(avg(loss)::numeric, 4)
-  FROM floral_train('m', 'SELECT tenant, features, label FROM fm', '$TRAIN_OPTS');
-SELECT floral_aggregate('m');
-EOF
+train_round m fm 4 0.1 '{"seed":1}' "SET maintenance_work_mem = '1GB';"
 RANKS=$(q "SELECT array_to_string(ranks, ',') FROM floral.models WHERE name = 'm'")
 NPARAMS=$(q "SELECT sum(parameters) FROM floral_layers('m')")
 TRAINED=$(q "SELECT count(*) FROM floral.tenants WHERE model = 'm'")
-report "model m:     784-200-10, 4 adaptors, rank 0.1 (ranks $RANKS), $NPARAMS parameters; one round in $(elapsed "$t0" "$(now)") s,"
+report "model m:     784-200-10, 4 adaptors, rank 0.1 (ranks $RANKS), $NPARAMS parameters; one round in $ROUND_S s,"
 report "             $TRAINED tenants with a mixture"
 report ""
 
@@ -89,36 +73,29 @@ PROBA="SELECT count(*), sum(proba[1]) FROM floral_predict_batch('m', 'SELECT id,
 PERROW="SELECT sum(floral_predict('m', tenant, features)) FROM fm;"
 INSERT="INSERT INTO scores SELECT key::int, tenant, prediction::int FROM floral_predict_batch('m', 'SELECT id, tenant, features FROM fm');"
 log "timing scan floor, batch and per-row prediction (best of $REPS, one session)"
-# timed_section STATEMENT [SETUP]: a MARK line, SETUP untimed, then STATEMENT $REPS times
-timed_section() {
-    printf '%s\n' '\timing off' '\o' '\echo MARK' '\o /dev/null' "${2:-}" '\timing on'
-    for ((i = 0; i < REPS; i++)); do printf '%s\n' "$1"; done
-}
+# sections of one session (bench/lib.sh timed_section)
 {
     printf '%s\n' '\o /dev/null' "$BATCH" \
         'CREATE TABLE scores (id int, tenant text, predicted int);'
-    timed_section "$SCAN"
-    timed_section "$BATCH"
-    timed_section "$PERROW"
-    timed_section "$PROBA"
-    timed_section "TRUNCATE scores; $INSERT"
-    timed_section "$BATCH" 'SET floral.blas_threads = 2;'
+    timed_section scan "$SCAN"
+    timed_section batch "$BATCH"
+    timed_section perrow "$PERROW"
+    timed_section proba "$PROBA"
+    timed_section insert "TRUNCATE scores; $INSERT"
+    timed_section batch2 "$BATCH" 'SET floral.blas_threads = 2;'
 } | psql_ -f - >"$WORK/speed.out" 2>"$WORK/speed.err" || { cat "$WORK/speed.err" >&2; exit 1; }
-# section k (1-based) of the output: the lines after the k-th MARK
-section() { awk -v k="$1" '/^MARK$/ { n++; next } n == k' "$WORK/speed.out" >"$WORK/sec$1"; best_time "$WORK/sec$1"; }
-T_SCAN=$(section 1)
-T_BATCH=$(section 2)
-T_PERROW=$(section 3)
-T_PROBA=$(section 4)
+T_SCAN=$(section_best "$WORK/speed.out" scan)
+T_BATCH=$(section_best "$WORK/speed.out" batch)
+T_PERROW=$(section_best "$WORK/speed.out" perrow)
+T_PROBA=$(section_best "$WORK/speed.out" proba)
 # the TRUNCATE shows a Time line too: keep only the INSERT's
-T_INSERT=$(awk '/^MARK$/ { n++; next } n == 5' "$WORK/speed.out" | awk '/^Time: / { if (++i % 2 == 0) print }' >"$WORK/sec5i"; best_time "$WORK/sec5i")
-T_BATCH2=$(section 6)
+T_INSERT=$(section_lines "$WORK/speed.out" insert | awk '/^Time: / { if (++i % 2 == 0) print }' | best_time)
+T_BATCH2=$(section_best "$WORK/speed.out" batch2)
 SCORED=$(q "SELECT count(*) FROM scores")
 AGREE=$(q "SELECT count(*) FROM scores s JOIN fm USING (id) WHERE s.predicted = floral_predict('m', fm.tenant, fm.features)")
 
 R_SCAN=$(calc 'b / s' -v b="$T_BATCH" -v s="$T_SCAN" | awk '{ printf "%.2f", $1 }')
 R_ROW=$(calc 'p / b' -v p="$T_PERROW" -v b="$T_BATCH" | awk '{ printf "%.2f", $1 }')
-pass() { awk "BEGIN { print ($1) ? \"PASS\" : \"FAIL\" }"; }
 us() { calc '1e6 * t / r' -v t="$1" -v r="$ROWS" | awk '{ printf "%.1f", $1 }'; }
 
 # the GEMM roofline of the forward pass, blocks of 256 rows (bench/sgemm_rate.c)
@@ -152,8 +129,8 @@ report "memory, fresh session per statement, work_mem 4MB:"
 printf '  %-40s %9s %11s %9s %8s\n' "statement" "VmHWM MB" "RssAnon pk" "temp MB" "seconds" | tee -a "$OUT"
 for t in fm fm600; do
     measure "batch_$t" 64MB "SELECT count(*), sum(prediction) FROM floral_predict_batch('m', 'SELECT id, tenant, features FROM $t');"
-    printf '  %-40s %9s %11s %9s %8s\n' "batch over $t ($(q "SELECT count(*) FROM $t") rows)" "$(mb "$M_HWM")" "$(mb "$M_ANONPK")" \
-        "$(awk -v b="$M_TEMP" 'BEGIN { printf "%.0f", b / 1048576 }')" "$M_SECONDS" | tee -a "$OUT"
+    printf '  %-40s %9s %11s %9s %8s\n' "batch over $t ($(q "SELECT count(*) FROM $t") rows)" \
+        "$M_HWM_MB" "$M_ANON_MB" "$M_TEMP_MB" "$M_SECONDS" | tee -a "$OUT"
     eval "HWM_$t=$M_HWM; ANON_$t=$M_ANONPK"
 done
 D_ANON=$((ANON_fm600 - ANON_fm))
@@ -162,5 +139,5 @@ LIM=$(awk -v a="$ANON_fm" 'BEGIN { l = a * 0.05; if (l < 2048) l = 2048; printf 
 report "  same peak (RssAnon within 5% or 2 MB): $(pass "($D_ANON) <= $LIM && -($D_ANON) <= $LIM")"
 report "  (the results past work_mem go to the tuplestore's temporary file: temp MB above)"
 report ""
-report "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+report "load at the end: $(loadavg)"
 log "report: $OUT"

@@ -57,10 +57,9 @@
 #   BENCH_OUT=/tmp/round-cost-smoke.txt bash bench/round_cost.sh
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-bench_init round-cost
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init round-cost "round-cost-$(date +%Y-%m-%d).txt"
 
 REPS=${BENCH_REPS:-2}
 ROWS=${BENCH_ROWS:-60000}
@@ -79,7 +78,6 @@ MEM_MANY=${MEM_MANY:-100000}
 MEM_METHOD=${MEM_METHOD:-floral1}
 MEM_LAYERS=${MEM_LAYERS:-784,16,10}
 SGEMM_SECONDS=${SGEMM_SECONDS:-0.2}
-bench_report_file "${BENCH_OUT:-$HERE/results/round-cost-$(date +%Y-%m-%d).txt}"
 
 LAYERS=784,200,10
 BATCH=32
@@ -156,12 +154,9 @@ fi
 bench_start_cluster 512MB
 bench_facts
 
-TIMING_SETUP=''
-if [ "$(psql_ -At -c "LOAD 'floral'" -c "SELECT count(*) FROM pg_settings WHERE name = 'floral.timing'")" = 1 ]; then
-    TIMING_SETUP="SET floral.timing = on;"
-fi
+bench_timing_setup
 
-report "floral round-cost benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_title round-cost
 report "tree:        $REPO @ $GIT_REV"
 report "cpu:         $CPU ($(nproc) cores online; ${SIMD:-no avx2/avx512}); load average at start: $LOAD_START"
 report "postgresql:  $(q 'SELECT version()') ($PGBIN)"
@@ -278,13 +273,11 @@ train_cost() {
                          FROM floral.model_summary WHERE name = 'rc_$m';" "$RESET_SQL"
     } | psql_ -At -F ' ' -f - >"$f.out" 2>"$f.err" || { cat "$f.err" >&2; exit 1; }
     C_BEST=$(best_time "$f.out")
-    C_RUNS=$(awk '/^Time: / { printf "%s%.3f", sep, $2 / 1000; sep = " " }' "$f.out")
+    C_RUNS=$(run_times "$f.out")
     read -r C_TENANTS C_EXAMPLES C_LOSS < <(awk '$1 == "TRAIN" { v = $2 " " $3 " " $4 } END { print v }' "$f.out")
     read -r C_CONTRIB C_TENANTS_B C_HISTORY < <(awk '$1 == "SIZES" { v = $2 " " $3 " " $4 } END { print v }' "$f.out")
     read -r C_PARAMS C_RANKS < <(awk '$1 == "MODEL" { print $2, $3 }' "$f.out")
-    split=$(paste -d ' ' <(awk '/^Time: / { print $2 }' "$f.out") \
-                         <(grep -o -E 'read [0-9.]+ s, computed [0-9.]+ s' "$f.err" | awk '{ print $2, $5 }') \
-            | awk 'NF == 3 && (b == "" || $1 + 0 < b) { b = $1 + 0; r = $2; c = $3 } END { if (b != "") print r, c }')
+    split=$(fastest_split "$f")
     C_READ=${split%% *}; C_COMPUTE=${split##* }
     [ -n "$split" ] || { C_READ=na; C_COMPUTE=na; }
     if [ "$C_TENANTS" != "$t" ] || [ "$C_EXAMPLES" != "$ROWS" ]; then
@@ -463,8 +456,8 @@ if has_part memory; then
         mem_call "mem_$key" "$col"
         [ "$MEM_TEN" = "$n" ] || die "memory run: floral_train reported $MEM_TEN tenants, expected $n"
         MEM_ANON[$key]=$M_ANONPK; MEM_HWM[$key]=$M_HWM
-        printf '   %-26s %9s %9s %9s %10s %8s %8s\n' "$n tenants x $((MEM_ROWS / n)) rows" "$(mb "$M_HWM")" "$(mb "$M_SHMEM")" \
-            "$(mb $((M_HWM - M_SHMEM)))" "$(mb "$M_ANONPK")" "$(awk -v b="$M_TEMP" 'BEGIN { printf "%.0f", b / 1048576 }')" "$M_SECONDS" | tee -a "$OUT"
+        printf '   %-26s %9s %9s %9s %10s %8s %8s\n' "$n tenants x $((MEM_ROWS / n)) rows" "$M_HWM_MB" "$M_SHMEM_MB" \
+            "$M_PRIV_MB" "$M_ANON_MB" "$M_TEMP_MB" "$M_SECONDS" | tee -a "$OUT"
     done
     psql_ -q -c "$RESET_SQL" >/dev/null
     report "   model: $MEM_PARAMS parameters, $((MEM_PARAMS * 4)) bytes as float4"
@@ -478,6 +471,6 @@ if has_part memory; then
     report ""
 fi
 
-report "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (at start: $LOAD_START; other work on the 2 shared cores skews timings)"
+report "load average at end: $(loadavg) (at start: $LOAD_START; other work on the 2 shared cores skews timings)"
 report "floors: $NPASS PASS, $NFAIL FAIL, $NSKIP SKIP; report written to $OUT"
 report "summary date=$(date -u +%Y-%m-%d) rev=${GIT_REV%% *} rows=$ROWS reps=$REPS pass=$NPASS fail=$NFAIL skip=$NSKIP ${SUMMARY[*]}"

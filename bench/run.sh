@@ -33,17 +33,11 @@
 # (the cluster scaffolding is shared with the other benches: bench/lib.sh)
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-bench_init bench
-REPS=${BENCH_REPS:-3}
-ROWS=${BENCH_ROWS:-60000}
-STAMP=$(date +%Y-%m-%d-%H%M%S)
-bench_report_file "${BENCH_OUT:-$HERE/results/speed-$STAMP.txt}"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init bench "speed-$(date +%Y-%m-%d-%H%M%S).txt"
+bench_fmnist "${BENCH_ROWS:-60000}"
 PREDICT_TENANTS=300
-LAYERS='{784,200,10}'
-TRAIN_OPTS='{"epochs":1,"batch_size":32,"lr":0.1}'
 BATCH=32
 # floral_train keeps the rows it reads in maintenance_work_mem and spills the
 # rest to a temp file; 60,000 x 785 floats is ~190 MB, so 1GB keeps them all.
@@ -63,18 +57,14 @@ ROOF_PRED_PER_SAMPLE=$(rate roofline_predict_seconds_per_sample)
 # --- start PostgreSQL ---------------------------------------------------------
 bench_start_cluster 512MB
 
-# Does this build have the floral.timing GUC (a NOTICE splitting source read
-# from training time)?  The library must be loaded for its GUCs to show.
-TIMING_SETUP=''
-if [ "$(psql_ -At -c "LOAD 'floral'" -c "SELECT count(*) FROM pg_settings WHERE name = 'floral.timing'")" = 1 ]; then
-    TIMING_SETUP="SET floral.timing = on;"
-fi
+# Does this build have the floral.timing GUC?  -> TIMING_SETUP
+bench_timing_setup
 MWM_DEFAULT=$(q 'SHOW maintenance_work_mem')
 
 # --- facts --------------------------------------------------------------------
 bench_facts
 
-report "floral speed benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+bench_title speed
 report "tree:        $REPO @ $GIT_REV"
 report "cpu:         $CPU ($(nproc) cores online; ${SIMD:-no avx2/avx512})"
 report "kernel:      $(uname -sr); load average at start: $LOAD_START (other work on the machine skews timings)"
@@ -153,12 +143,9 @@ train_bench() {
             "\\! awk '/^Threads:/ { print \"THREADS\", \$2 }' /proc/\$BENCH_BPID/status"
     } | psql_ -At -F ' ' -f - >"$f.out" 2>"$f.err" || { cat "$f.err" >&2; exit 1; }
     TRAIN_BEST=$(best_time "$f.out")
-    TRAIN_RUNS=$(awk '/^Time: / { printf "%s%.3f", sep, $2 / 1000; sep = " " }' "$f.out")
-    # the i-th "Time:" line and the i-th timing notice belong to the same run:
-    # keep the split of the fastest run
-    split=$(paste -d ' ' <(awk '/^Time: / { print $2 }' "$f.out") \
-                         <(grep -o -E 'read [0-9.]+ s, computed [0-9.]+ s' "$f.err" | awk '{ print $2, $5 }') \
-            | awk 'NF == 3 && (b == "" || $1 + 0 < b) { b = $1 + 0; r = $2; c = $3 } END { if (b != "") print r, c }')
+    TRAIN_RUNS=$(run_times "$f.out")
+    # keep the floral.timing split of the fastest run
+    split=$(fastest_split "$f")
     TRAIN_READ=${split%% *}
     TRAIN_COMPUTE=${split##* }
     [ -n "$split" ] || { TRAIN_READ=''; TRAIN_COMPUTE=''; }
@@ -244,41 +231,27 @@ report ""
 
 # --- e. prediction ------------------------------------------------------------------------
 log "training model m (4 adaptors) 1 round + aggregate on fmnist300"
-t0=$(now)
-psql_ -At -F ' ' >"$WORK/m.out" 2>"$WORK/m.err" <<EOF || { cat "$WORK/m.err" >&2; exit 1; }
-LOAD 'floral';
+train_round m fmnist300 4 0.01 '{"seed":1, "router": "paper", "reseed": false}' \
+    "LOAD 'floral';
 $TIMING_SETUP
-SET maintenance_work_mem = '$TRAIN_MWM';
-SELECT floral_create_model('m', '$LAYERS', 'classification', 4, 0.01, '{"seed":1, "router": "paper", "reseed": false}');
-SELECT count(*), sum(examples), round(avg(loss)::numeric, 4)
-  FROM floral_train('m', 'SELECT tenant, features, label FROM fmnist300', '$TRAIN_OPTS');
-SELECT floral_aggregate('m');
-EOF
-M_TRAIN=$(elapsed "$t0" "$(now)")
-M_SUMMARY=$(awk 'NF == 3 { print "tenants=" $1 " examples=" $2 " loss=" $3; exit }' "$WORK/m.out")
+SET maintenance_work_mem = '$TRAIN_MWM';"
+M_TRAIN=$ROUND_S
+M_SUMMARY=$ROUND_SUMMARY
 
 log "timing predict and scan floor"
 # Same session for both, so that floral's per-backend model cache is warm
 # after the first predict pass; best of REPS each.
 {
-    printf '%s\n' '\o /dev/null' '\timing on'
-    for ((i = 0; i < REPS; i++)); do printf '%s\n' 'SELECT sum(cardinality(features)) FROM fmnist300;'; done
-    printf '%s\n' '\timing off' '\o' '\echo PREDICT' '\o /dev/null' '\timing on'
-    for ((i = 0; i < REPS; i++)); do printf '%s\n' "SELECT sum(floral_predict('m', tenant, features)) FROM fmnist300;"; done
+    timed_section scan 'SELECT sum(cardinality(features)) FROM fmnist300;'
+    timed_section predict "SELECT sum(floral_predict('m', tenant, features)) FROM fmnist300;"
     # the same rows stored with PostgreSQL's default compression (pglz)
-    printf '%s\n' '\timing off' '\o' '\echo SCANPGLZ' '\o /dev/null' '\timing on'
-    for ((i = 0; i < REPS; i++)); do printf '%s\n' 'SELECT sum(cardinality(features)) FROM fmnist300_pglz;'; done
-    printf '%s\n' '\timing off' '\o' '\echo PREDPGLZ' '\o /dev/null' '\timing on'
-    for ((i = 0; i < REPS; i++)); do printf '%s\n' "SELECT sum(floral_predict('m', tenant, features)) FROM fmnist300_pglz;"; done
+    timed_section scanpglz 'SELECT sum(cardinality(features)) FROM fmnist300_pglz;'
+    timed_section predpglz "SELECT sum(floral_predict('m', tenant, features)) FROM fmnist300_pglz;"
 } | psql_ -f - >"$WORK/pred.out" 2>"$WORK/pred.err" || { cat "$WORK/pred.err" >&2; exit 1; }
-sed -n '1,/^PREDICT$/p' "$WORK/pred.out" >"$WORK/pred-scan.out"
-sed -n '/^PREDICT$/,/^SCANPGLZ$/p' "$WORK/pred.out" >"$WORK/pred-pred.out"
-sed -n '/^SCANPGLZ$/,/^PREDPGLZ$/p' "$WORK/pred.out" >"$WORK/pred-scan-pglz.out"
-sed -n '/^PREDPGLZ$/,$p' "$WORK/pred.out" >"$WORK/pred-pred-pglz.out"
-P_SCAN=$(best_time "$WORK/pred-scan.out")
-P_PRED=$(best_time "$WORK/pred-pred.out")
-P_SCAN_PGLZ=$(best_time "$WORK/pred-scan-pglz.out")
-P_PRED_PGLZ=$(best_time "$WORK/pred-pred-pglz.out")
+P_SCAN=$(section_best "$WORK/pred.out" scan)
+P_PRED=$(section_best "$WORK/pred.out" predict)
+P_SCAN_PGLZ=$(section_best "$WORK/pred.out" scanpglz)
+P_PRED_PGLZ=$(section_best "$WORK/pred.out" predpglz)
 RATIO_PGLZ=$(calc 'p / s' -v p="$P_PRED_PGLZ" -v s="$P_SCAN_PGLZ" | awk '{ printf "%.2f", $1 }')
 ROOF_PRED=$(calc 'p * r' -v p="$ROOF_PRED_PER_SAMPLE" -v r="$ROWS")
 RATIO=$(calc 'p / s' -v p="$P_PRED" -v s="$P_SCAN" | awk '{ printf "%.2f", $1 }')
@@ -298,7 +271,7 @@ report ""
 
 # --- summary --------------------------------------------------------------------------------
 read_share() { [ -n "${TRAIN_R[$1]}" ] && calc 'r / (r + c)' -v r="${TRAIN_R[$1]}" -v c="${TRAIN_C[$1]}" | awk '{ printf "%.2f", $1 }' || echo na; }
-report "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (at start: $LOAD_START; well above 0 means other work shared the 2 cores: compare the runs: lists in c)"
+report "load average at end: $(loadavg) (at start: $LOAD_START; well above 0 means other work shared the 2 cores: compare the runs: lists in c)"
 report "report written to $OUT"
 report "summary rows=$ROWS reps=$REPS train_fraction_adaptors0=${FRAC[a0]} train_fraction_adaptors4=${FRAC[a4]}" \
        "train_fraction_adaptors0_mwm_default=${FRAC[a0_mwm]} train_fraction_adaptors0_pglz=${FRAC[a0_pglz]}" \

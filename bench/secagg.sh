@@ -33,18 +33,15 @@
 #        SKIP_INSTALL, BENCH_PORT: see bench/lib.sh
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
-
-bench_init secagg
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init secagg "secagg-$(date -u +%F).txt"
 SA_BRANCHES=${SA_BRANCHES:-"3 30"}
 SA_ROUNDS=${SA_ROUNDS:-3}
 SA_LAYERS=${SA_LAYERS:-'{784,200,10}'}
 SA_ADAPTORS=${SA_ADAPTORS:-4}
 SA_RANK=${SA_RANK:-0.1}
 SA_ROWS=${SA_ROWS:-50}
-bench_report_file "${BENCH_OUT:-$HERE/results/secagg-$(date -u +%F).txt}"
 bench_install
 bench_start_cluster 256MB "max_connections = 200"
 psql_db postgres -c 'CREATE DATABASE coord'
@@ -56,9 +53,10 @@ qc() { psql_db coord -At -c "$1"; }
 qb() { local b=$1; shift; psql_db "br$b" -At -c "$1"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.10g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-report "# secure aggregation: cost per round ($(date -u '+%F %T') UTC, commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+bench_git_rev ''
+report "# secure aggregation: cost per round ($(date -u '+%F %T') UTC, commit $GIT_REV)"
 report "# model $SA_LAYERS, $SA_ADAPTORS adaptors, rank $SA_RANK; one tenant of $SA_ROWS rows per branch"
-report "# machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); simulated branches in one cluster, stepped one after another"
+report "# machine: $(nproc) cores, load $(loadavg); simulated branches in one cluster, stepped one after another"
 
 for N in $SA_BRANCHES; do
     log "$N branches: setting up"

@@ -35,23 +35,23 @@
 # Environment knobs:
 #   VALGRIND_OUT   [bench/results/valgrind-<date>.txt]  the report
 #   KEEP_VALGRIND_DIR=1   keep the temporary directory (logs) for inspection
-#   PGBIN          [/usr/lib/postgresql/15/bin]
+#   PG_BINDIR (or PGBIN) [/usr/lib/postgresql/15/bin], BENCH_PORT, SKIP_INSTALL,
+#   FLORAL_REPO: see bench/lib.sh (which also runs the cluster: own port,
+#   unix socket in the temporary directory, stopped and removed at exit)
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-PG_CONFIG=$PGBIN/pg_config
-OUT=${VALGRIND_OUT:-$HERE/results/valgrind-$(date +%Y-%m-%d).txt}
-PG_USER=postgres
-
 if [[ $(id -u) -ne 0 ]]; then
-	echo "valgrind.sh: run as root (it starts PostgreSQL as $PG_USER)" >&2
+	echo "valgrind.sh: run as root (it starts PostgreSQL as postgres)" >&2
 	exit 1
 fi
 command -v valgrind >/dev/null || { echo "valgrind.sh: valgrind is not installed" >&2; exit 1; }
 
-make -s -C "$REPO" PG_CONFIG="$PG_CONFIG" install >/dev/null
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+BENCH_OUT=${VALGRIND_OUT:-${BENCH_OUT:-}}
+BENCH_KEEP=${KEEP_VALGRIND_DIR:-${BENCH_KEEP:-0}}
+bench_init valgrind "valgrind-$(date +%Y-%m-%d).txt"
+bench_install
 
 # PostgreSQL's own suppressions, when the development package has them
 SUPP=$($PG_CONFIG --pgxs | sed 's|/src/makefiles/pgxs.mk$||')/src/tools/valgrind.supp
@@ -61,64 +61,35 @@ if [[ ! -f $SUPP ]]; then
 	SUPP=$HERE/valgrind.supp
 fi
 
-WORK=$(mktemp -d /tmp/floral-valgrind.XXXXXX)
-DATA=$WORK/data
-PORT=$((56000 + RANDOM % 900))
-cleanup() {
-	local rc=$?
-	set +e
-	if [[ -f $DATA/postmaster.pid ]]; then
-		runuser -u "$PG_USER" -- "$PGBIN/pg_ctl" -D "$DATA" stop -m immediate -w -t 600 >/dev/null 2>&1 ||
-			kill -9 "$(head -n1 "$DATA/postmaster.pid")" 2>/dev/null
-	fi
-	if [[ ${KEEP_VALGRIND_DIR:-0} == 1 ]]; then
-		echo "valgrind.sh: kept $WORK" >&2
-	else
-		rm -rf "$WORK"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-chown "$PG_USER:" "$WORK"
 cp "$SUPP" "$WORK/suppressions.supp"
 chown "$PG_USER:" "$WORK/suppressions.supp"
 
-as_pg() {
-	runuser -u "$PG_USER" -- env -i PATH="$PGBIN:/usr/bin:/bin" HOME="$WORK" LANG=C.UTF-8 \
-		OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=Haswell "$@"
-}
-psql_vg() { as_pg psql -X -q -h "$WORK" -p "$PORT" -d postgres "$@"; }
-
-as_pg initdb -D "$DATA" -A trust -N --encoding=UTF8 --locale=C >/dev/null
-cat >>"$DATA/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PORT
-shared_preload_libraries = 'floral'
-lc_messages = 'C'
+# bench/lib.sh's cluster with floral preloaded, few processes, and commits,
+# full-page writes and checkpoints at PostgreSQL's defaults (as this run has
+# always had them); the server itself is started under valgrind below
+DATA=$WORK/data
+bench_initdb 128MB "shared_preload_libraries = 'floral'
 max_connections = 10
 max_worker_processes = 2
-max_parallel_workers_per_gather = 0
-autovacuum = off
-fsync = off
-jit = off
-log_line_prefix = '%m [%p] '
-EOF
+synchronous_commit = on
+full_page_writes = on
+max_wal_size = 1GB"
+psql_vg() { psql_db postgres "$@"; }
 
 VG_OPTS=(--trace-children=yes --error-exitcode=128 --leak-check=no --num-callers=30
 	--read-var-info=no --fullpath-after= --suppressions="$WORK/suppressions.supp"
 	--log-file="$WORK/vg.%p.log")
 # OpenBLAS would pick AVX-512 kernels on this CPU, which valgrind cannot run:
-# OPENBLAS_CORETYPE=Haswell (in as_pg) keeps it on AVX2.
+# OPENBLAS_CORETYPE=Haswell keeps it on AVX2.  The postmaster runs with a
+# small, explicit environment (scripts/lib.sh as_pg_env; HOME is $WORK).
 echo "valgrind.sh: starting the postmaster under valgrind in $WORK (this is slow)" >&2
-as_pg valgrind "${VG_OPTS[@]}" "$PGBIN/postgres" -D "$DATA" >"$WORK/server.log" 2>&1 &
+OPENBLAS_CORETYPE=Haswell as_pg_env "$WORK" valgrind "${VG_OPTS[@]}" "$PGBIN/postgres" -D "$DATA" >"$WORK/server.log" 2>&1 &
+pg_ready() { "${AS_PG[@]}" "$PGBIN/pg_isready" -q -h "$WORK" -p "$PORT"; }
 for _ in $(seq 1 600); do
-	if as_pg pg_isready -q -h "$WORK" -p "$PORT"; then break; fi
+	if pg_ready; then break; fi
 	sleep 1
 done
-as_pg pg_isready -q -h "$WORK" -p "$PORT" || { echo "valgrind.sh: server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
+pg_ready || { echo "valgrind.sh: server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
 START=$(date +%s)
 
 # ------------------------------------------------------------- workload
@@ -306,14 +277,14 @@ psql_vg -f "$WORK/race.sql" >"$WORK/race.out" 2>&1 || true
 wait "$LOCKER" || true
 psql_vg -c 'SELECT 1' >/dev/null 2>&1 || sleep 30
 
-as_pg pg_ctl -D "$DATA" stop -m fast -w -t 900 >/dev/null || true
+"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$DATA" stop -m fast -w -t 900 >/dev/null || true
 END=$(date +%s)
 
 # ------------------------------------------------------------- report
-mkdir -p "$(dirname "$OUT")"
+bench_git_rev ' (with uncommitted changes in src/)' src floral.c
 {
 	echo "floral under valgrind memcheck, $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo "commit:      $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src floral.c 2>/dev/null || echo ' (with uncommitted changes in src/)')"
+	echo "commit:      $GIT_REV"
 	echo "postgres:    $($PGBIN/postgres --version), configured $($PG_CONFIG --configure | grep -o "'--enable-[a-z-]*'" | tr '\n' ' ')"
 	echo "             (no --enable-cassert, no USE_VALGRIND: memcheck sees memory contexts' malloc'd blocks,"
 	echo "              not single palloc chunks; Debian has no assert-enabled PostgreSQL package:"
@@ -390,6 +361,5 @@ mkdir -p "$(dirname "$OUT")"
 	cat "$WORK"/vg.*.log | grep -E '^==[0-9]+== (Invalid|Conditional|Use of uninitialised|Syscall param|Source and destination|Mismatched|Argument)' |
 		sed -E 's/^==[0-9]+== //; s/0x[0-9A-F]+/ADDR/g' | sort | uniq -c | sort -rn | sed 's/^/  /' || true
 	[[ -n $(cat "$WORK"/vg.*.log | grep -E '^==[0-9]+== (Invalid|Conditional|Use of uninitialised|Syscall param)') ]] || echo "  none"
-} >"$OUT"
-cat "$OUT"
+} | tee -a "$OUT"
 echo "valgrind.sh: report written to $OUT" >&2

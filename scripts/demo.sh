@@ -37,18 +37,16 @@ TEST=${DEMO_TEST:-10000}
 TENANTS=24
 NGROUPS=4
 PGBIN=${DEMO_PGBIN:-/usr/lib/postgresql/15/bin}
+PG_BINDIR=$PGBIN
 SECURE=${DEMO_SECURE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PLOT=${DEMO_PLOT:-$ROOT/demo-accuracy.png}
+# become_root, work_dir, free_port (shared with scripts/test.sh and the benchmarks)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
-if [[ $(id -u) -ne 0 ]]; then
-	# Root is needed for apt-get, `make install` and switching to postgres.
-	if command -v sudo >/dev/null 2>&1; then
-		exec sudo bash "$0" "$@"
-	fi
-	echo "demo.sh: must run as root (or as a user with sudo)" >&2
-	exit 1
-fi
+# Root is needed for apt-get, `make install` and switching to postgres.
+become_root "$ROOT/scripts/demo.sh" "or as a user with sudo" "$@"
 
 say() { printf '[demo] %s\n' "$*" >&2; }
 
@@ -57,32 +55,16 @@ say "building and installing floral"
 make -s -C "$ROOT" PG_CONFIG=$PGBIN/pg_config >/dev/null
 make -s -C "$ROOT" PG_CONFIG=$PGBIN/pg_config install >/dev/null
 
-WORK=$(mktemp -d /tmp/floral-demo.XXXXXX)
-chown postgres "$WORK"
+# the clusters live in WORK; at exit they are stopped and WORK is removed
+# (kept with DEMO_KEEP=1)
+work_dir demo "${DEMO_KEEP:-0}"
 NODES=(coord b1 b2 b3)
 declare -A PORT
 
-cleanup() {
-	local rc=$?
-	set +e
-	for n in "${NODES[@]}"; do
-		if [[ -f $WORK/$n/postmaster.pid ]]; then
-			runuser -u postgres -- $PGBIN/pg_ctl -D "$WORK/$n" stop -m fast -w >/dev/null 2>&1
-		fi
-	done
-	if [[ ${DEMO_KEEP:-0} == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
-	exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 next=56100
 for n in "${NODES[@]}"; do
-	while ! port_free $next; do next=$((next + 1)); done
-	PORT[$n]=$next
-	next=$((next + 1))
+	PORT[$n]=$(free_port $next 65535)
+	next=$((PORT[$n] + 1))
 done
 
 # psql as postgres against one node: q NODE [psql args...]

@@ -31,55 +31,18 @@ set -euo pipefail
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BINDIR/pg_config
-TEST_USER=postgres
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# become_root, work_dir, free_port, as_pg_env; PG_USER (postgres) runs the tests
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
-if [[ $(id -u) -ne 0 ]]; then
-	# Root is needed for apt-get, `make install` into the system PostgreSQL
-	# and for switching to the postgres user.
-	if command -v sudo >/dev/null 2>&1; then
-		exec sudo bash "$ROOT/scripts/test.sh" "$@"
-	fi
-	echo "test.sh: must run as root (try: sudo bash scripts/test.sh)" >&2
-	exit 1
-fi
+# Root is needed for apt-get, `make install` into the system PostgreSQL
+# and for switching to the postgres user.
+become_root "$ROOT/scripts/test.sh" "try: sudo bash scripts/test.sh" "$@"
 
 log() { printf '\n=== %s ===\n' "$*"; }
-
-# ---------------------------------------------------------------- cleanup
-WORK=
-# shellcheck disable=SC2317  # invoked through the EXIT trap
-cleanup() {
-	local rc=$?
-	set +e
-	if [[ -n $WORK && -d $WORK ]]; then
-		# Stop any server that an interrupted run left behind.  Only servers
-		# whose data directory lies inside our own temporary directory are
-		# touched, and each by the pid in its own postmaster.pid.
-		while IFS= read -r pidfile; do
-			local datadir pid
-			datadir=$(dirname "$pidfile")
-			pid=$(head -n1 "$pidfile" 2>/dev/null)
-			if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
-				echo "test.sh: stopping leftover server in $datadir (pid $pid)" >&2
-				runuser -u "$TEST_USER" -- "$PG_BINDIR/pg_ctl" -D "$datadir" \
-					stop -m immediate -w >/dev/null 2>&1 || kill -9 "$pid"
-			fi
-		done < <(find "$WORK" -name postmaster.pid 2>/dev/null)
-		if [[ ${KEEP_TEST_DIR:-0} == 1 ]]; then
-			echo "test.sh: kept $WORK" >&2
-		else
-			rm -rf "$WORK"
-		fi
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-# Turn signals into a normal exit so that the EXIT trap runs.
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- deps
 log "dependencies"
@@ -93,49 +56,22 @@ make -C "$ROOT" PG_CONFIG="$PG_CONFIG" install
 # ---------------------------------------------------------------- copy
 # A private copy owned by the test user; without .git and without output of
 # earlier test runs (a stale tmp_check/ or results/ would confuse the counts).
-WORK=$(mktemp -d /tmp/floral-test.XXXXXX)
+# At exit (scripts/lib.sh work_dir) any server that an interrupted run left
+# behind is stopped: only servers whose data directory lies inside WORK, each
+# by the pid in its own postmaster.pid; then WORK is removed.
+work_dir test "${KEEP_TEST_DIR:-0}"
+WORK_LEFTOVERS_NOTE=1
 TREE=$WORK/tree
 mkdir "$TREE"
 tar -C "$ROOT" \
 	--exclude=./.git --exclude=./results --exclude=./tmp_check \
 	--exclude=./log --exclude=./regression.diffs --exclude=./regression.out \
 	-cf - . | tar -C "$TREE" -xf -
-chown -R "$TEST_USER:" "$WORK"
+chown -R "$PG_USER:" "$WORK"
 
 # Run a command as the test user, with a small, explicit environment so that
-# the results do not depend on the caller's shell.  OPENBLAS_CORETYPE and
-# OPENBLAS_L2_SIZE are passed through when set: some machines need them for
-# OpenBLAS to pick a working kernel.
-as_test_user() {
-	local envs=(
-		PATH="$PG_BINDIR:/usr/local/bin:/usr/bin:/bin"
-		HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)"
-		LANG=C.UTF-8
-		OPENBLAS_NUM_THREADS=1
-	)
-	if [[ -n ${OPENBLAS_CORETYPE:-} ]]; then
-		envs+=(OPENBLAS_CORETYPE="$OPENBLAS_CORETYPE")
-	fi
-	if [[ -n ${OPENBLAS_L2_SIZE:-} ]]; then
-		envs+=(OPENBLAS_L2_SIZE="$OPENBLAS_L2_SIZE")
-	fi
-	runuser -u "$TEST_USER" -- env -i "${envs[@]}" "$@"
-}
-
-# A port for the pg_regress instance: not 5432 and nothing listening on it.
-# (The instance only listens on a Unix socket in its own directory, but the
-# port number names the socket and pg_regress probes it, so keep it unique.)
-pick_port() {
-	local p
-	for p in $(seq 55432 55531); do
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "test.sh: no free port in 55432-55531" >&2
-	return 1
-}
+# the results do not depend on the caller's shell (scripts/lib.sh as_pg_env).
+as_test_user() { as_pg_env "$(getent passwd "$PG_USER" | cut -d: -f6)" "$@"; }
 
 # The test names exactly as the Makefile defines them (no duplicate list here).
 # shellcheck disable=SC2016  # $(REGRESS) is for make, not the shell
@@ -145,7 +81,10 @@ read -r -a REGRESS_TESTS <<<"$REGRESS_TESTS"
 
 # ---------------------------------------------------------------- pg_regress
 log "pg_regress suite (${#REGRESS_TESTS[@]} tests)"
-PORT=$(pick_port)
+# A port for the pg_regress instance: not 5432 and nothing listening on it.
+# (The instance only listens on a Unix socket in its own directory, but the
+# port number names the socket and pg_regress probes it, so keep it unique.)
+PORT=$(free_port 55432 55531)
 # `make installcheck` runs pg_regress with the Makefile's REGRESS and
 # REGRESS_OPTS; --temp-instance (via EXTRA_REGRESS_OPTS) makes pg_regress
 # initdb and start its own server instead of using a running one.  TAP_TESTS

@@ -128,6 +128,8 @@ bench_start_cluster 1GB "max_wal_size = 2GB
 autovacuum = on
 autovacuum_naptime = 10s
 autovacuum_vacuum_cost_delay = 0"
+# the update sizes are measured with the federation's floral._branch_update
+psql_ -c 'CREATE EXTENSION floral_federation CASCADE'
 
 # --- data ------------------------------------------------------------------
 log "loading Fashion-MNIST: $TENANTS tenants, $GROUPS_N groups, tasks: $TASKS"

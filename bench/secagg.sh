@@ -45,7 +45,7 @@ SA_ROWS=${SA_ROWS:-50}
 bench_install
 bench_start_cluster 256MB "max_connections = 200"
 psql_db postgres -c 'CREATE DATABASE coord'
-psql_db coord -c 'CREATE EXTENSION floral'
+psql_db coord -c 'CREATE EXTENSION floral_federation CASCADE'
 
 IN=$(sed -E 's/^\{([0-9]+),.*/\1/' <<<"$SA_LAYERS")
 OUTW=$(sed -E 's/.*,([0-9]+)\}$/\1/' <<<"$SA_LAYERS")
@@ -66,7 +66,7 @@ for N in $SA_BRANCHES; do
     for ((b = 1; b <= N; b++)); do
         psql_db postgres -c "DROP DATABASE IF EXISTS br$b" -c "CREATE DATABASE br$b" >/dev/null
         qc "SELECT floral_coordinator_add_branch(m, 'b$b') FROM unnest('{plain,secure}'::text[]) m" >/dev/null
-        qb "$b" "CREATE EXTENSION floral; CREATE EXTENSION dblink;
+        qb "$b" "CREATE EXTENSION floral_federation CASCADE;
                  CREATE TABLE rows AS SELECT 't$b' AS tenant, i,
                      (SELECT array_agg(sin(i * 0.7 + j * 1.3 + $b)::real) FROM generate_series(1, $IN) j) AS features,
                      (i + $b) % $OUTW AS label

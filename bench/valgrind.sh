@@ -96,7 +96,7 @@ START=$(date +%s)
 cat >"$WORK/workload.sql" <<'SQL'
 \set ON_ERROR_STOP 0
 \pset pager off
-CREATE EXTENSION floral;
+CREATE EXTENSION floral_federation CASCADE;
 CREATE SCHEMA vg;
 -- run one statement, return its first column or its SQLSTATE
 CREATE FUNCTION vg.try(q text) RETURNS text LANGUAGE plpgsql AS $$

@@ -86,13 +86,14 @@ like($log, qr/connection authorized: user=branch_cert database=postgres SSL enab
 	'the certificate branch connected with TLS');
 
 # ---------------------------------------------------------------- refusals
+# joins from the branch cluster's database postgres
+create_extensions($branch, role => 'branch');
+
 sub join_error
 {
 	my ($conninfo) = @_;
-	my ($rc, $out, $err) = $branch->psql('postgres', qq{
-		CREATE EXTENSION IF NOT EXISTS floral;
-		CREATE EXTENSION IF NOT EXISTS dblink;
-	} . join_sql('m', 'b_pw', $conninfo, 'SELECT 1, ARRAY[1,2,3]::real[], 0'));
+	my ($rc, $out, $err) = $branch->psql('postgres',
+		join_sql('m', 'b_pw', $conninfo, 'SELECT 1, ARRAY[1,2,3]::real[], 0'));
 	return $err;
 }
 like(join_error("$verify user=branch_pw password='wrong horse'"),

@@ -34,7 +34,8 @@ PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags openblas 2>/dev/null)
 # libcrypto (OpenSSL, which PostgreSQL links too): secure aggregation's primitives
 SHLIB_LINK = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lcrypto
 
-REGRESS = tensor model train aggregate predict predict_batch errors gradcheck synthetic baselines cancel privileges privacy accountant secagg readonly settings
+# setup (first) creates helper functions that later tests call
+REGRESS = setup tensor model train aggregate predict predict_batch errors gradcheck synthetic baselines cancel privileges privacy accountant secagg readonly settings
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress.conf
 
 TAP_TESTS = 1

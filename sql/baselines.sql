@@ -8,23 +8,8 @@ CREATE EXTENSION IF NOT EXISTS floral_federation CASCADE;
 SET max_parallel_workers_per_gather = 0;
 
 -- y = (A + s * 2 u v^T) x + noise, s = +1 for even tenants, -1 for odd ones
-SELECT setseed(0.17);
-CREATE TABLE bl_a AS
-SELECT i, j, (random() * 2 - 1)::real AS a FROM generate_series(1, 4) i, generate_series(1, 8) j;
-CREATE TABLE bl_uv AS
-SELECT (SELECT array_agg((random() * 2 - 1)::real ORDER BY k) FROM generate_series(1, 4) k) AS u,
-       (SELECT array_agg((random() * 2 - 1)::real ORDER BY k) FROM generate_series(1, 8) k) AS v;
-CREATE TABLE bl_x AS
-SELECT t, r, (SELECT array_agg((random() * 2 - 1)::real ORDER BY j)
-              FROM generate_series(1, 8) j WHERE r > 0) AS x
-FROM generate_series(1, 8) t, generate_series(1, 150) r;
-CREATE TABLE bl AS
-SELECT 'tenant' || t AS tenant, t % 2 AS grp, r, x AS features,
-       (SELECT array_agg((s + 0.01 * (random() * 2 - 1))::real ORDER BY i)
-        FROM (SELECT sa.i, sum((sa.a + CASE WHEN t % 2 = 0 THEN 2 ELSE -2 END
-                                  * uv.u[sa.i] * uv.v[sa.j]) * x[sa.j]) AS s
-              FROM bl_a sa GROUP BY sa.i) q) AS label
-FROM bl_x, bl_uv AS uv;
+-- (make_lowrank_task: see setup.sql), tenants 1 .. 8
+SELECT make_lowrank_task('bl', 0.17, 8);
 
 -- rows 1..100 train, 101..150 test
 SELECT floral_create_model('bl_fedavg', '{8,4}', 'regression', 0, 1, '{"seed": 3}');

@@ -21,15 +21,7 @@ CREATE FUNCTION state_digest() RETURNS text LANGUAGE sql AS $$
 		UNION ALL SELECT h::text FROM floral.history h) s $$;
 CREATE TEMP TABLE digest AS SELECT state_digest() AS d;
 
--- run a statement, report its SQLSTATE and message
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-
+-- try(stmt) reports a statement's SQLSTATE and message (setup.sql)
 SELECT n, try(stmt) FROM (VALUES
  (1, $q$SELECT floral_train('e', 'SELECT tenant, features[1:2], label FROM good')$q$),
  (2, $q$SELECT floral_train('e', 'SELECT tenant, CASE WHEN label = 1 THEN ARRAY[1,''NaN'',2]::real[] ELSE features END, label FROM good')$q$),

@@ -20,16 +20,6 @@ CREATE TABLE priv_secret AS SELECT * FROM priv_rows;
 GRANT SELECT ON priv_rows TO regress_reader, regress_trainer, regress_admin;
 SELECT floral_create_model('pm', '{3,4,3}', 'classification', 2, 1);
 
--- run a statement, report its SQLSTATE and message
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION try(text) TO PUBLIC;
-
 CREATE TABLE cases (n int, who text, stmt text, ord numeric);
 INSERT INTO cases VALUES
  (1, 'regress_nobody', $q$SELECT floral_predict('pm', 'shop0', '{1,2,3}')$q$),
@@ -81,17 +71,16 @@ SELECT floral_coordinator_setup('pm');
 SELECT floral_coordinator_add_branch('pm', 'a', 'regress_branch_a');
 SELECT floral_coordinator_add_branch('pm', 'b', 'regress_branch_b');
 
--- run each case as its role, in order (case 20 aggregates what 10 trained)
+-- run each case as its role (try_as, setup.sql), in order (case 20
+-- aggregates what 10 trained)
 CREATE FUNCTION run_cases() RETURNS TABLE (n int, who text, result text) LANGUAGE plpgsql AS $$
 DECLARE
 	c record;
 BEGIN
 	FOR c IN SELECT * FROM cases ORDER BY cases.ord LOOP
-		EXECUTE format('SET ROLE %I', c.who);
 		n := c.n;
 		who := c.who;
-		result := try(c.stmt);
-		RESET ROLE;
+		result := try_as(c.who, c.stmt);
 		RETURN NEXT;
 	END LOOP;
 END $$;
@@ -148,5 +137,5 @@ DROP SCHEMA regress_evil CASCADE;
 
 SELECT floral_drop_model('pm');
 DROP TABLE cases, priv_rows, priv_secret;
-DROP FUNCTION run_cases(), try(text);
+DROP FUNCTION run_cases();
 DROP ROLE regress_nobody, regress_reader, regress_trainer, regress_admin, regress_branch_a, regress_branch_b;

@@ -39,15 +39,6 @@ GRANT ALL ON ro_loot, ro_seq, ro_scratch TO regress_ro_trainer;
 GRANT EXECUTE ON FUNCTION sneaky(), sneaky_sql(), sneaky_ddl(), scratch() TO regress_ro_trainer;
 GRANT CREATE ON SCHEMA public TO regress_ro_trainer;
 
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE stmt;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION try(text) TO PUBLIC;
-
 CREATE TABLE ro_cases (n int, stmt text);
 INSERT INTO ro_cases VALUES
  (1, $q$SELECT count(*) FROM floral_train('ro', 'SELECT tenant, features, label FROM ro_rows WHERE sneaky()')$q$),
@@ -60,17 +51,14 @@ INSERT INTO ro_cases VALUES
  (8, $q$SELECT count(*) FROM floral_evaluate('ro', 'SELECT tenant, features, setval(''ro_seq'', 5) % 3 FROM ro_rows')$q$),
  (9, $q$SELECT count(*) FROM floral_train('ro', 'SELECT tenant, features, label FROM ro_rows WHERE scratch()')$q$);
 
+-- each case as role who (NULL: the superuser), with try_as (setup.sql)
 CREATE FUNCTION run_ro_cases(who text) RETURNS TABLE (n int, result text) LANGUAGE plpgsql AS $$
 DECLARE
 	c record;
 BEGIN
 	FOR c IN SELECT * FROM ro_cases ORDER BY ro_cases.n LOOP
-		IF who IS NOT NULL THEN
-			EXECUTE format('SET ROLE %I', who);
-		END IF;
 		n := c.n;
-		result := try(c.stmt);
-		RESET ROLE;
+		result := try_as(who, c.stmt);
 		RETURN NEXT;
 	END LOOP;
 END $$;
@@ -95,6 +83,6 @@ SELECT count(*) AS loot_after FROM ro_loot;
 SELECT floral_drop_model('ro');
 DROP TABLE ro_cases, ro_rows, ro_loot, ro_scratch;
 DROP SEQUENCE ro_seq;
-DROP FUNCTION run_ro_cases(text), try(text), sneaky(), sneaky_sql(), sneaky_ddl(), scratch();
+DROP FUNCTION run_ro_cases(text), sneaky(), sneaky_sql(), sneaky_ddl(), scratch();
 REVOKE CREATE ON SCHEMA public FROM regress_ro_trainer;
 DROP ROLE regress_ro_trainer;

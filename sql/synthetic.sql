@@ -5,23 +5,8 @@ CREATE EXTENSION IF NOT EXISTS floral;
 SET max_parallel_workers_per_gather = 0;
 
 -- y = (A + s * 2 u v^T) x + noise, s = +1 for even tenants, -1 for odd ones
-SELECT setseed(0.42);
-CREATE TABLE syn_a AS
-SELECT i, j, (random() * 2 - 1)::real AS a FROM generate_series(1, 4) i, generate_series(1, 8) j;
-CREATE TABLE syn_uv AS
-SELECT (SELECT array_agg((random() * 2 - 1)::real ORDER BY k) FROM generate_series(1, 4) k) AS u,
-       (SELECT array_agg((random() * 2 - 1)::real ORDER BY k) FROM generate_series(1, 8) k) AS v;
-CREATE TABLE syn_x AS
-SELECT t, r, (SELECT array_agg((random() * 2 - 1)::real ORDER BY j)
-              FROM generate_series(1, 8) j WHERE r > 0) AS x
-FROM generate_series(1, 9) t, generate_series(1, 150) r;
-CREATE TABLE syn AS
-SELECT 'tenant' || t AS tenant, t % 2 AS grp, r, x AS features,
-       (SELECT array_agg((s + 0.01 * (random() * 2 - 1))::real ORDER BY i)
-        FROM (SELECT sa.i, sum((sa.a + CASE WHEN t % 2 = 0 THEN 2 ELSE -2 END
-                                  * uv.u[sa.i] * uv.v[sa.j]) * x[sa.j]) AS s
-              FROM syn_a sa GROUP BY sa.i) q) AS label
-FROM syn_x, syn_uv AS uv;
+-- (make_lowrank_task: see setup.sql), tenants 1 .. 9
+SELECT make_lowrank_task('syn', 0.42, 9);
 
 -- tenants 1..8 train (rows 1..100), tenant9 is a newcomer; rows 101..150 are the test set
 SELECT floral_create_model('syn_floral', '{8,4}', 'regression', 2, 1, '{"seed": 3}');

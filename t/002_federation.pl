@@ -21,8 +21,10 @@
 use strict;
 use warnings;
 
-use IPC::Run qw(start pump finish timer);
 use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -39,128 +41,19 @@ my $train_src = "SELECT tenant, features, label FROM rows WHERE i <= $TRAIN_ROWS
 my $test_src  = "SELECT tenant, features, label FROM rows WHERE i > $TRAIN_ROWS ORDER BY tenant, i";
 my $train_options = '{"lr": 0.3}';
 
+# FLoRAL and FedAvg (no adaptors), with the same seed
+my %spec = (
+	m  => q{'{3,24,3}', 'classification', 2, 2, '{"seed": 3}'},
+	fa => q{'{3,24,3}', 'classification', 0, 2, '{"seed": 3}'});
+
 # ---------------------------------------------------------------- helpers
 
-sub new_node
-{
-	my ($name) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	if (-f 'sql/regress.conf')
-	{
-		$node->append_conf('postgresql.conf',
-			PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-	}
-	$node->start;
-	return $node;
-}
-
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
-# libpq conninfo of a node, as a branch stores it
-sub conninfo
-{
-	my ($node) = @_;
-	return 'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres';
-}
-
-sub sql
-{
-	my ($node, $query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-# Deterministic rows of branches $lo..$hi: 4 tenants per branch, named
-# b<branch>_t<t> with t numbered across branches (so names are unique in
-# the federation), group t % 2; group 1's label is group 0's shifted by one
-# class (mod 3).
-sub rows_sql
-{
-	my ($lo, $hi) = @_;
-	return qq{
-	CREATE TABLE rows AS
-	SELECT format('b%s_t%s', b, lpad(t::text, 2, '0')) AS tenant, b AS branch, t % 2 AS grp, i,
-	       ARRAY[sin(i * 1.1 + t), cos(i * 0.9 + t * 0.5), sin(i * 0.37) * 2]::real[] AS features,
-	       ((CASE WHEN sin(i * 1.1 + t) > 0.3 THEN 2
-	              WHEN cos(i * 0.9 + t * 0.5) > 0 THEN 1 ELSE 0 END) + t % 2) % 3 AS label
-	  FROM generate_series($lo, $hi) b,
-	       generate_series($TENANTS_PER_BRANCH * (b - 1), $TENANTS_PER_BRANCH * b - 1) t,
-	       generate_series(1, 120) i;
-	};
-}
-
-my $create_models = q{
-	SELECT floral_create_model('m', '{3,24,3}', 'classification', 2, 2, '{"seed": 3}');
-	SELECT floral_create_model('fa', '{3,24,3}', 'classification', 0, 2, '{"seed": 3}');
-};
-
-# A psql that stays connected (one backend), as in 001_cache_invalidation.pl.
-sub start_session
-{
-	my ($node) = @_;
-	my %s = (in => '', out => '', err => '', n => 0);
-	$s{timer} = timer($PostgreSQL::Test::Utils::timeout_default);
-	$s{h} = start(
-		[
-			'psql', '-X', '-A', '-t', '-q',
-			'-v', 'ON_ERROR_STOP=1',
-			'-d', $node->connstr('postgres'),
-			'-f', '-'
-		],
-		'<', \$s{in}, '>', \$s{out}, '2>', \$s{err}, $s{timer});
-	return \%s;
-}
-
-sub session_query
-{
-	my ($s, $sql) = @_;
-	my $marker = '__floral_marker_' . ++$s->{n} . '__';
-	$s->{out} = '';
-	$s->{err} = '';
-	$s->{in} .= "$sql;\n\\echo $marker\n";
-	$s->{timer}->start($PostgreSQL::Test::Utils::timeout_default);
-	eval {
-		pump $s->{h} until $s->{out} =~ /\Q$marker\E\n/;
-		1;
-	} or die "long-lived psql failed on \"$sql\": $@\nstderr: $s->{err}";
-	die "long-lived psql error on \"$sql\": $s->{err}" if $s->{err} ne '';
-	(my $result = $s->{out}) =~ s/\Q$marker\E\n//;
-	chomp $result;
-	return $result;
-}
-
-# End a session; its server may be gone already, so errors do not matter.
-sub end_session
-{
-	my ($s) = @_;
-	$s->{in} .= "\\q\n";
-	$s->{timer}->start($PostgreSQL::Test::Utils::timeout_default);
-	eval { finish $s->{h}; };
-}
-
-# One query in a psql running in the background; finish_bg returns its output.
-sub start_bg
-{
-	my ($node, $sql) = @_;
-	my %p = (out => '', err => '');
-	$p{h} = start(
-		[ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-c', $sql ],
-		'>', \$p{out}, '2>', \$p{err},
-		timer($PostgreSQL::Test::Utils::timeout_default));
-	return \%p;
-}
-
+# One query in a psql running in the background; finish_bg returns its
+# output, and its stderr if there was any.
 sub finish_bg
 {
-	my ($p) = @_;
-	finish $p->{h};
-	chomp(my $out = $p->{out});
-	return $out . ($p->{err} ne '' ? " [stderr: $p->{err}]" : '');
+	my ($out, $err) = finish_call(@_);
+	return $out . ($err ne '' ? " [stderr: $err]" : '');
 }
 
 # One coordinator step; also says whether it ran before the round's
@@ -194,37 +87,15 @@ sub step_until_merged
 	return ($first, $early, $last);
 }
 
-sub round_of
-{
-	my ($node, $model) = @_;
-	return sql($node, "SELECT round FROM floral.models WHERE name = '$model'");
-}
-
 # ---------------------------------------------------------------- setup
 
-my $coord = new_node('coordinator');
-my @branches = map { new_node("branch$_") } 1 .. 3;
+my ($coord, @branches) = start_federation(
+	branches      => 3,
+	models        => [ map { $_ => { spec => $spec{$_} } } 'm', 'fa' ],
+	rows          => sub { federation_rows_sql($_[0], $_[0], $TENANTS_PER_BRANCH) },
+	source        => $train_src,
+	train_options => $train_options);
 my @names = map { "b$_" } 1 .. 3;
-
-sql($coord, qq{
-	CREATE EXTENSION floral;
-	$create_models
-	SELECT floral_coordinator_setup('m');
-	SELECT floral_coordinator_setup('fa');
-	SELECT floral_coordinator_add_branch(m, b)
-	  FROM unnest('{m,fa}'::text[]) m, unnest('{b1,b2,b3}'::text[]) b;
-});
-
-for my $k (0 .. 2)
-{
-	my $node = $branches[$k];
-	sql($node, 'CREATE EXTENSION floral; CREATE EXTENSION dblink;' . rows_sql($k + 1, $k + 1));
-	for my $model ('m', 'fa')
-	{
-		sql($node, sprintf(q{SELECT floral_branch_join('%s', '%s', %s, %s, '%s')},
-			$model, $names[$k], lit(conninfo($coord)), lit($train_src), $train_options));
-	}
-}
 
 is( sql($branches[0], qq{SELECT count(DISTINCT tenant), count(DISTINCT grp), count(*) FILTER (WHERE i <= $TRAIN_ROWS)
 	                         FROM rows}),
@@ -276,22 +147,8 @@ is_deeply([ map { sql($_, $params_md5) } @branches ],
 
 # Personalised accuracy on the held-out rows, weighted by examples, summed
 # over the branches (each branch evaluates its own tenants).
-sub federated_accuracy
-{
-	my ($model) = @_;
-	my ($n, $correct) = (0, 0);
-	for my $node (@branches)
-	{
-		my ($e, $c) = split /\|/, sql($node, qq{
-			SELECT sum(examples), sum(accuracy * examples)
-			  FROM floral_evaluate('$model', @{[lit($test_src)]})});
-		$n += $e;
-		$correct += $c;
-	}
-	return ($n, $correct / $n);
-}
-my ($n_floral, $acc_floral) = federated_accuracy('m');
-my ($n_fedavg, $acc_fedavg) = federated_accuracy('fa');
+my ($n_floral, $acc_floral) = federated_accuracy('m', $test_src, @branches);
+my ($n_fedavg, $acc_fedavg) = federated_accuracy('fa', $test_src, @branches);
 note sprintf('after %d rounds: FLoRAL accuracy %.4f, FedAvg accuracy %.4f (%d test rows)',
 	$ROUNDS, $acc_floral, $acc_fedavg, $n_floral);
 is($n_floral, 3 * $TENANTS_PER_BRANCH * (120 - $TRAIN_ROWS), 'evaluation covered every test row of every branch');
@@ -301,7 +158,8 @@ cmp_ok($acc_floral, '>', 0.8, 'FLoRAL learned the task (accuracy above 0.8)');
 # ---------------------------------------------------------------- b. single database
 
 my $single = new_node('single');
-sql($single, 'CREATE EXTENSION floral;' . rows_sql(1, 3) . $create_models);
+sql($single, federation_rows_sql(1, 3, $TENANTS_PER_BRANCH)
+	  . join('', map { "SELECT floral_create_model('$_', $spec{$_});\n" } 'm', 'fa'));
 sql($single, qq{
 	DO \$\$
 	BEGIN
@@ -415,12 +273,10 @@ is( sql($coord, qq{SELECT branches FROM floral.federation_rounds WHERE model = '
 # on, inserts wait): each branch
 # step pulls the round, trains, and then blocks in fed_submit.
 my $re = $rd2 + 1;
-my $lock = start_session($coord);
-session_query($lock, 'BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
-my @bg = map { start_bg($_, q{CALL floral_branch_step('m')}) } @branches;
-ok( $coord->poll_query_until('postgres', q{
-		SELECT count(*) FROM pg_stat_activity
-		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral.fed_submit(%'}, '3'),
+my $lock = session($coord);
+$lock->query_safe('BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
+my @bg = map { background_call($_, q{CALL floral_branch_step('m')}) } @branches;
+ok(lock_waiters($coord, '%floral.fed_submit(%', 3),
 	'all three branches trained and are sending their updates');
 
 # c, continued: those sessions are connections the branches opened.
@@ -434,7 +290,7 @@ is( sql($coord, q{
 	"coordinator's pg_stat_activity shows the connections of b1, b2 and b3 submitting");
 
 $coord->stop;
-end_session($lock);
+session_close($lock);
 my @answers = map { finish_bg($_) } @bg;
 is( scalar(grep { /^round $re: trained $TENANTS_PER_BRANCH tenants on $BRANCH_ROWS rows, update kept in the outbox: / } @answers),
 	3, "coordinator went down while receiving: every branch kept its round-$re update")
@@ -531,20 +387,17 @@ cmp_ok(abs($norm_after - $norm_before), '<', 0.1 * $norm_before, 'the merged par
 # terminates the session); the round merges without b3 after the deadline;
 # b3's next step delivers the old update, which is recorded as stale.
 my $rg = $rf + 1;
-$lock = start_session($coord);
-session_query($lock, 'BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
-my $bg3 = start_bg($branches[2], q{CALL floral_branch_step('m')});
-ok( $coord->poll_query_until('postgres', q{
-		SELECT count(*) FROM pg_stat_activity
-		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral.fed_submit(''m'', ''b3''%'}, '1'),
-	'b3 trained and is sending its update');
+$lock = session($coord);
+$lock->query_safe('BEGIN; LOCK TABLE floral.updates IN SHARE MODE');
+my $bg3 = background_call($branches[2], q{CALL floral_branch_step('m')});
+ok(lock_waiters($coord, q{%floral.fed_submit('m', 'b3'%}, 1), 'b3 trained and is sending its update');
 is( sql($coord, q{
 		SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral.fed_submit(''m'', ''b3''%'}),
 	'1', "b3's connection is cut");
 like(finish_bg($bg3), qr/^round $rg: trained .*, update kept in the outbox: /, 'b3 kept its update in the outbox');
-session_query($lock, 'ROLLBACK');
-end_session($lock);
+$lock->query_safe('ROLLBACK');
+session_close($lock);
 
 for my $k (0 .. 1)
 {

@@ -14,68 +14,21 @@
 use strict;
 use warnings;
 
-use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $TIMEOUT = 240;    # seconds to wait for the first merged round
 
-sub new_node
-{
-	my ($name) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	my $preload = 'pg_cron';
-	if (-f 'sql/regress.conf')
-	{
-		my $conf = PostgreSQL::Test::Utils::slurp_file('sql/regress.conf');
-		$node->append_conf('postgresql.conf', $conf);
-		# keep whatever the regress suite preloads (e.g. floral) and add pg_cron
-		if ($conf =~ /^\s*shared_preload_libraries\s*=\s*'([^']*)'/m && $1 ne '')
-		{
-			$preload = "$1,pg_cron";
-		}
-	}
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = '$preload'
-cron.database_name = 'postgres'
-cron.use_background_workers = on
-max_worker_processes = 20
-});
-	$node->start;
-	return $node;
-}
+my ($coord, $branch) = start_federation(
+	cron   => 1,
+	models => [ m => { spec => q{'{3,8,3}', 'classification', 2, 1, '{"seed": 5}'} } ],
+	rows   => sub { branch_rows_sql() },
+	source => 'SELECT tenant, features, label FROM rows ORDER BY tenant, features');
 
-sub sql
-{
-	my ($node, $query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-my $coord  = new_node('coordinator');
-my $branch = new_node('branch');
-my $conninfo = 'host=' . $coord->host . ' port=' . $coord->port . ' dbname=postgres';
-
-sql($coord, q{
-	CREATE EXTENSION floral;
-	CREATE EXTENSION pg_cron;
-	SELECT floral_create_model('m', '{3,8,3}', 'classification', 2, 1, '{"seed": 5}');
-	SELECT floral_coordinator_setup('m');
-	SELECT floral_coordinator_add_branch('m', 'b1');
-});
-sql($branch, qq{
-	CREATE EXTENSION floral;
-	CREATE EXTENSION dblink;
-	CREATE EXTENSION pg_cron;
-	CREATE TABLE rows AS
-	SELECT 't' || (i % 3) AS tenant,
-	       ARRAY[sin(i), cos(i * 0.7), sin(i * 0.3)]::real[] AS features,
-	       (i % 3) AS label
-	  FROM generate_series(1, 90) i;
-	SELECT floral_branch_join('m', 'b1', '$conninfo',
-	                          'SELECT tenant, features, label FROM rows ORDER BY tenant, features');
-});
 is(sql($branch, q{SELECT local_round FROM floral.branch_status WHERE model = 'm'}),
 	'0', 'the branch joined at round 0');
 
@@ -83,14 +36,9 @@ is(sql($branch, q{SELECT local_round FROM floral.branch_status WHERE model = 'm'
 sql($branch, q{SELECT cron.schedule('floral-branch', '* * * * *', $$CALL floral_branch_step('m')$$)});
 sql($coord, q{SELECT cron.schedule('floral-coordinator', '* * * * *', $$SELECT floral_coordinator_step('m')$$)});
 
-my $round = '0';
 my $started = time();
-while (time() - $started < $TIMEOUT)
-{
-	$round = sql($coord, q{SELECT round FROM floral.models WHERE name = 'm'});
-	last if $round >= 1;
-	usleep(1_000_000);
-}
+my $round = wait_for($coord, q{SELECT round FROM floral.models WHERE name = 'm'}, qr/^[1-9]\d*$/,
+	timeout => $TIMEOUT, interval => 1) // round_of($coord, 'm');
 note sprintf('coordinator reached round %s after %d s', $round, time() - $started);
 cmp_ok($round, '>=', 1, 'pg_cron drove a full round: the coordinator merged round 0');
 

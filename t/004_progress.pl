@@ -14,20 +14,19 @@
 use strict;
 use warnings;
 
-use IPC::Run qw(start finish timer);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-my $node = PostgreSQL::Test::Cluster->new('progress');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'floral'\n");
-$node->start;
+# floral is in shared_preload_libraries (sql/regress.conf)
+my $node = new_node('progress');
 
 $node->safe_psql(
 	'postgres', q{
-	CREATE EXTENSION floral;
 	CREATE TABLE rows AS
 	SELECT 'shop' || (i % 6) AS tenant,
 	       ARRAY(SELECT sin(i * j) FROM generate_series(1, 64) j)::real[] AS features,
@@ -39,33 +38,19 @@ $node->safe_psql(
 # a call that runs for several seconds: many epochs over 6 tenants
 my $long = q{SELECT count(*) FROM floral_train('p', 'SELECT tenant, features, label FROM rows', '{"epochs": 300}')};
 
-sub start_call
-{
-	my ($sql) = @_;
-	my ($out, $err) = ('', '');
-	my $h = start(
-		[ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres'), '-c', $sql ],
-		'>', \$out, '2>', \$err,
-		timer($PostgreSQL::Test::Utils::timeout_default));
-	return ($h, \$out, \$err);
-}
-
-# poll the view until a row for our model shows up (or time out)
+# poll the view until a row for our model shows up (or the call ends, or
+# 10 s pass)
 sub wait_for_progress
 {
-	for (1 .. 400)
-	{
-		my $row = $node->safe_psql('postgres',
-			q{SELECT command, model, tenant_number, tenants, epoch, epochs, examples_done, examples,
-			         running_loss IS NOT NULL, pid FROM floral.progress WHERE model = 'p'});
-		return $row if $row ne '';
-		usleep(25_000);
-	}
-	return '';
+	my ($call) = @_;
+	return wait_for($node, q{
+		SELECT command, model, tenant_number, tenants, epoch, epochs, examples_done, examples,
+		       running_loss IS NOT NULL, pid FROM floral.progress WHERE model = 'p'},
+		qr/./, call => $call, timeout => 10, interval => 0.025) // '';
 }
 
-my ($h, $out, $err) = start_call($long);
-my $first = wait_for_progress();
+my $call = background_call($node, $long);
+my $first = wait_for_progress($call);
 isnt($first, '', 'a running training call shows up in floral.progress');
 my @f = split /\|/, $first;
 is($f[0], 'train', 'command is train');
@@ -79,15 +64,13 @@ is($f[7], '1000', 'each tenant has 1000 examples');
 
 # the call moves on: read again a little later
 usleep(700_000);
-my $second = wait_for_progress();
+my $second = wait_for_progress($call);
 my @s = split /\|/, $second;
 ok($s[2] > $f[2] || ($s[2] == $f[2] && ($s[4] > $f[4] || $s[6] != $f[6])),
 	"progress moved forward (tenant $f[2] epoch $f[4] -> tenant $s[2] epoch $s[4])");
 is($s[8], 't', 'a running loss is reported');
 
-finish($h);
-chomp $$out;
-is($$out, "6", 'the training call completed');
+is(finish_call($call), '6', 'the training call completed');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
 	'0', 'the slot is released when the call ends');
 
@@ -105,13 +88,14 @@ like($again_err, qr/skipped 6 tenant\(s\) that already contributed to round 0 of
 is($node->safe_psql('postgres', $pending), $first_call, 'and it stored nothing');
 
 # a cancelled call releases its slot too: six new tenants, as long as the first
-($h, $out, $err) = start_call(q{SELECT count(*) FROM floral_train('p', 'SELECT ''new_'' || tenant, features, label FROM rows', '{"epochs": 300}')});
-my $row = wait_for_progress();
+$call = background_call($node,
+	q{SELECT count(*) FROM floral_train('p', 'SELECT ''new_'' || tenant, features, label FROM rows', '{"epochs": 300}')});
+my $row = wait_for_progress($call);
 isnt($row, '', 'second call visible');
 my $pid = (split /\|/, $row)[9];
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
-finish($h);
-like($$err, qr/canceling statement due to user request/, 'the call was cancelled');
+my (undef, $err) = finish_call($call);
+like($err, qr/canceling statement due to user request/, 'the call was cancelled');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}),
 	'0', 'the slot is released when the call is cancelled');
 is($node->safe_psql('postgres', $pending), $first_call,

@@ -21,61 +21,27 @@
 use strict;
 use warnings;
 
-use IPC::Run qw(start pump finish timer);
-use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-sub new_node
-{
-	my ($name) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	if (-f 'sql/regress.conf')
-	{
-		$node->append_conf('postgresql.conf',
-			PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-	}
-	$node->start;
-	return $node;
-}
-
-sub sql
-{
-	my ($node, $query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-my $coord  = new_node('coordinator');
-my $branch = new_node('branch');
-my $conninfo = 'host=' . $coord->host . ' port=' . $coord->port . ' dbname=postgres';
-
-sql($coord, 'CREATE EXTENSION floral');
-sql($branch, q{
-	CREATE EXTENSION floral;
-	CREATE EXTENSION dblink;
-	CREATE TABLE rows AS
-	SELECT 't' || (i % 3) AS tenant,
-	       ARRAY[sin(i), cos(i * 0.7), sin(i * 0.3)]::real[] AS features,
-	       (i % 3) AS label
-	  FROM generate_series(1, 90) i;
-});
+# the models are federated scenario by scenario
+my ($coord, $branch) = start_federation(rows => sub { branch_rows_sql() });
 
 # Federate $model on the coordinator with the given setup options and
 # branches; b1 (the real branch) joins it when listed.
 sub federate
 {
 	my ($model, $options, @branches) = @_;
-	sql($coord, qq{
-		SELECT floral_create_model('$model', '{3,4,3}', 'classification', 2, 1, '{"seed": 11}');
-		SELECT floral_coordinator_setup('$model', '$options');
-	});
-	sql($coord, "SELECT floral_coordinator_add_branch('$model', '$_')") for @branches;
+	sql($coord, federate_sql($model, spec => q{'{3,4,3}', 'classification', 2, 1, '{"seed": 11}'},
+		setup => $options, branches => \@branches));
 	if (grep { $_ eq 'b1' } @branches)
 	{
-		sql($branch, qq{SELECT floral_branch_join('$model', 'b1', '$conninfo',
-		                 'SELECT tenant, features, label FROM rows ORDER BY tenant, features')});
+		sql($branch, join_sql($model, 'b1', conninfo($coord),
+			'SELECT tenant, features, label FROM rows ORDER BY tenant, features'));
 	}
 }
 
@@ -101,12 +67,6 @@ sub submit
 	return sql($coord, sprintf(valid_update_sql($model, $round_expr, $examples), "'$as'"));
 }
 
-sub round_of
-{
-	my ($node, $model) = @_;
-	return sql($node, "SELECT round FROM floral.models WHERE name = '$model'");
-}
-
 # ---------------------------------------------------------------- 1. race
 
 # b1 sends round 0; "late" sends its update in a transaction that is still
@@ -117,33 +77,21 @@ federate('race', '{"min_branches": 1, "deadline": "1 second"}', 'b1', 'late');
 like(sql($branch, q{CALL floral_branch_step('race')}), qr/^round 0: trained 3 tenants on 90 rows, update sent$/,
 	'race: b1 sent round 0');
 
-my %s = (in => '', out => '', err => '');
-my $session = start([ 'psql', '-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $coord->connstr('postgres'), '-f', '-' ],
-	'<', \$s{in}, '>', \$s{out}, '2>', \$s{err}, timer($PostgreSQL::Test::Utils::timeout_default));
-$s{in} .= 'BEGIN; ' . sprintf(valid_update_sql('race', 0), q{'late'}) . ";\n\\echo SUBMITTED\n";
-eval { pump $session until $s{out} =~ /SUBMITTED/; 1 }
-  or die "the open submission failed: $@ $s{err}";
-like($s{out}, qr/^accepted$/m, "race: the open submission of 'late' is answered accepted");
+my $session = session($coord);
+like(session_ok($session, 'BEGIN; ' . sprintf(valid_update_sql('race', 0), q{'late'})),
+	qr/^accepted$/m, "race: the open submission of 'late' is answered accepted");
 
 ok( $coord->poll_query_until('postgres',
 		q{SELECT now() > round_started_at + deadline FROM floral.federations WHERE model = 'race'}),
 	'race: the deadline of round 0 has passed');
-my ($step_out, $step_err) = ('', '');
-my $step = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $coord->connstr('postgres'),
-		'-c', q{SELECT floral_coordinator_step('race')} ],
-	'>', \$step_out, '2>', \$step_err, timer($PostgreSQL::Test::Utils::timeout_default));
+my $step = background_call($coord, q{SELECT floral_coordinator_step('race')});
 # until the step has finished or waits for a lock
-for (1 .. 300)
-{
-	$step->pump_nb;
-	last unless $step->pumpable;
-	last if sql($coord, q{SELECT count(*) FROM pg_stat_activity
-	                      WHERE query LIKE '%floral_coordinator_step(''race'')%' AND wait_event_type = 'Lock'}) > 0;
-	usleep(100_000);
-}
-$s{in} .= "COMMIT;\n\\q\n";
-finish $session;
-finish $step;
+wait_for($coord, q{SELECT count(*) > 0 FROM pg_stat_activity
+                   WHERE query LIKE '%floral_coordinator_step(''race'')%' AND wait_event_type = 'Lock'},
+	't', call => $step, timeout => 30);
+session_ok($session, 'COMMIT');
+$session->quit;
+my ($step_out, $step_err) = finish_call($step);
 note "race: coordinator step said: $step_out$step_err";
 is( sql($coord, q{SELECT string_agg(round || '/' || branch, ',') FROM floral.updates u
 	               WHERE model = 'race' AND status = 'accepted'

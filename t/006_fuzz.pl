@@ -39,7 +39,9 @@ use strict;
 use warnings;
 
 use File::Spec;
-use IPC::Run;
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use MIME::Base64 qw(encode_base64);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -51,16 +53,9 @@ my $seed = $ENV{FLORAL_FUZZ_SEED} // 20261126;
 srand($seed);
 note "fuzz seed $seed (set FLORAL_FUZZ_SEED to replay another)";
 
-my $node = PostgreSQL::Test::Cluster->new('fuzz');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-# the settings of sql/regress.conf
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'floral'
-max_parallel_workers_per_gather = 0
-lc_messages = 'C'
-});
-$node->start;
+# the settings of sql/regress.conf; the node plays a coordinator too
+# (floral.fed_submit)
+my $node = new_node('fuzz', init => { extra => [ '--encoding=UTF8', '--locale=C' ] }, role => 'coordinator');
 
 # ---------------------------------------------------------------- helpers
 
@@ -68,20 +63,10 @@ sub rnd { return int(rand($_[0])); }
 sub pick { return $_[ rnd(scalar @_) ]; }
 sub chance { return rand() < $_[0]; }
 
-# an SQL string literal (standard_conforming_strings is on)
-sub lit
-{
-	my ($s) = @_;
-	return 'NULL' unless defined $s;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 # ---------------------------------------------------------------- schema
 
 $node->safe_psql(
 	'postgres', q{
-CREATE EXTENSION floral;
 CREATE SCHEMA fuzz;
 CREATE TABLE fuzz.cases (
 	id int PRIMARY KEY,
@@ -1351,20 +1336,17 @@ for my $m (qw(fz_c fz_p fz_r fz_r1))
 # entry marked stale, the second replaces it.  The answers must agree.
 # (Under valgrind this shows a use after free: see bench/valgrind.sh.)
 {
-	my ($out, $err) = ('', '');
-	my $locker = IPC::Run::start(
-		[ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres'), '-c',
-			q{BEGIN; LOCK TABLE floral.models IN ACCESS EXCLUSIVE MODE;
-			  UPDATE floral.tenants SET updated_at = now() WHERE model = 'fz_p';
-			  SELECT pg_sleep(1); COMMIT;} ],
-		'>', \$out, '2>', \$err);
+	my $locker = background_call($node,
+		q{BEGIN; LOCK TABLE floral.models IN ACCESS EXCLUSIVE MODE;
+		  UPDATE floral.tenants SET updated_at = now() WHERE model = 'fz_p';
+		  SELECT pg_sleep(1); COMMIT;});
 	$node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
 		WHERE c.relname = 'models' AND l.mode = 'AccessExclusiveLock' AND l.granted});
 	my $pairs = q{SELECT string_agg(a || CASE WHEN a = b THEN '' ELSE ' <> ' || b END, ' ' ORDER BY n) FROM (
 		SELECT row_number() OVER () AS n, floral_predict_proba('fz_p', 'fresht1', f)::text AS a,
 			   floral_predict_proba('fz_p', 'fresht1', f)::text AS b FROM fuzz.good_c LIMIT 5) s};
 	my $during = $node->safe_psql('postgres', $pairs);
-	$locker->finish;
+	finish_call($locker);
 	unlike($during, qr/<>/, 'two call sites agree when the model loads during another session\'s commit');
 	is($during, $node->safe_psql('postgres', $pairs), 'and agree with a later prediction');
 }

@@ -12,97 +12,40 @@
 use strict;
 use warnings;
 
-use File::Copy;
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $openssl = `which openssl`;
-chomp $openssl;
-plan skip_all => 'openssl is not installed' unless $openssl;
-
-my $dir = PostgreSQL::Test::Utils::tempdir;
-
-sub run_ok
-{
-	my ($cmd) = @_;
-	system("$cmd >/dev/null 2>&1") == 0 or die "failed: $cmd";
-}
+require_openssl();
 
 # ---------------------------------------------------------------- certificates
-sub make_ca
-{
-	my ($name) = @_;
-	run_ok("$openssl req -new -x509 -days 2 -nodes -newkey rsa:2048 -subj '/CN=$name' "
-		  . "-keyout $dir/$name.key -out $dir/$name.crt");
-}
-
-sub make_cert
-{
-	my ($ca, $name, $cn, $san) = @_;
-	run_ok("$openssl req -new -nodes -newkey rsa:2048 -subj '/CN=$cn' -keyout $dir/$name.key -out $dir/$name.csr");
-	my $ext = "$dir/$name.ext";
-	open my $fh, '>', $ext or die;
-	print $fh $san ? "subjectAltName = $san\n" : "basicConstraints = CA:FALSE\n";
-	close $fh;
-	run_ok("$openssl x509 -req -days 2 -in $dir/$name.csr -CA $dir/$ca.crt -CAkey $dir/$ca.key "
-		  . "-CAcreateserial -extfile $ext -out $dir/$name.crt");
-	chmod 0600, "$dir/$name.key";
-}
-
-make_ca('ca');
-make_ca('evil_ca');
-make_cert('ca', 'server', 'localhost', 'DNS:localhost,IP:127.0.0.1');
-make_cert('ca', 'client', 'branch_cert');
-make_cert('evil_ca', 'evil_client', 'branch_cert');
+my $dir = PostgreSQL::Test::Utils::tempdir;
+make_ca($dir, 'ca');
+make_ca($dir, 'evil_ca');
+make_cert($dir, 'ca', 'server', 'localhost', 'DNS:localhost,IP:127.0.0.1');
+make_cert($dir, 'ca', 'client', 'branch_cert');
+make_cert($dir, 'evil_ca', 'evil_client', 'branch_cert');
 
 # ---------------------------------------------------------------- coordinator
-my $coord = PostgreSQL::Test::Cluster->new('coordinator');
-$coord->init;
-$coord->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-my $cdata = $coord->data_dir;
-copy("$dir/$_", "$cdata/$_") or die for qw(server.crt server.key ca.crt);
-chmod 0600, "$cdata/server.key";
-$coord->append_conf('postgresql.conf', qq{
-listen_addresses = '127.0.0.1'
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-ssl_ca_file = 'ca.crt'
-password_encryption = 'scram-sha-256'
-log_connections = on
-log_statement = 'all'
-});
 # only TLS from the network; a password for one branch, a certificate for the other
-open my $hba, '>', "$cdata/pg_hba.conf" or die;
-print $hba <<'EOF';
-local    all  all                      trust
-hostssl  all  branch_pw    127.0.0.1/32  scram-sha-256
-hostssl  all  branch_cert  127.0.0.1/32  cert
-host     all  all          127.0.0.1/32  reject
-EOF
-close $hba;
-$coord->start;
+my $coord = new_node('coordinator', role => 'coordinator', tls => $dir, conf => "log_statement = 'all'\n",
+	hba => [ 'hostssl  all  branch_pw    127.0.0.1/32  scram-sha-256', 'hostssl  all  branch_cert  127.0.0.1/32  cert' ]);
 my $cport = $coord->port;
 
-$coord->safe_psql('postgres', q{
-	CREATE EXTENSION floral;
+sql($coord, q{
 	CREATE ROLE branch_pw LOGIN PASSWORD 'right horse battery' IN ROLE floral_branch;
 	CREATE ROLE branch_cert LOGIN IN ROLE floral_branch;
-	SELECT floral_create_model('m', '{3,8,3}', 'classification', 2, 2, '{"seed": 5}');
-	SELECT floral_coordinator_setup('m');
-	SELECT floral_coordinator_add_branch('m', 'b_pw', 'branch_pw');
-	SELECT floral_coordinator_add_branch('m', 'b_cert', 'branch_cert');
-});
+} . federate_sql('m', spec => q{'{3,8,3}', 'classification', 2, 2, '{"seed": 5}'},
+		branches => [ [ b_pw => 'branch_pw' ], [ b_cert => 'branch_cert' ] ]));
 
 # ---------------------------------------------------------------- branches
-my $branch = PostgreSQL::Test::Cluster->new('branch');
-$branch->init;
-$branch->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-$branch->start;
+# the branches are databases of one cluster, each with its extensions
+my $branch = new_node('branch', role => 'branch', extensions => 0);
+copy_certs($branch, $dir, qw(ca.crt evil_ca.crt client.crt client.key evil_client.crt evil_client.key));
 my $bdata = $branch->data_dir;
-copy("$dir/$_", "$bdata/$_") or die for qw(ca.crt evil_ca.crt client.crt client.key evil_client.crt evil_client.key);
-chmod 0600, "$bdata/client.key", "$bdata/evil_client.key";
 
 my $verify = "host=localhost hostaddr=127.0.0.1 port=$cport dbname=postgres sslmode=verify-full sslrootcert=$bdata/ca.crt";
 my %conninfo = (
@@ -113,16 +56,13 @@ my %conninfo = (
 for my $b (sort keys %conninfo)
 {
 	$branch->safe_psql('postgres', "CREATE DATABASE $b");
+	create_extensions($branch, role => 'branch', dbname => $b);
 	$branch->safe_psql($b, qq{
-		CREATE EXTENSION floral;
-		CREATE EXTENSION dblink;
 		CREATE TABLE rows AS
 		SELECT 'secret_tenant_${b}_' || (i % 3) AS tenant,
 		       ARRAY[sin(i), cos(i), (i % 3)::real]::real[] AS features, i % 3 AS label
 		FROM generate_series(1, 90) i;
-		SELECT floral_branch_join('m', '$b', \$\$$conninfo{$b}\$\$,
-		                          'SELECT tenant, features, label FROM rows ORDER BY tenant');
-	});
+	} . join_sql('m', $b, $conninfo{$b}, 'SELECT tenant, features, label FROM rows ORDER BY tenant'));
 }
 
 # a round end to end, over TLS
@@ -146,14 +86,14 @@ like($log, qr/connection authorized: user=branch_cert database=postgres SSL enab
 	'the certificate branch connected with TLS');
 
 # ---------------------------------------------------------------- refusals
+# joins from the branch cluster's database postgres
+create_extensions($branch, role => 'branch');
+
 sub join_error
 {
 	my ($conninfo) = @_;
-	my ($rc, $out, $err) = $branch->psql('postgres', qq{
-		CREATE EXTENSION IF NOT EXISTS floral;
-		CREATE EXTENSION IF NOT EXISTS dblink;
-		SELECT floral_branch_join('m', 'b_pw', \$\$$conninfo\$\$, 'SELECT 1, ARRAY[1,2,3]::real[], 0');
-	});
+	my ($rc, $out, $err) = $branch->psql('postgres',
+		join_sql('m', 'b_pw', $conninfo, 'SELECT 1, ARRAY[1,2,3]::real[], 0'));
 	return $err;
 }
 like(join_error("$verify user=branch_pw password='wrong horse'"),

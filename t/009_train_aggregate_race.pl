@@ -10,18 +10,16 @@
 use strict;
 use warnings;
 
-use IPC::Run qw(start pump finish timer);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('race');
-$node->init;
-$node->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-$node->start;
+my $node = new_node('race');
 
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION floral;
 	CREATE TABLE rows AS
 	SELECT 't' || (i % 3) AS tenant, ARRAY[sin(i), cos(i), 1]::real[] AS features, i % 3 AS label
 	FROM generate_series(1, 300) i;
@@ -29,55 +27,27 @@ $node->safe_psql('postgres', q{
 	SELECT count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t0''');
 });
 
-# A: an interactive session, so that its transaction can stay open
-my %a = (in => '', out => '', err => '');
-$a{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-f', '-' ],
-	'<', \$a{in}, '>', \$a{out}, '2>', \$a{err}, timer($PostgreSQL::Test::Utils::timeout_default));
-
-sub a_sql
-{
-	my ($sql, $marker) = @_;
-	$a{in} .= "$sql\n\\echo $marker\n";
-	pump $a{h} until $a{out} =~ /\Q$marker\E/;
-}
-
-# B and C: one statement each, in the background
-sub start_call
-{
-	my ($sql) = @_;
-	my %c = (out => '', err => '');
-	$c{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-d', $node->connstr('postgres'), '-c', $sql ],
-		'>', \$c{out}, '2>', \$c{err}, timer($PostgreSQL::Test::Utils::timeout_default));
-	return \%c;
-}
-
-sub lock_waiters
-{
-	my ($n) = @_;
-	return $node->poll_query_until('postgres', qq{
-		SELECT count(*) >= $n FROM pg_stat_activity
-		 WHERE wait_event_type = 'Lock' AND query LIKE '%floral_%' AND pid <> pg_backend_pid()});
-}
+# A: an interactive session, so that its transaction can stay open; B and C
+# run one statement each, in the background
+my $a_session = session($node, on_error_stop => 0);
 
 # A trains t1 inside an open transaction, holding the training lock
-a_sql(q{BEGIN;}, 'began');
-a_sql(q{SELECT 'A trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t1''');},
-	'trained');
-like($a{out}, qr/A trained 1/, 'A trained t1 and keeps its transaction open');
+session_ok($a_session, 'BEGIN');
+like(session_ok($a_session, q{SELECT 'A trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t1''')}),
+	qr/A trained 1/, 'A trained t1 and keeps its transaction open');
 
 # B aggregates and must wait for A
-my $b = start_call(q{SELECT 'B merged round ' || floral_aggregate('m')});
-ok(lock_waiters(1), 'the aggregation waits for the open training call');
+my $b = background_call($node, q{SELECT 'B merged round ' || floral_aggregate('m')});
+ok(lock_waiters($node, '%floral_%', 1), 'the aggregation waits for the open training call');
 
 # C arrives while B waits: it queues behind B
-my $c = start_call(q{SELECT 'C trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t2''')});
-ok(lock_waiters(2), 'a trainer arriving now waits too');
+my $c = background_call($node,
+	q{SELECT 'C trained ' || count(*) FROM floral_train('m', 'SELECT tenant, features, label FROM rows WHERE tenant = ''t2''')});
+ok(lock_waiters($node, '%floral_%', 2), 'a trainer arriving now waits too');
 
-a_sql(q{COMMIT;}, 'committed');
-finish($b->{h});
-finish($c->{h});
-$a{in} .= "\\q\n";
-finish($a{h});
+session_ok($a_session, 'COMMIT');
+finish_call($_) for $b, $c;
+$a_session->quit;
 like($b->{out}, qr/B merged round 1/, 'the aggregation completed');
 like($c->{out}, qr/C trained 1/, 'the late trainer completed');
 is($b->{err}, '', 'the aggregation raised no error');

@@ -9,21 +9,15 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $conf = PostgreSQL::Test::Utils::slurp_file('sql/regress.conf');
-
-my $publisher = PostgreSQL::Test::Cluster->new('publisher');
-$publisher->init(allows_streaming => 'logical');
-$publisher->append_conf('postgresql.conf', $conf);
-$publisher->start;
-
-my $subscriber = PostgreSQL::Test::Cluster->new('subscriber');
-$subscriber->init;
-$subscriber->append_conf('postgresql.conf', $conf);
-$subscriber->start;
+my $publisher = new_node('publisher', init => { allows_streaming => 'logical' });
+my $subscriber = new_node('subscriber');
 
 sub train_and_aggregate
 {
@@ -35,7 +29,6 @@ sub train_and_aggregate
 # ---------------------------------------------------------------- setup
 
 $publisher->safe_psql('postgres', q{
-	CREATE EXTENSION floral;
 	CREATE TABLE rows AS
 	SELECT 't' || (i % 3) AS tenant, ARRAY[sin(i), cos(i), sin(2 * i), cos(3 * i)]::real[] AS features,
 	       i % 3 AS label
@@ -44,19 +37,17 @@ $publisher->safe_psql('postgres', q{
 });
 is(train_and_aggregate(), "3\n1", 'publisher: round 1 trained on three tenants');
 
-$subscriber->safe_psql('postgres', 'CREATE EXTENSION floral');
 $publisher->safe_psql('postgres',
 	'CREATE PUBLICATION floral_pub FOR TABLE floral.models, floral.rounds, floral.tenants');
-my $connstr = $publisher->connstr . ' dbname=postgres';
 $subscriber->safe_psql('postgres',
-	"CREATE SUBSCRIPTION floral_sub CONNECTION '$connstr' PUBLICATION floral_pub");
+	'CREATE SUBSCRIPTION floral_sub CONNECTION ' . lit(conninfo($publisher)) . ' PUBLICATION floral_pub');
 $subscriber->wait_for_subscription_sync($publisher, 'floral_sub');
 
 # ---------------------------------------------------------------- round 1
 
 my $x = q{'{0.3, -0.7, 0.2, 0.9}'};
 my %predict = map { $_ => "SELECT floral_predict_proba('m', '$_', $x)" } qw(t0 t1 newcomer);
-my $session = $subscriber->background_psql('postgres');
+my $session = session($subscriber);
 
 my %before;
 for my $tenant (sort keys %predict)

@@ -28,136 +28,53 @@
 use strict;
 use warnings;
 
-use File::Copy;
-use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $openssl = `which openssl`;
-chomp $openssl;
-plan skip_all => 'openssl is not installed' unless $openssl;
+require_openssl();
 
 my $CRON_TIMEOUT = 150;    # seconds to wait for the job's first run
 my $PASSWORD = 'correct horse staple';
 my $src = 'SELECT tenant, features, label FROM rows ORDER BY tenant, features';
 
-my $dir = PostgreSQL::Test::Utils::tempdir;
-
-sub run_ok
-{
-	my ($cmd) = @_;
-	system("$cmd >/dev/null 2>&1") == 0 or die "failed: $cmd";
-}
-
-sub sql
-{
-	my ($node, $query, $user) = @_;
-	return $node->safe_psql('postgres', $query,
-		defined $user ? (extra_params => [ '-U', $user ]) : ());
-}
-
-# Run as a role; returns (stdout, stderr) with verbose errors (SQLSTATE).
-sub try_sql
-{
-	my ($node, $query, $user) = @_;
-	my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\n$query",
-		extra_params => [ '-U', $user ]);
-	return ($out, $err);
-}
-
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 # ---------------------------------------------------------------- certificates
-run_ok("$openssl req -new -x509 -days 2 -nodes -newkey rsa:2048 -subj '/CN=test ca' "
-	  . "-keyout $dir/ca.key -out $dir/ca.crt");
-for my $c ([ 'server', 'localhost', 'subjectAltName = DNS:localhost,IP:127.0.0.1' ],
-	[ 'client', 'branch_cert', 'basicConstraints = CA:FALSE' ])
-{
-	my ($name, $cn, $ext) = @$c;
-	run_ok("$openssl req -new -nodes -newkey rsa:2048 -subj '/CN=$cn' -keyout $dir/$name.key -out $dir/$name.csr");
-	open my $fh, '>', "$dir/$name.ext" or die;
-	print $fh "$ext\n";
-	close $fh;
-	run_ok("$openssl x509 -req -days 2 -in $dir/$name.csr -CA $dir/ca.crt -CAkey $dir/ca.key "
-		  . "-CAcreateserial -extfile $dir/$name.ext -out $dir/$name.crt");
-}
+my $dir = PostgreSQL::Test::Utils::tempdir;
+make_ca($dir, 'ca', 'test ca');
+make_cert($dir, 'ca', 'server', 'localhost', 'DNS:localhost,IP:127.0.0.1');
+make_cert($dir, 'ca', 'client', 'branch_cert');
 
 # ---------------------------------------------------------------- coordinator
 # Reachable only over TCP on 127.0.0.1: b1 with a SCRAM password,
 # branch_cert with its client certificate, nobody else.
-my $coord = PostgreSQL::Test::Cluster->new('coordinator');
-$coord->init;
-$coord->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-my $cdata = $coord->data_dir;
-copy("$dir/$_", "$cdata/$_") or die for qw(server.crt server.key ca.crt);
-chmod 0600, "$cdata/server.key";
-$coord->append_conf('postgresql.conf', q{
-listen_addresses = '127.0.0.1'
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-ssl_ca_file = 'ca.crt'
-password_encryption = 'scram-sha-256'
-log_connections = on
-});
-open my $hba, '>', "$cdata/pg_hba.conf" or die;
-print $hba <<'EOF';
-local    all  all                        trust
-host     all  b1           127.0.0.1/32  scram-sha-256
-hostssl  all  branch_cert  127.0.0.1/32  cert
-host     all  all          127.0.0.1/32  reject
-EOF
-close $hba;
-$coord->start;
+my $coord = new_node('coordinator', role => 'coordinator', tls => $dir,
+	hba => [ 'host     all  b1           127.0.0.1/32  scram-sha-256', 'hostssl  all  branch_cert  127.0.0.1/32  cert' ]);
 my $cport = $coord->port;
 
+my $spec = q{'{3,8,3}', 'classification', 2, 1, '{"seed": 5}'};
 sql($coord, qq{
-	CREATE EXTENSION floral;
 	CREATE ROLE b1 LOGIN PASSWORD '$PASSWORD' IN ROLE floral_branch;
 	CREATE ROLE branch_cert LOGIN IN ROLE floral_branch;
-	SELECT floral_create_model(m, '{3,8,3}', 'classification', 2, 1, '{"seed": 5}'),
-	       floral_coordinator_setup(m)
-	  FROM unnest('{m,c,p}'::text[]) m;
-	SELECT floral_coordinator_add_branch('m', 'b1', 'b1'),
-	       floral_coordinator_add_branch('p', 'b1', 'b1'),
-	       floral_coordinator_add_branch('c', 'bc', 'branch_cert');
-});
+}
+	  . federate_sql('m', spec => $spec, branches => [ [ b1 => 'b1' ] ])
+	  . federate_sql('c', spec => $spec, branches => [ [ bc => 'branch_cert' ] ])
+	  . federate_sql('p', spec => $spec, branches => [ [ b1 => 'b1' ] ]));
 is(sql($coord, q{SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'b1'}),
 	'SCRAM-SHA-256$', "the coordinator keeps b1's password as a SCRAM verifier");
 
 # ---------------------------------------------------------------- branch
-my $branch = PostgreSQL::Test::Cluster->new('branch');
-$branch->init;
-$branch->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-$branch->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'floral,pg_cron'
-cron.database_name = 'postgres'
-cron.use_background_workers = on
-max_worker_processes = 20
-});
-$branch->start;
+# What the superuser does on the branch, and nothing more: install floral,
+# dblink and pg_cron (new_node), then the roles and the connection.
+my $branch = new_node('branch', role => 'branch', cron => 1);
+copy_certs($branch, $dir, qw(ca.crt client.crt client.key));
 my $bdata = $branch->data_dir;
-copy("$dir/$_", "$bdata/$_") or die for qw(ca.crt client.crt client.key);
-chmod 0600, "$bdata/client.key";
 
-# What the superuser does on the branch, and nothing more.
-sql($branch, qq{
-	CREATE EXTENSION floral;
-	CREATE EXTENSION dblink;
-	CREATE EXTENSION pg_cron;
+sql($branch, branch_rows_sql() . qq{
 	CREATE ROLE branch_runner LOGIN IN ROLE floral_admin;
 	CREATE ROLE other_admin LOGIN IN ROLE floral_admin;
-	CREATE TABLE rows AS
-	SELECT 't' || (i % 3) AS tenant,
-	       ARRAY[sin(i), cos(i * 0.7), sin(i * 0.3)]::real[] AS features,
-	       (i % 3) AS label
-	  FROM generate_series(1, 90) i;
 	GRANT SELECT ON rows TO branch_runner;
 	CREATE SERVER coord FOREIGN DATA WRAPPER dblink_fdw
 	       OPTIONS (host '127.0.0.1', port '$cport', dbname 'postgres');
@@ -177,7 +94,7 @@ is( sql($branch, q{SELECT current_user, rolsuper, pg_has_role('floral_admin', 'M
 	'branch_runner|f|t', 'branch_runner is an ordinary role: a floral_admin, not a superuser');
 
 # ---------------------------------------------------------------- 1. password, pg_cron
-sql($branch, qq{SELECT floral_branch_join('m', 'b1', 'coord', @{[lit($src)]})}, 'branch_runner');
+sql($branch, join_sql('m', 'b1', 'coord', $src), 'branch_runner');
 is( sql($branch, q{SELECT runs_as, local_round, coordinator, auth
 	                 FROM floral.branch_status JOIN floral.branch_links USING (model, branch)
 	                WHERE model = 'm'}),
@@ -197,20 +114,19 @@ my $cert_conninfo = "host=localhost hostaddr=127.0.0.1 port=$cport dbname=postgr
   . "sslrootcert=$bdata/ca.crt user=branch_cert sslcert=$bdata/client.crt sslkey=$bdata/client.key";
 my $join_c = sub {
 	my ($options) = @_;
-	return try_sql($branch, qq{SELECT floral_branch_join('c', 'bc', @{[lit($cert_conninfo)]}, @{[lit($src)]},
-	                                                    '{}', '$options')}, 'branch_runner');
+	return try_sql($branch, join_sql('c', 'bc', $cert_conninfo, $src, '{}', $options), user => 'branch_runner');
 };
-my ($out, $err) = $join_c->('{}');
+my (undef, $out, $err) = $join_c->('{}');
 like($err, qr/password is required/,
 	'with auth password, a certificate conninfo is refused: a role that is not a superuser needs a password');
-($out, $err) = $join_c->('{"auth": "certificate"}');
+(undef, $out, $err) = $join_c->('{"auth": "certificate"}');
 like($err, qr/42501: permission denied for function dblink_connect_u/,
 	'with auth certificate, the join fails until a superuser grants dblink_connect_u');
 is(sql($branch, q{SELECT count(*) FROM floral.branch_links WHERE model = 'c'}),
 	'0', 'the failed joins left no link');
 
 sql($branch, q{GRANT EXECUTE ON FUNCTION dblink_connect_u(text, text) TO branch_runner});
-($out, $err) = $join_c->('{"auth": "certificate"}');
+(undef, $out, $err) = $join_c->('{"auth": "certificate"}');
 is($err, '', 'after GRANT EXECUTE ON FUNCTION dblink_connect_u, branch_runner joins with its certificate');
 like(sql($branch, q{CALL floral_branch_step('c')}, 'branch_runner'),
 	qr/^round 0: trained 3 tenants on 90 rows, update sent$/,
@@ -230,7 +146,7 @@ like(sql($branch, q{SELECT last_error FROM floral.branch_status WHERE model = 'c
 
 # ---------------------------------------------------------------- 3. the joining role's rights
 my $secret_src = 'SELECT tenant, features, label FROM secret ORDER BY tenant, features';
-sql($branch, qq{SELECT floral_branch_join('p', 'b1', 'coord', @{[lit($secret_src)]})}, 'branch_runner');
+sql($branch, join_sql('p', 'b1', 'coord', $secret_src), 'branch_runner');
 is(sql($branch, q{SELECT count(*) FROM secret}), '90', 'the superuser can read table secret');
 is( sql($branch, q{CALL floral_branch_step('p')}),
 	'round 0: training failed: permission denied for table secret',
@@ -246,11 +162,11 @@ is( sql($branch, q{SELECT runs_as, last_error FROM floral.branch_status WHERE mo
 my $sneaky_src = 'SELECT tenant, features, label FROM rows WHERE sneaky() > 0 ORDER BY tenant, features';
 is( sql($branch, q{BEGIN; SELECT sneaky(); SELECT count(*) FROM audit; ROLLBACK;}, 'branch_runner'),
 	"1\n1", 'branch_runner may write to audit through sneaky() outside a source');
-sql($branch, qq{SELECT floral_branch_join('p', 'b1', 'coord', @{[lit($sneaky_src)]})}, 'branch_runner');
+sql($branch, join_sql('p', 'b1', 'coord', $sneaky_src), 'branch_runner');
 is( sql($branch, q{CALL floral_branch_step('p')}),
 	'round 0: training failed: cannot execute INSERT in a read-only transaction',
 	'a source calling a function that writes fails in the step');
-($out, $err) = try_sql($branch, qq{SELECT * FROM floral_train('p', @{[lit($sneaky_src)]})}, 'branch_runner');
+(undef, $out, $err) = try_sql($branch, qq{SELECT * FROM floral_train('p', @{[lit($sneaky_src)]})}, user => 'branch_runner');
 like($err, qr/25006: cannot execute INSERT in a read-only transaction/, 'with SQLSTATE 25006');
 is(sql($branch, q{SELECT count(*) FROM audit}), '0', 'and the table gained no row');
 
@@ -264,7 +180,7 @@ sql($branch, q{
 		RETURN QUERY SELECT s.tenant, s.features, s.label FROM secret s;
 	END $$;
 }, 'branch_runner');
-sql($branch, q{SELECT floral_branch_join('p', 'b1', 'coord', 'SELECT * FROM runner.escape()')}, 'branch_runner');
+sql($branch, join_sql('p', 'b1', 'coord', 'SELECT * FROM runner.escape()'), 'branch_runner');
 is( sql($branch, q{CALL floral_branch_step('p')}),
 	'round 0: training failed: cannot set parameter "role" within security-restricted operation',
 	'a source cannot SET ROLE NONE back to the superuser running the step');
@@ -272,24 +188,24 @@ is( sql($branch, q{SELECT (SELECT count(*) FROM floral.outbox WHERE model = 'p')
 	                      (SELECT count(*) FROM floral.tenants WHERE model = 'p')}),
 	'0|0', 'and trained nothing');
 
-($out, $err) = try_sql($branch, q{CALL floral_branch_step('p')}, 'other_admin');
+(undef, $out, $err) = try_sql($branch, q{CALL floral_branch_step('p')}, user => 'other_admin');
 like($err, qr/42501: role "other_admin" may not run the branch of model "p"/,
 	'a floral_admin that is not a member of the owner may not run the step (42501)');
 like($err, qr/HINT:  Run it as "branch_runner"/, 'with a hint naming the role that joined');
-($out, $err) = try_sql($branch, q{UPDATE floral.branch_links SET source = 'SELECT * FROM secret'}, 'other_admin');
+(undef, $out, $err) = try_sql($branch, q{UPDATE floral.branch_links SET source = 'SELECT * FROM secret'}, user => 'other_admin');
 like($err, qr/42501: permission denied for table branch_links/,
 	'a floral_admin that is not the owner cannot edit the link (42501)');
-($out, $err) = try_sql($branch, q{UPDATE floral.branch_links SET source = 'SELECT * FROM secret'}, 'branch_runner');
+(undef, $out, $err) = try_sql($branch, q{UPDATE floral.branch_links SET source = 'SELECT * FROM secret'}, user => 'branch_runner');
 like($err, qr/42501: permission denied for table branch_links/,
 	'nor can the owner itself: a link changes only by joining again');
-($out, $err) = try_sql($branch, q{UPDATE floral.outbox SET sent_at = now()}, 'other_admin');
+(undef, $out, $err) = try_sql($branch, q{UPDATE floral.outbox SET sent_at = now()}, user => 'other_admin');
 like($err, qr/42501: permission denied for table outbox/, 'nor the outbox');
 is(sql($branch, q{SELECT source, owner FROM floral.branch_links WHERE model = 'p'}),
 	'SELECT * FROM runner.escape()|branch_runner', 'the link is unchanged');
 
 # With a source branch_runner may read, the same superuser step succeeds:
 # it connected through branch_runner's user mapping (the superuser has none).
-sql($branch, qq{SELECT floral_branch_join('p', 'b1', 'coord', @{[lit($src)]})}, 'branch_runner');
+sql($branch, join_sql('p', 'b1', 'coord', $src), 'branch_runner');
 is( sql($branch, q{SELECT count(*) FROM pg_user_mappings WHERE srvname = 'coord' AND usename = current_user}),
 	'0', 'the superuser has no user mapping for the coordinator');
 like(sql($branch, q{CALL floral_branch_step('p')}), qr/^round 0: trained 3 tenants on 90 rows, update sent$/,
@@ -303,7 +219,7 @@ for my $call (q{floral._branch_mark_sent('p', 0, 'forged', 0)}, q{floral._branch
 	q{floral._branch_note('p', true, NULL, 'forged')}, q{floral._branch_sync('p', 0, NULL, NULL)},
 	q{floral._branch_collect('p', 0)})
 {
-	($out, $err) = try_sql($branch, "SELECT $call", 'other_admin');
+	(undef, $out, $err) = try_sql($branch, "SELECT $call", user => 'other_admin');
 	like($err, qr/42501: role "other_admin" may not act for the branch of model "p"/,
 		"a floral_admin that is not the owner may not call $call");
 }
@@ -312,13 +228,8 @@ is( sql($branch, q{SELECT o.round || ':' || o.answer || '|' || l.last_step
 	$before, 'the outbox and the link are unchanged');
 
 # ---------------------------------------------------------------- 1. (continued) the job's round
-my $sent = 'f';
-while (time() - $cron_started < $CRON_TIMEOUT)
-{
-	$sent = sql($branch, q{SELECT count(*) > 0 FROM floral.outbox WHERE model = 'm' AND sent_at IS NOT NULL});
-	last if $sent eq 't';
-	usleep(500_000);
-}
+my $sent = wait_for($branch, q{SELECT count(*) > 0 FROM floral.outbox WHERE model = 'm' AND sent_at IS NOT NULL},
+	't', timeout => $CRON_TIMEOUT - (time() - $cron_started), interval => 0.5) // 'f';
 note sprintf('the job sent round 0 %d s after it was scheduled', time() - $cron_started);
 is($sent, 't', 'the pg_cron job trained and sent round 0');
 $branch->poll_query_until('postgres',

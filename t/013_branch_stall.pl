@@ -23,8 +23,11 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use IO::Socket::UNIX;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -34,33 +37,12 @@ my $CONNECT_TIMEOUT = 2;         # s, the link's
 my $MARGIN = 8;                  # s allowed beyond a timeout (training, a loaded machine)
 my $src = 'SELECT tenant, features, label FROM rows ORDER BY tenant, features';
 
-sub new_node
-{
-	my ($name) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-	$node->start;
-	return $node;
-}
-
-sub sql
-{
-	my ($node, $query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-my $coord = new_node('coordinator');
-my $branch = new_node('branch');
+my $coord = new_node('coordinator', role => 'coordinator');
+my $branch = new_node('branch', role => 'branch');
 my $cport = $coord->port;
 
-sql($coord, q{
-	CREATE EXTENSION floral;
-	CREATE ROLE b1 LOGIN IN ROLE floral_branch;
-	SELECT floral_create_model('m', '{3,8,3}', 'classification', 2, 1, '{"seed": 5}');
-	SELECT floral_coordinator_setup('m');
-	SELECT floral_coordinator_add_branch('m', 'b1', 'b1');
-});
+sql($coord, q{CREATE ROLE b1 LOGIN IN ROLE floral_branch;}
+	  . federate_sql('m', spec => q{'{3,8,3}', 'classification', 2, 1, '{"seed": 5}'}, branches => [ [ b1 => 'b1' ] ]));
 
 # The branch reaches the coordinator's socket through a directory of its
 # own, so that part e can put a coordinator that never answers in its place.
@@ -69,30 +51,20 @@ my $sockname = "$sockdir/.s.PGSQL.$cport";
 symlink($coord->host . "/.s.PGSQL.$cport", $sockname) or die "symlink: $!";
 my $conninfo = "host=$sockdir port=$cport dbname=postgres user=b1";
 
-sql($branch, qq{
-	CREATE EXTENSION floral;
-	CREATE EXTENSION dblink;
-	CREATE TABLE rows AS
-	SELECT 't' || (i % 3) AS tenant,
-	       ARRAY[sin(i), cos(i * 0.7), sin(i * 0.3)]::real[] AS features,
-	       (i % 3) AS label
-	  FROM generate_series(1, 90) i;
-	SELECT floral_branch_join('m', 'b1', '$conninfo', '$src', '{}',
-	                          '{"statement_timeout": $STATEMENT_TIMEOUT, "connect_timeout": $CONNECT_TIMEOUT}');
-});
+sql($branch, branch_rows_sql() . join_sql('m', 'b1', $conninfo, $src, '{}',
+	qq{{"statement_timeout": $STATEMENT_TIMEOUT, "connect_timeout": $CONNECT_TIMEOUT}}));
 is(sql($branch, q{SELECT local_round, statement_timeout, connect_timeout FROM floral.branch_status WHERE model = 'm'}),
 	"0|$STATEMENT_TIMEOUT|$CONNECT_TIMEOUT", 'the branch joined with its timeouts');
 
 # The step runs in a session that lives on, so that whatever it left behind
 # (a lock, a transaction, a dblink connection) would still be there.
-my $s = $branch->background_psql('postgres', on_error_stop => 0);
+my $s = session($branch, on_error_stop => 0);
 my $step_pid = $s->query_safe('SELECT pg_backend_pid()');
 
-# What $s printed on stderr since the last call, as an error to report.
-sub session_error
+# The first line of what a session printed on stderr, as an error to report.
+sub first_error
 {
-	my $err = $s->{stderr};
-	$s->{stderr} = '';
+	my ($err) = @_;
 	$err =~ s/\n.*//s;
 	return $err eq '' ? '' : "ERROR: $err";
 }
@@ -101,9 +73,8 @@ sub session_error
 sub timed_step
 {
 	my $t0 = time();
-	my $status = $s->query(q{CALL floral_branch_step('m')});
-	my $err = session_error();
-	return ($err || $status, time() - $t0);
+	my ($status, $err) = session_run($s, q{CALL floral_branch_step('m')});
+	return (first_error($err) || $status, time() - $t0);
 }
 
 my $outbox = q{SELECT count(*) FILTER (WHERE sent_at IS NULL), count(*) FILTER (WHERE sent_at IS NOT NULL)
@@ -115,7 +86,7 @@ my $leftovers = qq{
 	       (SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%')};
 
 # ---------------------------------------------------------------- a. pull stalls
-my $lock = $coord->background_psql('postgres');
+my $lock = session($coord);
 $lock->query_safe('BEGIN; LOCK TABLE floral.updates IN ACCESS EXCLUSIVE MODE');
 my ($status, $secs) = timed_step();
 note sprintf('stalled pull: the step returned after %.2f s: %s', $secs, $status);
@@ -133,7 +104,7 @@ $lock->query_safe('ROLLBACK');
 # The coordinator's model lock, exclusive, as a merge holds it.
 $lock->query_safe(q{BEGIN; SELECT pg_advisory_xact_lock(1718382450, hashtext('m'))});
 my $t0 = time();
-$s->query_until(qr/started\n/, "\\echo started\nCALL floral_branch_step('m');\n\\echo done\n");
+session_send($s, q{CALL floral_branch_step('m')});
 ok( $coord->poll_query_until('postgres', q{
 		SELECT count(*) FROM pg_stat_activity
 		 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE '%floral.fed_submit(%'}, '1'),
@@ -145,10 +116,10 @@ my ($rc, $out, $err) = $branch->psql('postgres', q{SET lock_timeout = '1s'; SELE
 is("$out|$err", '0|', 'an exclusive floral_discard on the branch does not wait for the stalled step');
 is(sql($branch, q{CALL floral_branch_step('m')}), 'busy: another step is running',
 	'a second step answers busy');
-$status = $s->query_until(qr/done\n/, '');
+my $step_err;
+($status, $step_err) = session_wait($s);
 $secs = time() - $t0;
-$status =~ s/\n?done\n$//;
-$status = session_error() || $status;
+$status = first_error($step_err) || $status;
 note sprintf('stalled send: the step returned after %.2f s: %s', $secs, $status);
 like($status, qr/^round 0: trained 3 tenants on 90 rows, update kept in the outbox: canceling statement due to statement timeout$/,
 	'a stalled fed_submit: the step keeps the update in the outbox');
@@ -183,8 +154,8 @@ is( sql($coord, q{SELECT tenants || '|' || examples FROM floral.federation_round
 # The branch session's own statement_timeout cancels the step while it
 # waits for the coordinator (PL/pgSQL's WHEN OTHERS does not catch a cancel).
 $lock->query_safe(q{BEGIN; SELECT pg_advisory_xact_lock(1718382450, hashtext('m'))});
-$s->query(q{SET statement_timeout = '1s'; CALL floral_branch_step('m'); RESET statement_timeout});
-like(session_error(), qr/canceling statement due to statement timeout/, 'the branch session cancels its own step');
+my (undef, $cancel_err) = session_run($s, q{SET statement_timeout = '1s'; CALL floral_branch_step('m'); RESET statement_timeout});
+like(first_error($cancel_err), qr/canceling statement due to statement timeout/, 'the branch session cancels its own step');
 $lock->query_safe('ROLLBACK');
 is(sql($branch, $leftovers), 'idle|0|0|0', 'the cancelled step left no lock in its session');
 like(sql($branch, q{CALL floral_branch_step('m')}), qr/^(sent 1 waiting update\(s\); )?round 1: /,

@@ -26,27 +26,24 @@
 use strict;
 use warnings;
 
-use IPC::Run qw(start finish timer);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-my $node = PostgreSQL::Test::Cluster->new('parallel');
-$node->init;
-$node->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'));
-$node->append_conf('postgresql.conf', qq{
+my $node = new_node('parallel', conf => qq{
 max_worker_processes = 8
 max_parallel_workers = 8
 max_parallel_maintenance_workers = 2
 });
-$node->start;
 
 # Nine tenants of uneven sizes (more tenants than participants, so that the
 # tasks are shared out), labels for classification and regression; the
 # sources are ordered, so that every call reads the rows in the same order.
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION floral;
 	CREATE TABLE rows AS
 	SELECT row_number() OVER () AS n, 't' || k AS tenant,
 	       ARRAY(SELECT sin(i * j + k) FROM generate_series(1, 8) j)::real[] AS features,
@@ -64,8 +61,7 @@ my %mode = (
 sub run_sql
 {
 	my ($mode, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\n" . $mode{$mode} . $sql);
-	return ($ret, $out, $err);
+	return try_sql($node, $mode{$mode} . $sql);
 }
 
 # run a call serially on one model and in parallel on its twin; checks that
@@ -283,14 +279,11 @@ $node->safe_psql('postgres', q{
 	SELECT floral_create_model('long', '{64,256,5}', 'classification', 4, 8);
 });
 
+# a call in the background, in a session of parallel mode
 sub start_call
 {
 	my (@sql) = @_;
-	my %c = (out => '', err => '');
-	$c{h} = start([ 'psql', '-X', '-A', '-t', '-q', '-v', 'VERBOSITY=verbose', '-d', $node->connstr('postgres'),
-			map { ('-c', $_) } (split(/; /, $mode{parallel}), @sql) ],
-		'>', \$c{out}, '2>', \$c{err}, timer($PostgreSQL::Test::Utils::timeout_default));
-	return \%c;
+	return background_call($node, [ split(/; /, $mode{parallel}), @sql ], verbose => 1);
 }
 
 # poll a query until its result matches; returns the result, or undef (also
@@ -298,19 +291,7 @@ sub start_call
 sub poll_for
 {
 	my ($sql, $re, $c) = @_;
-	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
-	while (time() < $deadline)
-	{
-		my $r = $node->safe_psql('postgres', $sql);
-		return $r if $r =~ $re;
-		if ($c)
-		{
-			$c->{h}->pump_nb;
-			return undef unless $c->{h}->pumpable;
-		}
-		usleep(20_000);
-	}
-	return undef;
+	return wait_for($node, $sql, $re, call => $c, interval => 0.02);
 }
 
 my $workers = q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker'};
@@ -359,7 +340,7 @@ ok($n1 > $n0, "progress: the tenant number moves forward ($n0 -> $n1)");
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_stat_activity WHERE leader_pid = $pid AND backend_type = 'parallel worker'}),
 	'2', 'cancel: the call still runs its workers');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
-finish($c->{h});
+finish_call($c);
 like($c->{err}, qr/ERROR:  57014: canceling statement due to user request/, 'cancel: the call failed with 57014');
 ok($node->poll_query_until('postgres', "SELECT ($workers) = 0"), 'cancel: no parallel worker left');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM floral.progress}), '0', 'cancel: the progress slot is released');
@@ -372,7 +353,7 @@ my $t0 = time();
 ok(defined poll_for(qq{SELECT count(*) FROM pg_stat_activity a JOIN floral.progress p ON a.leader_pid = p.pid
 	                    WHERE a.backend_type = 'parallel worker'}, qr/^2$/, $c),
 	'timeout: the call runs with 2 parallel workers');
-finish($c->{h});
+finish_call($c);
 like($c->{err}, qr/ERROR:  57014: canceling statement due to statement timeout/, 'timeout: the call failed with 57014');
 ok(time() - $t0 < 60, 'timeout: the call stopped soon');
 ok($node->poll_query_until('postgres', "SELECT ($workers) = 0"), 'timeout: no parallel worker left');
@@ -385,7 +366,7 @@ my $wpid = poll_for(q{SELECT min(a.pid) FROM pg_stat_activity a JOIN floral.prog
 	                   WHERE a.backend_type = 'parallel worker' HAVING count(*) = 2}, qr/^\d+$/, $c);
 ok(defined $wpid, 'worker cancelled: the call runs with 2 parallel workers');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($wpid)") if defined $wpid;
-finish($c->{h});
+finish_call($c);
 like($c->{err}, qr/ERROR:  57014: canceling statement due to user request\nCONTEXT:  parallel worker/,
 	'worker cancelled: the call failed with 57014 from the worker');
 ok($node->poll_query_until('postgres', "SELECT ($workers) = 0"), 'worker cancelled: no parallel worker left');

@@ -29,7 +29,9 @@
 use strict;
 use warnings;
 
-use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use FloralTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -40,74 +42,19 @@ my $train_src = "SELECT tenant, features, label FROM rows WHERE i <= $TRAIN_ROWS
 my $test_src  = "SELECT tenant, features, label FROM rows WHERE i > $TRAIN_ROWS ORDER BY tenant, i";
 my $train_options = '{"lr": 0.3}';
 
-sub new_node
-{
-	my ($name, $conf) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', PostgreSQL::Test::Utils::slurp_file('sql/regress.conf'))
-	  if -f 'sql/regress.conf';
-	$node->append_conf('postgresql.conf', $conf) if $conf;
-	$node->start;
-	return $node;
-}
-
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
-sub sql
-{
-	my ($node, $query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-sub rows_sql
-{
-	my ($b) = @_;
-	my $lo = $TENANTS_PER_BRANCH * ($b - 1);
-	my $hi = $TENANTS_PER_BRANCH * $b - 1;
-	return qq{
-	CREATE TABLE rows AS
-	SELECT format('b%s_t%s', $b, lpad(t::text, 2, '0')) AS tenant, i,
-	       ARRAY[sin(i * 1.1 + t), cos(i * 0.9 + t * 0.5), sin(i * 0.37) * 2]::real[] AS features,
-	       ((CASE WHEN sin(i * 1.1 + t) > 0.3 THEN 2
-	              WHEN cos(i * 0.9 + t * 0.5) > 0 THEN 1 ELSE 0 END) + t % 2) % 3 AS label
-	  FROM generate_series($lo, $hi) t, generate_series(1, 120) i;
-	};
-}
-
-my $coord = new_node('coordinator', "log_statement = 'all'\n");
-my @branches = map { new_node("branch$_") } 1 .. 3;
-my @names = map { "b$_" } 1 .. 3;
-
 # ms: secure aggregation; mp: the same model, federated plainly
-sql($coord, q{
-	CREATE EXTENSION floral;
-	SELECT floral_create_model(m, '{3,24,3}', 'classification', 2, 2, '{"seed": 3}') FROM unnest('{ms,mp}'::text[]) m;
-	SELECT floral_coordinator_setup('ms', '{"secure_aggregation": true, "deadline": "1 hour"}');
-	SELECT floral_coordinator_setup('mp');
-	SELECT floral_coordinator_add_branch(m, b) FROM unnest('{ms,mp}'::text[]) m, unnest('{b1,b2,b3}'::text[]) b;
-});
-my $conninfo = 'host=' . $coord->host . ' port=' . $coord->port . ' dbname=postgres';
-for my $k (0 .. 2)
-{
-	sql($branches[$k], 'CREATE EXTENSION floral; CREATE EXTENSION dblink;' . rows_sql($k + 1));
-	for my $m ('ms', 'mp')
-	{
-		sql($branches[$k], sprintf(q{SELECT floral_branch_join('%s', '%s', %s, %s, '%s')},
-			$m, $names[$k], lit($conninfo), lit($train_src), $train_options));
-	}
-}
-
-sub round_of
-{
-	my ($node, $m) = @_;
-	return sql($node, "SELECT round FROM floral.models WHERE name = '$m'");
-}
+my $spec = q{'{3,24,3}', 'classification', 2, 2, '{"seed": 3}'};
+my ($coord, @branches) = start_federation(
+	branches         => 3,
+	coordinator_conf => "log_statement = 'all'\n",
+	models           => [
+		ms => { spec => $spec, setup => '{"secure_aggregation": true, "deadline": "1 hour"}' },
+		mp => { spec => $spec } ],
+	rows          => sub { federation_rows_sql($_[0], $_[0], $TENANTS_PER_BRANCH) },
+	source        => $train_src,
+	train_options => $train_options);
+my @names = map { "b$_" } 1 .. 3;
+my $conninfo = conninfo($coord);
 
 # Step the given branches and the coordinator until the round merges;
 # returns the coordinator's last answer and every branch answer.
@@ -267,19 +214,8 @@ for my $k (0 .. 2)
 {
 	sql($branches[$k], q{CALL floral_branch_step('ms'); CALL floral_branch_step('mp');});
 }
-sub accuracy
-{
-	my ($m) = @_;
-	my ($n, $c) = (0, 0);
-	for my $node (@branches)
-	{
-		my ($e, $a) = split /\|/, sql($node, "SELECT sum(examples), sum(accuracy * examples) FROM floral_evaluate('$m', " . lit($test_src) . ')');
-		$n += $e;
-		$c += $a;
-	}
-	return $c / $n;
-}
-my ($acc_s, $acc_p) = (accuracy('ms'), accuracy('mp'));
+my (undef, $acc_s) = federated_accuracy('ms', $test_src, @branches);
+my (undef, $acc_p) = federated_accuracy('mp', $test_src, @branches);
 note sprintf('accuracy after 5 rounds: secure %.4f, plain %.4f', $acc_s, $acc_p);
 cmp_ok(abs($acc_s - $acc_p), '<', 0.01, 'the secure federation\'s accuracy equals the plain one\'s (within 0.01)');
 
@@ -383,8 +319,7 @@ for my $bad ("'{b1,b2,b3}', '{self,self,self}', NULL, '{$resend}'",
 			 "'{b1,b2,b3}', '{self,self,self}', '{1,NULL,1}', '{$resend}'",
 			 "NULL, '{self,self,self}', '{1,1,1}', '{$resend}'")
 {
-	my ($rv, $out, $err) = $coord->psql('postgres',
-		"SELECT floral.fed_secagg_reveal('ms', 'b1', $rd, $att, $bad)", extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	my (undef, undef, $err) = try_sql($coord, "SELECT floral.fed_secagg_reveal('ms', 'b1', $rd, $att, $bad)");
 	like($err, qr/22004: a reveal must not be or hold NULL/, 'a reveal that is or holds NULL is refused (22004)');
 }
 ($merged) = run_round('ms', 0, 1, 2);
@@ -421,11 +356,10 @@ for my $r (6, 7)
 ($merged) = run_round('mp', 0, 1, 2);
 like($merged, qr/merged from 3 of 3/, 'plain federation: the next round merged');
 my $rp = round_of($coord, 'mp');
-my ($rv, $out, $err) = $branches[0]->psql('postgres', sprintf(q{SELECT floral_branch_join('mp', 'b1', %s, %s, '%s', '{"require_secure_aggregation": 1}')},
-	lit($conninfo), lit($train_src), $train_options));
+my ($rv, $out, $err) = $branches[0]->psql('postgres',
+	join_sql('mp', 'b1', $conninfo, $train_src, $train_options, '{"require_secure_aggregation": 1}'));
 like($err, qr/option "require_secure_aggregation" of floral_branch_join must be a JSON boolean/, 'require_secure_aggregation must be a boolean');
-sql($branches[0], sprintf(q{SELECT floral_branch_join('mp', 'b1', %s, %s, '%s', '{"require_secure_aggregation": true}')},
-	lit($conninfo), lit($train_src), $train_options));
+sql($branches[0], join_sql('mp', 'b1', $conninfo, $train_src, $train_options, '{"require_secure_aggregation": true}'));
 like(sql($branches[0], q{CALL floral_branch_step('mp')}),
 	qr/^round $rp: refused: the coordinator says secure aggregation is off and this link requires it/,
 	'a link that requires secure aggregation refuses a coordinator that says it is off');
@@ -435,8 +369,7 @@ is(sql($branches[0], "SELECT count(*) FROM floral.outbox WHERE model = 'mp' AND 
 like(sql($branches[0], q{SELECT last_error FROM floral.branch_status WHERE model = 'mp'}), qr/refused/,
 	'branch_status keeps the refusal as the last error');
 # the same link on the secure federation takes part as before
-sql($branches[0], sprintf(q{SELECT floral_branch_join('ms', 'b1', %s, %s, '%s', '{"require_secure_aggregation": true}')},
-	lit($conninfo), lit($train_src), $train_options));
+sql($branches[0], join_sql('ms', 'b1', $conninfo, $train_src, $train_options, '{"require_secure_aggregation": true}'));
 
 # a threshold of 1 relayed: every branch refuses to share
 my $rt = round_of($coord, 'ms');

@@ -2187,9 +2187,13 @@ COMMENT ON FUNCTION floral._branch_phase_secagg(text, int) IS
 ------------------------------------------------------------------------
 -- Rollback at a coordinator
 --
--- floral_rollback lowers a model's round; at a coordinator the undone
--- rounds are then collected again from scratch: their updates and secure
--- aggregation state go, and the current round's deadline starts anew.  It
+-- floral_rollback sets a model's round back (to an earlier round, or to the
+-- current one to restart it); at a coordinator the undone rounds are then
+-- collected again from scratch: their updates and secure aggregation state
+-- go, and the current round's deadline starts anew.  Only a rollback sets
+-- a coordinator's round to one not above it (aggregation moves it up; a
+-- branch's pull may set it to the same round, and a branch has none of
+-- these rows).  It
 -- runs as whoever lowered the round: floral_rollback runs as the owner, and
 -- nobody else writes floral.models.
 ------------------------------------------------------------------------
@@ -2204,7 +2208,7 @@ END $$;
 COMMENT ON FUNCTION floral._federation_rolled_back() IS
 	'trigger: a rolled-back model forgets what the undone rounds collected at a coordinator';
 CREATE TRIGGER federation_rollback AFTER UPDATE OF round ON floral.models
-	FOR EACH ROW WHEN (NEW.round < OLD.round)
+	FOR EACH ROW WHEN (NEW.round <= OLD.round)
 	EXECUTE FUNCTION floral._federation_rolled_back();
 
 ------------------------------------------------------------------------

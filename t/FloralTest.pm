@@ -187,11 +187,11 @@ log_connections = on
 =item create_extensions($node, %params)
 
 Create the extensions a node needs, in database C<dbname> (default
-postgres): floral always; dblink on a branch (C<< role => 'branch' >>), for
-its connections to the coordinator; pg_cron with C<< cron => 1 >>.  A
-coordinator (C<< role => 'coordinator' >>) needs floral only: it never
-connects anywhere.  This is the one place that says which extensions a
-test node has.
+postgres): floral alone on a single database; floral_federation (with
+floral and dblink, CASCADE) on a coordinator (C<< role => 'coordinator' >>)
+and on a branch (C<< role => 'branch' >>); pg_cron with C<< cron => 1 >>.
+A coordinator never connects anywhere: only branches use dblink.  This is
+the one place that says which extensions a test node has.
 
 =cut
 
@@ -201,8 +201,7 @@ sub create_extensions
 	my $role = $params{role} // '';
 	croak "unknown role \"$role\"" if $role !~ /^(|coordinator|branch)$/;
 
-	my @extensions = ('floral');
-	push @extensions, 'dblink' if $role eq 'branch';
+	my @extensions = $role eq '' ? ('floral') : ('floral_federation CASCADE');
 	push @extensions, 'pg_cron' if $params{cron};
 	$node->safe_psql($params{dbname} // 'postgres',
 		join("\n", map { "CREATE EXTENSION $_;" } @extensions));

@@ -604,7 +604,7 @@ COMMENT ON VIEW floral.progress IS
 -- 4. Prediction: mixtures
 ------------------------------------------------------------------------
 CREATE FUNCTION floral_mixture(model text, tenant text) RETURNS real[]
-	AS 'MODULE_PATHNAME', 'floral_mixture' LANGUAGE C STABLE STRICT;
+	AS 'MODULE_PATHNAME', 'floral_mixture' LANGUAGE C STABLE;
 COMMENT ON FUNCTION floral_mixture(text, text) IS
 	'a tenant''s mixture probabilities over the adaptors (uniform for an unknown tenant)';
 
@@ -721,8 +721,12 @@ BEGIN
 	UPDATE floral.tenants t SET start_round = NULL, start_logits = NULL, start_adaptors = NULL,
 		contributed_call = NULL
 		WHERE t.model = floral_rollback.model AND t.start_round > floral_rollback.round;
-	-- (at a coordinator, floral_federation's trigger on floral.models
-	-- forgets what the undone rounds collected)
+	-- at a coordinator (floral_federation), the undone rounds are collected
+	-- again from scratch; schema floral is the owner's alone, so nobody else
+	-- can have put a function of that name there
+	IF pg_catalog.to_regprocedure('floral._federation_rollback(text, integer)') IS NOT NULL THEN
+		EXECUTE 'SELECT floral._federation_rollback($1, $2)' USING model, round;
+	END IF;
 	UPDATE floral.models m SET round = floral_rollback.round WHERE m.name = floral_rollback.model;
 	RETURN round;
 END $$;

@@ -2188,28 +2188,22 @@ COMMENT ON FUNCTION floral._branch_phase_secagg(text, int) IS
 -- Rollback at a coordinator
 --
 -- floral_rollback sets a model's round back (to an earlier round, or to the
--- current one to restart it); at a coordinator the undone rounds are then
--- collected again from scratch: their updates and secure aggregation state
--- go, and the current round's deadline starts anew.  Only a rollback sets
--- a coordinator's round to one not above it (aggregation moves it up; a
--- branch's pull may set it to the same round, and a branch has none of
--- these rows).  It
--- runs as whoever lowered the round: floral_rollback runs as the owner, and
--- nobody else writes floral.models.
+-- current one to restart it) and then calls this, when it exists: at a
+-- coordinator the undone rounds are collected again from scratch, so their
+-- updates and secure aggregation state go, and the current round's deadline
+-- starts anew.  It runs inside floral_rollback, as floral's owner, with the
+-- model locked.
 ------------------------------------------------------------------------
-CREATE FUNCTION floral._federation_rolled_back() RETURNS trigger
+CREATE FUNCTION floral._federation_rollback(model text, round int) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 BEGIN
-	DELETE FROM floral.updates u WHERE u.model = NEW.name AND u.round >= NEW.round;
-	DELETE FROM floral.secagg_rounds s WHERE s.model = NEW.name AND s.round >= NEW.round;
-	UPDATE floral.federations f SET round_started_at = now() WHERE f.model = NEW.name;
-	RETURN NULL;
+	DELETE FROM floral.updates u WHERE u.model = _federation_rollback.model AND u.round >= _federation_rollback.round;
+	DELETE FROM floral.secagg_rounds s WHERE s.model = _federation_rollback.model AND s.round >= _federation_rollback.round;
+	UPDATE floral.federations f SET round_started_at = now() WHERE f.model = _federation_rollback.model;
 END $$;
-COMMENT ON FUNCTION floral._federation_rolled_back() IS
-	'trigger: a rolled-back model forgets what the undone rounds collected at a coordinator';
-CREATE TRIGGER federation_rollback AFTER UPDATE OF round ON floral.models
-	FOR EACH ROW WHEN (NEW.round <= OLD.round)
-	EXECUTE FUNCTION floral._federation_rolled_back();
+COMMENT ON FUNCTION floral._federation_rollback(text, int) IS
+	'called by floral_rollback: a coordinator forgets what the undone rounds collected';
 
 ------------------------------------------------------------------------
 -- Privileges

@@ -223,3 +223,13 @@ EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%: %', SQLSTATE, SQLERRM; END $$;
 SELECT floral_drop_model(name) FROM floral.models ORDER BY name;
 DROP TABLE sa_p, sa_sh, sa_op, sa_x, sa_y;
 DROP TYPE sa_kp;
+
+-- the federation is an extension of its own: it drops alone (and can come
+-- back), while floral with its tables, and dblink, stay
+DROP EXTENSION floral_federation;
+SELECT to_regclass('floral.updates') IS NULL AS federation_tables_gone,
+       to_regprocedure('floral._federation_rollback(text, integer)') IS NULL AS hook_gone,
+       to_regclass('floral.models') IS NOT NULL AS floral_tables_stay,
+       (SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension WHERE extname LIKE 'floral%' OR extname = 'dblink') AS extensions;
+CREATE EXTENSION floral_federation;
+SELECT to_regclass('floral.updates') IS NOT NULL AS federation_back;

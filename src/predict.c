@@ -171,21 +171,30 @@ floral_predict_proba(PG_FUNCTION_ARGS)
 /*
  * floral_mixture(model, tenant) returns real[]: the mixture the tenant's
  * predictions use (floral_tenant_mixture), read with the caller's rights
- * under the statement's snapshot; empty for a model without adaptors.
+ * under the statement's snapshot; empty for a model without adaptors, and
+ * uniform for a tenant that has no row (or is NULL).
  */
 Datum
 floral_mixture(PG_FUNCTION_ARGS)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *model;
 	FloralSpec	spec;
 	FloralTenantState state;
 	float		pi[FLORAL_MAX_ADAPTORS];
 
+	/* as for any name that is not a model's; a NULL tenant is an unknown one */
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"<NULL>\" does not exist"),
+				 errhint("Create it with floral_create_model().")));
+	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	memset(&state, 0, sizeof(state));
 	SPI_connect();
 	floral_load_spec(model, FLORAL_LOCK_NONE, &spec);
-	if (spec.nadaptors > 0)
-		floral_load_tenant(&spec, tenant, CurrentMemoryContext, &state, false);
+	if (spec.nadaptors > 0 && !PG_ARGISNULL(1))
+		floral_load_tenant(&spec, text_to_cstring(PG_GETARG_TEXT_PP(1)),
+						   CurrentMemoryContext, &state, false);
 	SPI_finish();
 	if (spec.nadaptors == 0)
 		return floral_real_array(pi, 0);

@@ -52,11 +52,11 @@ typedef struct FloralRows
 	double		stored_bytes;	/* what the records take, as stored */
 
 	/*
-	 * Records as stored: int32 size of the features' varlena, ylen label
-	 * floats, then the varlena itself (padded to 4 bytes).  A record never
-	 * straddles two chunks; a record's number is its byte offset, the chunk
-	 * times chunk_bytes plus its place in the chunk, or FLORAL_REC_IN_FILE
-	 * plus its offset in the temporary file.
+	 * Records (source.c): the label, then the features, as floats (plain)
+	 * or as their compressed varlena.  A record never straddles two chunks;
+	 * its number is its byte offset (the chunk times chunk_bytes plus its
+	 * place in the chunk, or FLORAL_REC_IN_FILE plus its offset in the
+	 * temporary file), with bit 0 set for a compressed one.
 	 */
 	char	  **chunks;			/* records while they fit in memory */
 	int64	   *chunk_used;		/* bytes used in each chunk */
@@ -120,12 +120,7 @@ typedef void (*FloralScoreRowFn) (void *arg, text *key, text *tenant,
 
 extern void floral_read_scoring_source(const char *source, int nfeatures,
 									   FloralScoreRowFn fn, void *arg);
-/*
- * Decode n of a tenant's rows into a batch, features into X (n x nfeatures)
- * and labels into Y: its rows pos[0..n-1] (places in the tenant's list), or
- * start..start+n-1 when pos is NULL.  Invalid features end in an error
- * naming the tenant.
- */
+
 /*
  * The rows will be used by this many processes: each may hold one decoded
  * tenant in what maintenance_work_mem leaves after the rows themselves,
@@ -139,6 +134,13 @@ extern void floral_rows_set_participants(FloralRows *rows, int participants);
  * call checks every row of its source, used or not.
  */
 extern void floral_rows_check(FloralRows *rows, const FloralTenantRows *tenant);
+
+/*
+ * Decode n of a tenant's rows into a batch, features into X (n x nfeatures)
+ * and labels into Y: its rows pos[0..n-1] (places in the tenant's list), or
+ * start..start+n-1 when pos is NULL.  Invalid features end in an error
+ * naming the tenant.
+ */
 extern void floral_rows_gather(FloralRows *rows, const FloralTenantRows *tenant,
 							   const int32 *pos, int64 start, int n,
 							   float *X, float *Y);

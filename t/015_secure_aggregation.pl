@@ -283,8 +283,12 @@ is(sql($coord, "SELECT stage FROM floral.secagg_rounds WHERE model = 'ms' AND ro
 	"round $rd: every share is in, b2's masked update too");
 my $orig = sql($coord, "SELECT encode(sealed, 'hex') FROM floral.secagg_shares WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'");
 isnt($orig, '', "round $rd: b2's sealed share for b1 is at the coordinator");
-sql($coord, "UPDATE floral.secagg_shares SET sealed = overlay(sealed PLACING '\\xff'::bytea FROM 40 FOR 1)
+# flip every bit of one byte (overwriting it with a constant would change
+# nothing in the one run in 256 where the byte already has that value)
+sql($coord, "UPDATE floral.secagg_shares SET sealed = set_byte(sealed, 39, get_byte(sealed, 39) # 255)
 	WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'");
+isnt(sql($coord, "SELECT encode(sealed, 'hex') FROM floral.secagg_shares WHERE model = 'ms' AND round = $rd AND sender = 'b2' AND recipient = 'b1'"),
+	$orig, "round $rd: the coordinator tampered with b2's sealed share for b1");
 like(sql($branches[2], q{CALL floral_branch_step('ms')}), qr/masked update sent/, 'b3 sent its masked update');
 # b1's step sends its masked update, the round reaches unmask, b1 opens its shares
 like(sql($branches[0], q{CALL floral_branch_step('ms')}),

@@ -39,6 +39,9 @@ FROM floral.model_summary WHERE name IN ('plain', 'local') ORDER BY name;
 
 -- mixtures of unknown tenants are uniform; FedAvg has none
 SELECT floral_mixture('a', 'nobody') AS uniform, floral_mixture('plain', 'nobody') AS fedavg;
+-- a NULL tenant is an unknown one; a NULL model is no model
+SELECT floral_mixture('a', NULL) AS null_tenant;
+SELECT try($$SELECT floral_mixture(NULL, 'nobody')$$) AS null_model;
 
 -- dropping removes everything of the model
 SELECT floral_drop_model('fm');

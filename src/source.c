@@ -656,8 +656,8 @@ source_receive(TupleTableSlot *slot, DestReceiver *self)
 			repalloc_huge(rows->row_offset, sizeof(int64) * rows->row_capacity) :
 			palloc_extended(sizeof(int64) * rows->row_capacity, MCXT_ALLOC_HUGE);
 	}
-	rows->row_tenant[rows->nrows] = tenant_no;
-	row = rows->nrows;
+	row = rows->nrows;			/* rows_append counts the row */
+	rows->row_tenant[row] = tenant_no;
 	rows->row_offset[row] = rows_append(rows, r->label, fv, compressed);
 	if (copy)
 		pfree(copy);
@@ -895,6 +895,7 @@ decode_record(FloralRows *rows, int64 recno, const char *tenant, float *x, float
 	struct varlena *v;
 	ArrayType  *a;
 	const float *fv;
+	int			len;
 
 	memcpy(y, rec, REC_LABEL_BYTES(rows));
 	if (!(recno & REC_COMPRESSED))
@@ -905,10 +906,28 @@ decode_record(FloralRows *rows, int64 recno, const char *tenant, float *x, float
 	v = (struct varlena *) (rec + REC_LABEL_BYTES(rows));
 	Assert(VARATT_IS_COMPRESSED(v));
 	a = (ArrayType *) detoast_attr(v);
-	fv = check_features_shape(a, rows->nfeatures, tenant, strlen(tenant));
-	check_features_finite(fv, rows->nfeatures, tenant, strlen(tenant));
+	len = strlen(tenant);
+	fv = check_features_shape(a, rows->nfeatures, tenant, len);
+	check_features_finite(fv, rows->nfeatures, tenant, len);
 	memcpy(x, fv, sizeof(float) * rows->nfeatures);
 	pfree(a);
+}
+
+/*
+ * Decode every row of a tenant, in order, into records of recfloats floats
+ * from dst on, stride records apart (0: each over the last, to check them).
+ */
+static void
+decode_rows(FloralRows *rows, const FloralTenantRows *t, float *dst, int stride)
+{
+	for (int64 i = 0; i < t->nrows; i++)
+	{
+		float	   *x = dst + i * stride * rows->recfloats;
+
+		if ((i & 255) == 0)
+			CHECK_FOR_INTERRUPTS();
+		decode_record(rows, t->rows[i], t->name, x, x + rows->nfeatures);
+	}
 }
 
 /*
@@ -933,14 +952,7 @@ decode_tenant(FloralRows *rows, const FloralTenantRows *t)
 		rows->decoded = MemoryContextAllocHuge(rows->cxt, sizeof(float) * rf * t->nrows);
 		rows->decoded_capacity = t->nrows;
 	}
-	for (int64 i = 0; i < t->nrows; i++)
-	{
-		float	   *x = rows->decoded + i * rf;
-
-		if ((i & 255) == 0)
-			CHECK_FOR_INTERRUPTS();
-		decode_record(rows, t->rows[i], t->name, x, x + rows->nfeatures);
-	}
+	decode_rows(rows, t, rows->decoded, 1);
 	rows->decoded_tenant = t;
 	return true;
 }
@@ -963,12 +975,7 @@ floral_rows_check(FloralRows *rows, const FloralTenantRows *tenant)
 	if (!tenant->compressed || decode_tenant(rows, tenant))
 		return;
 	x = palloc(sizeof(float) * rows->recfloats);
-	for (int64 i = 0; i < tenant->nrows; i++)
-	{
-		if ((i & 255) == 0)
-			CHECK_FOR_INTERRUPTS();
-		decode_record(rows, tenant->rows[i], tenant->name, x, x + rows->nfeatures);
-	}
+	decode_rows(rows, tenant, x, 0);
 	pfree(x);
 }
 
@@ -1014,8 +1021,6 @@ typedef struct SharedRows
 	int			nchunks;
 	int64		nrows;
 	int64		chunk_bytes;
-	int64		max_record;
-	double		stored_bytes;
 	double		decode_budget;
 	Size		handles;		/* offsets from the start of the block */
 	Size		recnos;
@@ -1045,8 +1050,6 @@ shared_rows_layout(const FloralRows *rows, SharedRows *layout, Size *total)
 	layout->nchunks = rows->nchunks;
 	layout->nrows = rows->nrows;
 	layout->chunk_bytes = rows->chunk_bytes;
-	layout->max_record = rows->max_record;
-	layout->stored_bytes = rows->stored_bytes;
 	layout->decode_budget = rows->decode_budget;
 	layout->handles = MAXALIGN(sizeof(SharedRows));
 	layout->recnos = layout->handles + MAXALIGN(sizeof(dsm_handle) * rows->nchunks);
@@ -1114,8 +1117,6 @@ floral_rows_attach(void *space)
 	rows->nrows = layout->nrows;
 	rows->nchunks = rows->max_chunks = layout->nchunks;
 	rows->chunk_bytes = layout->chunk_bytes;
-	rows->max_record = layout->max_record;
-	rows->stored_bytes = layout->stored_bytes;
 	rows->decode_budget = layout->decode_budget;
 	rows->mem_chunks = rows->nchunks;
 	rows->cxt = CurrentMemoryContext;

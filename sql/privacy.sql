@@ -45,8 +45,14 @@ FROM floral._branch_update('clipped', 0) a, floral._branch_update('clipped', 0) 
 -- sqrt(2 + 0.05^2) = sqrt(2) * 141.51 on N, on every weight M_c and on
 -- every sum's distance from the round (S - N g for the base); the loss and
 -- the tenant count are not sent
+-- (N is sent as a whole count, at least 1: two draws of std 141.5 around
+-- N = 300 are equal about one time in 500, so one pair could fail by
+-- chance; 20 draws all equal cannot happen in practice)
 CREATE TABLE dp_draws AS
-SELECT a.examples <> b.examples AS noisy_examples, a.weights <> b.weights AS noisy_weights,
+SELECT (SELECT count(DISTINCT u.examples) > 1
+		  FROM generate_series(1, 20) g, LATERAL floral._branch_update('noisy', 0 * g) u) AS noisy_examples,
+	   (SELECT count(DISTINCT u.weights) > 1
+		  FROM generate_series(1, 20) g, LATERAL floral._branch_update('noisy', 0 * g) u) AS noisy_weights,
 	   a.loss_sum AS loss_sent, a.tenants AS tenants_sent,
 	   (SELECT stddev_samp((x - a.examples * g) - (y - b.examples * g)) / sqrt(2)
 		  FROM unnest(a.sums::real[], b.sums::real[], r.params::real[]) WITH ORDINALITY AS u(x, y, g, i)
